@@ -1,0 +1,2 @@
+"""genrec: a GenRec-style generative recommender pipeline."""
+__version__ = "0.1.0"

@@ -1,0 +1,230 @@
+"""Typed configuration: YAML files under configs/ plus `key.sub=value` overrides.
+
+Every field has help text (`genrec config-help` prints them). Unknown keys and bad values fail with a
+message that names the key and the file, so a typo never silently falls back to a default.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from datetime import date
+from pathlib import Path
+from typing import Any, Literal, Optional
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from genrec.errors import ConfigError
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class RunConfig(_Section):
+    name: str = Field("genrec", description="Run name, shown in MLflow and in the output folder.")
+    seed: int = Field(42, description="Seed for every random choice of the pipeline.")
+    work_dir: str = Field("work", description="Folder for outputs, the MLflow store and caches (relative to the current directory).")
+    tracking_uri: str = Field(
+        "",
+        description="MLflow tracking URI. Empty: $MLFLOW_TRACKING_URI if set, else sqlite:///<work_dir>/mlflow.db.",
+    )
+    experiment: str = Field("genrec", description="MLflow experiment that holds the pipeline runs.")
+
+
+class SourceConfig(_Section):
+    kind: Literal["simulator", "movielens", "amazon_beauty", "parquet"] = Field(
+        "simulator", description="Where events come from: the log simulator, a real dataset adapter, or canonical parquet."
+    )
+    path: str = Field(
+        "",
+        description="Dataset folder for movielens / amazon_beauty (the unpacked original files), or a folder with "
+        "events.parquet and items.parquet for kind=parquet. Unused for the simulator.",
+    )
+    period_start: Optional[date] = Field(
+        None, description="First day the logs are meant to cover (UTC). Empty: the simulator's month, else the first day in the data."
+    )
+    period_end: Optional[date] = Field(
+        None, description="Day after the last day the logs cover (exclusive). Empty: the simulator's month, else the day after the last event."
+    )
+
+
+class SimulatorConfig(_Section):
+    n_users: int = Field(3000, gt=0, description="Users in the simulated population.")
+    n_items: int = Field(5000, gt=0, description="Items in the simulated catalog.")
+    days: int = Field(30, gt=0, le=366, description="Days of logs (one month by default).")
+    start_date: date = Field(date(2026, 10, 1), description="First day of the logs (UTC).")
+    requests_per_active_day: float = Field(4.0, gt=0, description="Mean feed requests (pages) per active user-day.")
+    page_size: int = Field(10, gt=0, le=100, description="Items exposed per feed request.")
+    daily_active_share: float = Field(0.45, gt=0, le=1, description="Mean share of users active on a given day (varies by user).")
+    latent_dim: int = Field(16, gt=1, description="Dimension of the latent user / item preference vectors.")
+    interests_per_user: int = Field(3, gt=0, description="Most interests (leaf categories) a user can have.")
+    zipf_exponent: float = Field(1.0, ge=0, description="Exponent of the Zipf-like item popularity.")
+    popular_share: float = Field(0.35, ge=0, le=1, description="Share of a page the existing system fills with popular items; the rest is personalised.")
+    system_noise: float = Field(0.5, ge=0, description="Noise of the existing system's personalised scores (0: it knows the truth).")
+    drift: float = Field(0.3, ge=0, le=1, description="How far each user's interest moves toward a new interest over the month.")
+    ctr_bias: float = Field(-3.2, description="Logit offset of the click probability; sets the overall click-through rate.")
+    preference_scale: float = Field(2.5, gt=0, description="Weight of latent affinity in the click logit.")
+    popularity_scale: float = Field(0.3, ge=0, description="Weight of log-popularity in the click logit.")
+    position_decay: float = Field(0.6, ge=0, description="Position bias: P(examine position k) = (k + 1) ** -position_decay.")
+    cart_rate: float = Field(0.3, ge=0, le=1, description="P(cart | click) for an average item; scaled by preference.")
+    order_rate: float = Field(0.5, ge=0, le=1, description="P(order | cart).")
+    images: bool = Field(False, description="Also draw a small PNG per item (category-dependent shape and colour).")
+    image_size: int = Field(32, ge=8, le=256, description="Side of the generated item images in pixels.")
+
+
+class ValidationConfig(_Section):
+    max_quarantine_fraction: float = Field(
+        0.01,
+        ge=0,
+        le=1,
+        description="Rows failing row-level checks are quarantined; above this share of the input the stage stops instead.",
+    )
+    future_tolerance_minutes: int = Field(10, ge=0, description="Events this far past the current time are still accepted (clock skew).")
+    max_history_items: int = Field(200, gt=0, description="Pages whose history is longer than this fail validation (must match sessionize.max_history).")
+
+
+class SplitConfig(_Section):
+    mode: Literal["last_days", "leave_one_out"] = Field(
+        "last_days",
+        description="last_days: pages starting on the last `test_days` days are test. leave_one_out: each user's last "
+        "page is test, the one before it validation (for sources without real time, e.g. Amazon Beauty).",
+    )
+    test_days: int = Field(1, gt=0, description="Days at the end of the log that form the test set (mode last_days).")
+
+
+class SessionizeConfig(_Section):
+    session_gap_minutes: float = Field(30.0, gt=0, description="Inactivity that starts a new session.")
+    max_history: int = Field(200, gt=0, description="Most recent positive interactions kept in a page's history.")
+    fallback_page_size: int = Field(
+        10, gt=0, description="Sources without request ids: a session's events are cut into pages of this many events, in time order."
+    )
+    max_items_per_session_for_pairs: int = Field(
+        50, gt=1, description="Co-engagement pairs: sessions with more distinct positive items use only their first this many."
+    )
+    split: SplitConfig = Field(default_factory=SplitConfig, description="How pages are split into train and test.")
+    master: str = Field("local[*]", description="Spark master URL (local[*], spark://..., k8s://...).")
+    shuffle_partitions: int = Field(8, gt=0, description="spark.sql.shuffle.partitions.")
+    driver_memory: str = Field("4g", description="spark.driver.memory for local runs.")
+    output_partitions: int = Field(4, gt=0, description="Parquet files per split of the pages output.")
+
+
+class PipelineConfig(_Section):
+    run: RunConfig = Field(default_factory=RunConfig, description="Run identity, seed, output folder and MLflow.")
+    source: SourceConfig = Field(default_factory=SourceConfig, description="Where the logs come from.")
+    simulator: SimulatorConfig = Field(default_factory=SimulatorConfig, description="The log simulator (source.kind=simulator).")
+    validation: ValidationConfig = Field(default_factory=ValidationConfig, description="Great Expectations gates and quarantine.")
+    sessionize: SessionizeConfig = Field(default_factory=SessionizeConfig, description="The Spark sessionization job.")
+
+    def to_json(self) -> str:
+        """Canonical JSON of the fully resolved config (what every run records)."""
+        return json.dumps(self.model_dump(mode="json"), sort_keys=True)
+
+    def config_hash(self) -> str:
+        """Short stable hash of the resolved config, for tags and cache keys."""
+        return hashlib.sha256(self.to_json().encode()).hexdigest()[:12]
+
+    def to_yaml(self) -> str:
+        return yaml.safe_dump(self.model_dump(mode="json"), sort_keys=False)
+
+
+def _set_dotted(tree: dict, dotted: str, value: Any, origin: str) -> None:
+    parts = dotted.split(".")
+    node = tree
+    for i, part in enumerate(parts[:-1]):
+        child = node.get(part)
+        if child is None:
+            child = node[part] = {}
+        if not isinstance(child, dict):
+            raise ConfigError(f"{origin}: cannot set '{dotted}': '{'.'.join(parts[: i + 1])}' is not a section")
+        node = child
+    node[parts[-1]] = value
+
+
+def _format_errors(err: ValidationError, origin: str) -> str:
+    lines = []
+    for e in err.errors():
+        key = ".".join(str(p) for p in e["loc"])
+        if e["type"] == "extra_forbidden":
+            lines.append(f"{origin}: unknown key '{key}'")
+        else:
+            lines.append(f"{origin}: bad value for '{key}': {e['msg']} (got {e.get('input')!r})")
+    return "\n".join(lines)
+
+
+def parse_overrides(overrides: list[str]) -> dict:
+    """Turn `a.b=value` strings into a nested dict; values are parsed as YAML scalars."""
+    tree: dict = {}
+    for item in overrides:
+        if "=" not in item:
+            raise ConfigError(f"override '{item}': expected key.sub=value")
+        key, raw = item.split("=", 1)
+        key = key.strip()
+        if not key:
+            raise ConfigError(f"override '{item}': empty key")
+        try:
+            value = yaml.safe_load(raw) if raw != "" else ""
+        except yaml.YAMLError as exc:
+            raise ConfigError(f"override '{item}': value is not valid YAML: {exc}") from None
+        _set_dotted(tree, key, value, origin=f"override '{item}'")
+    return tree
+
+
+def _merge(base: dict, extra: dict) -> dict:
+    out = dict(base)
+    for key, value in extra.items():
+        if isinstance(value, dict) and isinstance(out.get(key), dict):
+            out[key] = _merge(out[key], value)
+        else:
+            out[key] = value
+    return out
+
+
+def load_config(path: str | Path | None = None, overrides: list[str] | None = None) -> PipelineConfig:
+    """Load a YAML config (or the defaults when path is None) and apply `key.sub=value` overrides."""
+    data: dict = {}
+    origin = "defaults"
+    if path is not None:
+        path = Path(path)
+        origin = str(path)
+        if not path.is_file():
+            raise ConfigError(f"config file not found: {path}")
+        try:
+            data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+        except (yaml.YAMLError, UnicodeDecodeError) as exc:
+            raise ConfigError(f"{path}: not valid YAML: {exc}") from None
+        if not isinstance(data, dict):
+            raise ConfigError(f"{path}: top level must be a mapping of sections, got {type(data).__name__}")
+        try:
+            PipelineConfig.model_validate(data)
+        except ValidationError as err:
+            raise ConfigError(_format_errors(err, origin)) from None
+    if overrides:
+        try:
+            return PipelineConfig.model_validate(_merge(data, parse_overrides(overrides)))
+        except ValidationError as err:
+            raise ConfigError(_format_errors(err, f"{origin} + overrides {overrides}")) from None
+    return PipelineConfig.model_validate(data)
+
+
+def config_from_json(text: str) -> PipelineConfig:
+    """Rebuild a config from the JSON a KFP component receives."""
+    try:
+        return PipelineConfig.model_validate_json(text)
+    except ValidationError as err:
+        raise ConfigError(_format_errors(err, "pipeline parameter config_json")) from None
+
+
+def describe_fields(model: type[BaseModel] = PipelineConfig, prefix: str = "") -> list[tuple[str, str, str]]:
+    """(key, default, help) for every leaf field: the documentation of the config."""
+    rows = []
+    for name, field in model.model_fields.items():
+        key = f"{prefix}{name}"
+        ann = field.annotation
+        if isinstance(ann, type) and issubclass(ann, BaseModel):
+            rows.extend(describe_fields(ann, key + "."))
+        else:
+            default = field.default_factory() if field.default_factory else field.default
+            rows.append((key, json.dumps(default, default=str), field.description or ""))
+    return rows

@@ -1,0 +1,121 @@
+"""Stage ingest: a source (the simulator, a dataset adapter or canonical parquet) -> canonical parquet.
+
+Writes into `out_dir`: events.parquet, items.parquet, manifest.json (source, covered period, counts)
+and, for the simulator, ground_truth.npz and optional images/. Nothing is validated here: that is
+the next stage's job, so a broken source reaches validation intact and is reported there.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from datetime import datetime, time, timedelta, timezone
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+
+from genrec import plots, tracking
+from genrec.config import PipelineConfig
+from genrec.data.schema import EVENTS_FILE, ITEMS_FILE, MANIFEST_FILE
+from genrec.errors import InputDataError
+
+
+def _day(d) -> datetime:
+    return datetime.combine(d, time(), tzinfo=timezone.utc)
+
+
+def _read_parquet(path: Path) -> pa.Table:
+    if not path.is_file():
+        raise InputDataError(f"{path} not found (source.kind=parquet needs {EVENTS_FILE} and {ITEMS_FILE} in source.path)")
+    try:
+        return pq.read_table(path)
+    except (pa.ArrowInvalid, OSError) as exc:
+        raise InputDataError(f"{path}: not a readable parquet file: {exc}") from None
+
+
+def _load(cfg: PipelineConfig, out_dir: Path) -> tuple[pa.Table, pa.Table, dict]:
+    kind = cfg.source.kind
+    extra: dict = {}
+    if kind == "simulator":
+        from genrec.data import simulator
+
+        logs = simulator.simulate(cfg.simulator, cfg.run.seed)
+        logs.truth.save(out_dir / simulator.GROUND_TRUTH_FILE)
+        simulator.save_truth_summary(out_dir / "ground_truth.json", cfg.simulator)
+        items = logs.items
+        if cfg.simulator.images:
+            items = simulator.write_images(items, out_dir, cfg.simulator, logs.truth, cfg.run.seed)
+        extra = {"period": (logs.period_start, logs.period_end), "simulation": simulator.describe(logs)}
+        return logs.events, items, extra
+    if not cfg.source.path:
+        raise InputDataError(f"source.kind={kind} needs source.path (the dataset folder)")
+    path = Path(cfg.source.path)
+    if kind == "movielens":
+        from genrec.data.movielens import load_movielens
+
+        events, items = load_movielens(path)
+    elif kind == "amazon_beauty":
+        from genrec.data.amazon_beauty import load_amazon_beauty
+
+        events, items = load_amazon_beauty(path)
+    else:
+        events, items = _read_parquet(path / EVENTS_FILE), _read_parquet(path / ITEMS_FILE)
+        if (path / "images").is_dir():
+            shutil.copytree(path / "images", out_dir / "images", dirs_exist_ok=True)
+    return events, items, extra
+
+
+def _period(cfg: PipelineConfig, events: pa.Table, extra: dict) -> tuple[datetime, datetime]:
+    start = _day(cfg.source.period_start) if cfg.source.period_start else None
+    end = _day(cfg.source.period_end) if cfg.source.period_end else None
+    if "period" in extra:
+        start, end = start or extra["period"][0], end or extra["period"][1]
+    if (start is None or end is None) and "ts" in events.column_names and pa.types.is_timestamp(events.schema.field("ts").type):
+        ts = events.column("ts").cast(pa.timestamp("us", tz="UTC"))
+        lo, hi = pc.min(ts).as_py(), pc.max(ts).as_py()
+        if lo is not None:
+            start = start or _day(lo.date())
+            end = end or _day(hi.date()) + timedelta(days=1)
+    if start is None or end is None:
+        raise InputDataError("cannot tell the period the logs cover: set source.period_start and source.period_end")
+    return start, end
+
+
+def run_ingest(cfg: PipelineConfig, out_dir: str | Path, pipeline_run_id: str) -> dict:
+    """Load the configured source and write canonical events and items to out_dir; returns the manifest."""
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    with tracking.stage_run(cfg, "ingest", pipeline_run_id) as track:
+        track.params({"source": cfg.source.model_dump(mode="json")})
+        if cfg.source.kind == "simulator":
+            track.params({"simulator": cfg.simulator.model_dump(mode="json")})
+        events, items, extra = _load(cfg, out_dir)
+        start, end = _period(cfg, events, extra)
+        pq.write_table(events, out_dir / EVENTS_FILE)
+        pq.write_table(items, out_dir / ITEMS_FILE)
+        manifest = {
+            "source": cfg.source.kind,
+            "source_path": cfg.source.path,
+            "period_start": start.isoformat(),
+            "period_end": end.isoformat(),
+            "n_events": events.num_rows,
+            "n_items": items.num_rows,
+            "created_at": datetime.now(timezone.utc).isoformat(),
+            **({"simulation": extra["simulation"]} if "simulation" in extra else {}),
+        }
+        (out_dir / MANIFEST_FILE).write_text(json.dumps(manifest, indent=2))
+        track.metrics({"n_events": events.num_rows, "n_items": items.num_rows})
+        if "simulation" in extra:
+            track.metrics({f"sim_{k}": v for k, v in extra["simulation"].items()})
+        track.json(manifest, "manifest.json")
+        track.dataset(out_dir / EVENTS_FILE, "events_raw", "output",
+                      {f.name: str(f.type) for f in events.schema})
+        if "ts" in events.column_names and pa.types.is_timestamp(events.schema.field("ts").type):
+            days = pc.value_counts(pc.strftime(events.column("ts"), "%Y-%m-%d")).to_pylist()
+            days.sort(key=lambda r: r["values"] or "")
+            fig = plots.bar([r["values"] for r in days], [r["counts"] for r in days], "Events per day", "day", "events")
+            track.figure(fig, "plots/events_per_day.png")
+            plots.close(fig)
+    return manifest

@@ -1,0 +1,192 @@
+"""MLflow tracking: the only module of genrec that talks to MLflow.
+
+One parent run per pipeline run (found or created by the tag `genrec.pipeline_run_id`, so that
+components running in separate processes or pods land under the same parent), and one child run
+per stage. Every run carries the tags pipeline run id, git commit and config hash, and records the
+fully resolved config as `config.yaml`.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import time
+import warnings
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any, Iterator
+
+from genrec.config import PipelineConfig
+
+PIPELINE_TAG = "genrec.pipeline_run_id"
+STAGE_TAG = "genrec.stage"
+
+
+def tracking_uri(cfg: PipelineConfig) -> str:
+    """The configured URI, else $MLFLOW_TRACKING_URI, else a sqlite store in the work folder."""
+    if cfg.run.tracking_uri:
+        return cfg.run.tracking_uri
+    if os.environ.get("MLFLOW_TRACKING_URI"):
+        return os.environ["MLFLOW_TRACKING_URI"]
+    db = Path(cfg.run.work_dir).resolve() / "mlflow.db"
+    db.parent.mkdir(parents=True, exist_ok=True)
+    return f"sqlite:///{db}"
+
+
+def git_commit() -> str:
+    """The commit of the code that runs: $GENREC_GIT_COMMIT (set in images), else git, else 'unknown'."""
+    if os.environ.get("GENREC_GIT_COMMIT"):
+        return os.environ["GENREC_GIT_COMMIT"]
+    try:
+        out = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5,
+                             cwd=Path(__file__).resolve().parent)
+        return out.stdout.strip() or "unknown"
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+
+
+def _mlflow():
+    warnings.filterwarnings("ignore", module="mlflow")
+    import mlflow
+
+    return mlflow
+
+
+def _experiment_id(mlflow, cfg: PipelineConfig) -> str:
+    exp = mlflow.get_experiment_by_name(cfg.run.experiment)
+    if exp is not None:
+        return exp.experiment_id
+    location = None
+    if tracking_uri(cfg).startswith("sqlite:"):
+        # Keep artifacts beside the sqlite store, not in ./mlruns of whatever the current directory is.
+        location = (Path(cfg.run.work_dir).resolve() / "mlartifacts").as_uri()
+    try:
+        return mlflow.create_experiment(cfg.run.experiment, artifact_location=location)
+    except Exception:  # created concurrently by another stage process
+        return mlflow.get_experiment_by_name(cfg.run.experiment).experiment_id
+
+
+def _tags(cfg: PipelineConfig, pipeline_run_id: str) -> dict[str, str]:
+    return {PIPELINE_TAG: pipeline_run_id, "genrec.git_commit": git_commit(), "genrec.config_hash": cfg.config_hash()}
+
+
+def ensure_parent_run(cfg: PipelineConfig, pipeline_run_id: str) -> str:
+    """Find or create the parent run of a pipeline run; returns its MLflow run id."""
+    mlflow = _mlflow()
+    mlflow.set_tracking_uri(tracking_uri(cfg))
+    exp_id = _experiment_id(mlflow, cfg)
+    client = mlflow.MlflowClient()
+    found = client.search_runs([exp_id], filter_string=f"tags.`{PIPELINE_TAG}` = '{pipeline_run_id}' and "
+                                                       f"tags.`{STAGE_TAG}` = 'pipeline'", max_results=1)
+    if found:
+        return found[0].info.run_id
+    run = client.create_run(exp_id, run_name=f"{cfg.run.name}-{pipeline_run_id[:8]}",
+                            tags={**_tags(cfg, pipeline_run_id), STAGE_TAG: "pipeline"})
+    client.log_text(run.info.run_id, cfg.to_yaml(), "config.yaml")
+    for key, value in _flatten(cfg.model_dump(mode="json")).items():
+        client.log_param(run.info.run_id, key, value)
+    return run.info.run_id
+
+
+def finish_parent_run(cfg: PipelineConfig, pipeline_run_id: str, status: str = "FINISHED",
+                      summary: dict[str, Any] | None = None) -> str:
+    """Close the parent run with a status and optional summary metrics; returns its run id."""
+    mlflow = _mlflow()
+    run_id = ensure_parent_run(cfg, pipeline_run_id)
+    client = mlflow.MlflowClient()
+    for key, value in (summary or {}).items():
+        client.log_metric(run_id, key, float(value))
+    client.set_terminated(run_id, status=status)
+    return run_id
+
+
+def run_url(cfg: PipelineConfig, run_id: str) -> str:
+    """Where to look at a run: a UI link for an http store, else the store and the run id."""
+    uri = tracking_uri(cfg)
+    mlflow = _mlflow()
+    mlflow.set_tracking_uri(uri)
+    exp = mlflow.get_experiment_by_name(cfg.run.experiment)
+    if uri.startswith("http"):
+        return f"{uri.rstrip('/')}/#/experiments/{exp.experiment_id}/runs/{run_id}"
+    return f"run {run_id} in {uri} (see it with `genrec ui`)"
+
+
+def _flatten(tree: dict, prefix: str = "") -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for key, value in tree.items():
+        if isinstance(value, dict):
+            out.update(_flatten(value, f"{prefix}{key}."))
+        else:
+            out[f"{prefix}{key}"] = value
+    return out
+
+
+class StageTracker:
+    """What a stage may log to its child run. Thin on purpose: names stay stable across runs."""
+
+    def __init__(self, mlflow, run_id: str):
+        self._mlflow = mlflow
+        self.run_id = run_id
+
+    def params(self, params: dict[str, Any]) -> None:
+        self._mlflow.log_params({k: v for k, v in _flatten(params).items()})
+
+    def metrics(self, metrics: dict[str, float], step: int | None = None) -> None:
+        self._mlflow.log_metrics({k: float(v) for k, v in metrics.items()}, step=step)
+
+    def artifact(self, path: str | Path, artifact_path: str | None = None) -> None:
+        path = Path(path)
+        if path.is_dir():
+            self._mlflow.log_artifacts(str(path), artifact_path)
+        else:
+            self._mlflow.log_artifact(str(path), artifact_path)
+
+    def json(self, obj: Any, name: str) -> None:
+        self._mlflow.log_dict(json.loads(json.dumps(obj, default=str)), name)
+
+    def text(self, text: str, name: str) -> None:
+        self._mlflow.log_text(text, name)
+
+    def figure(self, fig, name: str) -> None:
+        self._mlflow.log_figure(fig, name)
+
+    def tag(self, key: str, value: str) -> None:
+        self._mlflow.set_tag(key, value)
+
+    def dataset(self, path: str | Path, name: str, context: str, schema_columns: dict[str, str] | None = None,
+                digest: str | None = None) -> None:
+        """Record a dataset this stage read (context='input') or wrote (context='output')."""
+        from mlflow.data.dataset_source_registry import resolve_dataset_source
+        from mlflow.data.meta_dataset import MetaDataset
+        from mlflow.types import ColSpec, Schema
+
+        schema = None
+        if schema_columns:
+            kinds = {"int64": "long", "int32": "integer", "double": "double", "float64": "double", "bool": "boolean"}
+            schema = Schema([ColSpec(kinds.get(t, "string"), n) for n, t in schema_columns.items()])
+        source = resolve_dataset_source(str(Path(path).resolve()))
+        ds = MetaDataset(source=source, name=name, digest=digest, schema=schema)
+        self._mlflow.log_input(ds, context=context)
+
+
+@contextmanager
+def stage_run(cfg: PipelineConfig, stage: str, pipeline_run_id: str) -> Iterator[StageTracker]:
+    """A child run for one stage under the pipeline's parent run. Logs the config and the stage's duration;
+    the run ends FAILED (with the error text as an artifact) when the stage raises."""
+    mlflow = _mlflow()
+    parent_id = ensure_parent_run(cfg, pipeline_run_id)
+    exp_id = _experiment_id(mlflow, cfg)
+    t0 = time.time()
+    with mlflow.start_run(experiment_id=exp_id, run_name=stage, parent_run_id=parent_id,
+                          tags={**_tags(cfg, pipeline_run_id), STAGE_TAG: stage}) as run:
+        tracker = StageTracker(mlflow, run.info.run_id)
+        mlflow.log_text(cfg.to_yaml(), "config.yaml")
+        try:
+            yield tracker
+        except Exception as exc:
+            mlflow.log_text(f"{type(exc).__name__}: {exc}", "error.txt")
+            mlflow.log_metric("duration_s", time.time() - t0)
+            mlflow.end_run(status="FAILED")
+            raise
+        mlflow.log_metric("duration_s", time.time() - t0)
