@@ -1,0 +1,47 @@
+"""Stage sessionize: validated events -> sessions, training pages (train/test), co-engagement pairs.
+
+The Spark work lives in spark_jobs/sessionize.py (also runnable with spark-submit); this stage
+starts Spark for the configured master, runs the job and tracks it in MLflow.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from genrec import plots, tracking
+from genrec.config import PipelineConfig
+from genrec.data.schema import EVENTS_FILE
+from genrec.errors import InputDataError
+
+
+def run_sessionize(cfg: PipelineConfig, validated_dir: str | Path, out_dir: str | Path, pipeline_run_id: str,
+                   spark=None) -> dict:
+    """Run the sessionization job on validated_dir/events.parquet; write pages/, sessions/, pairs/ to out_dir.
+
+    Pass an existing SparkSession to reuse it (tests do); otherwise one is started and stopped here.
+    """
+    from spark_jobs.sessionize import build_spark, sessionize
+
+    events = Path(validated_dir) / EVENTS_FILE
+    if not events.exists():
+        raise InputDataError(f"{events} not found: run validate-events first")
+    with tracking.stage_run(cfg, "sessionize", pipeline_run_id) as track:
+        track.params({"sessionize": cfg.sessionize.model_dump(mode="json")})
+        own = spark is None
+        spark = spark or build_spark(cfg.sessionize)
+        try:
+            report = sessionize(spark, str(events), str(out_dir), cfg.sessionize)
+        finally:
+            if own:
+                spark.stop()
+        track.metrics({k: v for k, v in report.items() if isinstance(v, (int, float))})
+        track.json(report, "sessionize/report.json")
+        track.dataset(events, "events_validated", "input")
+        track.dataset(Path(out_dir) / "pages", "pages", "output")
+        for key, title, xlabel in (("page_size_hist", "Items per page", "items (capped at 50)"),
+                                   ("history_len_hist", "History length per page", "items (capped at 200)")):
+            hist = report[key]
+            fig = plots.bar(list(hist), list(hist.values()), title, xlabel, "pages")
+            track.figure(fig, f"plots/{key.removesuffix('_hist')}.png")
+            plots.close(fig)
+    return report

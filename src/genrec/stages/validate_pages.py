@@ -1,0 +1,78 @@
+"""Stage validate-pages: sessionized pages -> validated pages, quarantine, Data Docs.
+
+Reads sessionized/pages (parquet partitioned by split). Writes into `out_dir`: pages/ (the pages that
+passed, same layout), quarantine/pages.parquet, report.json and the GE project gx/ with its Data Docs.
+Stops with ValidationFailed as validate-events does.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.dataset as ds
+import pyarrow.parquet as pq
+
+from genrec import tracking
+from genrec.config import PipelineConfig
+from genrec.errors import InputDataError, ValidationFailed
+from genrec.validation import checks as C
+from genrec.validation.gate import gate_reasons
+from genrec.validation.runner import GxProject, TableValidation, check_table, quarantine_frame
+
+
+def read_pages(pages_dir: str | Path) -> pa.Table:
+    """All pages of a pages/ folder (partitioned by split) as one Arrow table with a string `split`."""
+    pages_dir = Path(pages_dir)
+    if not pages_dir.is_dir():
+        raise InputDataError(f"{pages_dir} not found: run sessionize first")
+    try:
+        table = ds.dataset(pages_dir, format="parquet", partitioning="hive").to_table()
+    except (pa.ArrowInvalid, OSError) as exc:
+        raise InputDataError(f"{pages_dir}: not a readable parquet dataset: {exc}") from None
+    idx = table.schema.get_field_index("split")
+    if idx < 0:
+        raise InputDataError(f"{pages_dir}: no split=... partitions found")
+    return table.set_column(idx, "split", table.column("split").cast(pa.string()))
+
+
+def run_validate_pages(cfg: PipelineConfig, sessionized_dir: str | Path, out_dir: str | Path, pipeline_run_id: str) -> dict:
+    """Validate pages with Great Expectations; quarantine failing pages; stop if the gate fails."""
+    sessionized_dir, out_dir = Path(sessionized_dir), Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    with tracking.stage_run(cfg, "validate-pages", pipeline_run_id) as track:
+        table = read_pages(sessionized_dir / "pages")
+        frame = C.add_page_columns(table.to_pandas())
+        checks = C.page_checks(cfg.validation.max_history_items)
+        project = GxProject(out_dir)
+        rep = TableValidation("pages", table.num_rows)
+        bad = check_table(project, frame, "pages", checks, rep)
+        if (out_dir / "pages").exists():
+            shutil.rmtree(out_dir / "pages")
+        pq.write_to_dataset(table.filter(pa.array(~bad)), out_dir / "pages", partition_cols=["split"])
+        quarantined = quarantine_frame(frame, bad, checks)
+        (out_dir / "quarantine").mkdir(exist_ok=True)
+        quarantined.to_parquet(out_dir / "quarantine" / "pages.parquet", index=False)
+        if (sessionized_dir / "pairs").is_dir():  # pass the pairs through so the next stages read one folder
+            shutil.copytree(sessionized_dir / "pairs", out_dir / "pairs", dirs_exist_ok=True)
+
+        reasons = gate_reasons([rep], cfg.validation.max_quarantine_fraction)
+        splits = {s: int(n) for s, n in zip(*np.unique(frame.loc[~bad, "split"], return_counts=True))}
+        report = {"passed": not reasons, "reasons": reasons, "tables": [rep.as_dict()], "pages_per_split": splits,
+                  "data_docs": str(project.docs_index)}
+        (out_dir / "report.json").write_text(json.dumps(report, indent=2, default=str))
+        track.metrics({"pages_rows_in": rep.rows_in, "pages_rows_out": rep.rows_out,
+                       "pages_rows_quarantined": rep.rows_quarantined, "validation_passed": int(not reasons),
+                       "pages_failed_expectations": sum(not r.success for r in rep.results)})
+        track.metrics({f"pages_quarantined_{k}": v for k, v in rep.quarantine_by_check.items()})
+        track.json(report, "validation/report.json")
+        if project.docs_index.is_file():
+            track.artifact(project.docs_index.parent, "data_docs")
+            track.tag("genrec.data_docs", project.docs_index.resolve().as_uri())
+        if reasons:
+            raise ValidationFailed("validate-pages stopped the pipeline:\n  " + "\n  ".join(reasons)
+                                   + f"\nData Docs: {project.docs_index}")
+    return report

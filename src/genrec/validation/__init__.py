@@ -1,0 +1,1 @@
+"""Data validation with Great Expectations: suites, Data Docs, the gate and quarantine."""

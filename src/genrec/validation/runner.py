@@ -1,0 +1,186 @@
+"""Runs checks through Great Expectations (results + Data Docs) and splits rows into clean and quarantined."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+
+from genrec.validation.checks import Check
+
+os.environ.setdefault("GX_ANALYTICS_ENABLED", "false")
+
+
+@dataclass
+class CheckResult:
+    name: str
+    description: str
+    level: str  # "row" (failing rows are quarantined) or "table" (a failure stops the pipeline)
+    success: bool
+    unexpected_count: int | None = None
+    element_count: int | None = None
+    observed: str | None = None
+    error: str | None = None
+
+
+@dataclass
+class TableValidation:
+    table: str
+    rows_in: int
+    schema_problems: list[str] = field(default_factory=list)
+    results: list[CheckResult] = field(default_factory=list)
+    rows_quarantined: int = 0
+    quarantine_by_check: dict[str, int] = field(default_factory=dict)
+
+    @property
+    def rows_out(self) -> int:
+        return self.rows_in - self.rows_quarantined
+
+    def as_dict(self) -> dict:
+        return {**asdict(self), "rows_out": self.rows_out}
+
+
+# -- Arrow-level schema: exact types, before anything is converted -------------------------------------------
+
+
+def conform(table: pa.Table, schema: pa.Schema, name: str, text_columns: tuple[str, ...] = ()) -> tuple[pa.Table | None, list[str], np.ndarray]:
+    """Cast a table to the canonical schema where that loses nothing.
+
+    Returns (table or None when it cannot be conformed, problems, utf8_ok) where utf8_ok marks rows whose
+    binary text columns decode as UTF-8 (undecodable values become null and the row is flagged).
+    """
+    problems = []
+    missing = [f.name for f in schema if f.name not in table.column_names]
+    for col in missing:
+        problems.append(f"{name}: required column '{col}' is missing (has: {', '.join(table.column_names) or 'none'})")
+    utf8_ok = np.ones(table.num_rows, dtype=bool)
+    columns = []
+    for f in schema:
+        if f.name in missing:
+            continue
+        col = table.column(f.name)
+        if f.name in text_columns and (pa.types.is_binary(col.type) or pa.types.is_large_binary(col.type)):
+            values = []
+            for i, raw in enumerate(col.to_pylist()):
+                try:
+                    values.append(None if raw is None else raw.decode("utf-8"))
+                except UnicodeDecodeError:
+                    values.append(None)
+                    utf8_ok[i] = False
+            col = pa.chunked_array([pa.array(values, pa.string())])
+        elif pa.types.is_timestamp(f.type) and pa.types.is_timestamp(col.type):
+            # Any unit; a naive timestamp is read as UTC (documented), a zoned one converted to UTC.
+            col = col.cast(pa.timestamp("us", tz=col.type.tz or "UTC")).cast(f.type)
+        elif col.type != f.type:
+            if pa.types.is_null(col.type):
+                col = pa.nulls(len(col), f.type)
+            else:
+                ok_cast = (pa.types.is_integer(col.type) and pa.types.is_integer(f.type)) or \
+                          (pa.types.is_integer(col.type) and pa.types.is_floating(f.type)) or \
+                          (pa.types.is_floating(col.type) and pa.types.is_floating(f.type)) or \
+                          (pa.types.is_large_string(col.type) and pa.types.is_string(f.type)) or \
+                          (pa.types.is_dictionary(col.type) and pa.types.is_string(f.type))
+                if not ok_cast:
+                    problems.append(f"{name}: column '{f.name}' has type {col.type}, expected {f.type}")
+                    continue
+                try:
+                    col = col.cast(f.type)
+                except (pa.ArrowInvalid, pa.ArrowNotImplementedError) as exc:
+                    problems.append(f"{name}: column '{f.name}' cannot be read as {f.type}: {exc}")
+                    continue
+        columns.append(pa.field(f.name, f.type))
+        table = table.set_column(table.schema.get_field_index(f.name), f.name, col)
+    if problems:
+        return None, problems, utf8_ok
+    return table.select([f.name for f in schema]).cast(schema), problems, utf8_ok
+
+
+def to_frame(table: pa.Table) -> pd.DataFrame:
+    """pandas frame with nullable integer dtypes (a null id stays an id column, not a float column)."""
+    mapping = {pa.int64(): pd.Int64Dtype(), pa.int32(): pd.Int32Dtype()}
+    return table.to_pandas(types_mapper=mapping.get)
+
+
+# -- Great Expectations ----------------------------------------------------------------------------------------
+
+
+class GxProject:
+    """A file-backed GE project in root/gx: suites, validation results and the Data Docs site."""
+
+    def __init__(self, root: Path):
+        import great_expectations as gx
+        from great_expectations.data_context.types.base import ProgressBarsConfig
+
+        self._gx = gx
+        root.mkdir(parents=True, exist_ok=True)
+        self.context = gx.get_context(mode="file", project_root_dir=str(root))
+        self.context.variables.progress_bars = ProgressBarsConfig(globally=False, metric_calculations=False)
+        self.context.variables.save()
+        self.source = self.context.data_sources.add_or_update_pandas("genrec")
+
+    def validate(self, df: pd.DataFrame, table: str, checks: list[Check]) -> list[CheckResult]:
+        gx = self._gx
+        try:
+            asset = self.source.get_asset(table)
+        except LookupError:
+            asset = self.source.add_dataframe_asset(name=table)
+        try:
+            batch_def = asset.get_batch_definition("whole")
+        except (KeyError, LookupError):
+            batch_def = asset.add_batch_definition_whole_dataframe("whole")
+        suite = gx.ExpectationSuite(name=table, expectations=[c.expectation for c in checks])
+        suite = self.context.suites.add_or_update(suite)
+        vd = self.context.validation_definitions.add_or_update(gx.ValidationDefinition(name=f"{table}_validation", data=batch_def, suite=suite))
+        cp = self.context.checkpoints.add_or_update(gx.Checkpoint(
+            name=f"{table}_checkpoint", validation_definitions=[vd],
+            actions=[gx.checkpoint.UpdateDataDocsAction(name="update_data_docs")],
+            result_format={"result_format": "SUMMARY"}))
+        result = cp.run(batch_parameters={"dataframe": df})
+        by_name = {c.name: c for c in checks}
+        out = []
+        for vr in result.run_results.values():
+            for r in vr.results:
+                check = by_name[r.expectation_config.meta["check"]]
+                res = r.result or {}
+                observed = res.get("observed_value")
+                err = r.exception_info.get("exception_message") if r.exception_info and r.exception_info.get("raised_exception") else None
+                out.append(CheckResult(check.name, check.description, "row" if check.bad_rows else "table", bool(r.success),
+                                       res.get("unexpected_count"), res.get("element_count"),
+                                       None if observed is None else str(observed)[:200], err))
+        return out
+
+    @property
+    def docs_index(self) -> Path:
+        return Path(self.context.root_directory) / "uncommitted" / "data_docs" / "local_site" / "index.html"
+
+
+def check_table(project: GxProject, df: pd.DataFrame, table: str, checks: list[Check], report: TableValidation) -> np.ndarray:
+    """Validate df with GE and return the quarantine mask (True: the row fails a row-level check)."""
+    report.results = project.validate(df, table, checks)
+    bad = np.zeros(len(df), dtype=bool)
+    failed = {r.name for r in report.results if not r.success}
+    for check in checks:
+        if check.bad_rows is None or check.name not in failed:
+            continue
+        mask = np.asarray(check.bad_rows(df), dtype=bool)
+        report.quarantine_by_check[check.name] = int(mask.sum())
+        bad |= mask
+    report.rows_quarantined = int(bad.sum())
+    return bad
+
+
+def quarantine_frame(df: pd.DataFrame, bad: np.ndarray, checks: list[Check]) -> pd.DataFrame:
+    """The quarantined rows with a `quarantine_reason` column naming every check each row failed."""
+    rows = df[bad].copy()
+    reasons = pd.Series([""] * len(rows), index=rows.index, dtype=object)
+    for check in checks:
+        if check.bad_rows is None:
+            continue
+        mask = np.asarray(check.bad_rows(rows), dtype=bool)
+        reasons[mask] = reasons[mask].map(lambda s, n=check.name: f"{s},{n}" if s else n)
+    rows["quarantine_reason"] = reasons
+    return rows
