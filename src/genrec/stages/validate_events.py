@@ -24,6 +24,7 @@ from genrec.data.schema import EVENTS_FILE, EVENTS_SCHEMA, ITEMS_FILE, ITEMS_SCH
 from genrec.errors import InputDataError, ValidationFailed
 from genrec.validation import checks as C
 from genrec.validation.gate import gate_reasons
+from genrec.validation.report import report_markdown
 from genrec.validation.runner import GxProject, TableValidation, check_table, conform, quarantine_frame, to_frame
 
 TEXT_COLUMNS = ("title", "description", "category", "brand", "image_path")
@@ -91,11 +92,17 @@ def run_validate_events(cfg: PipelineConfig, ingest_dir: str | Path, out_dir: st
             _write_quarantine(quarantine_frame(events, bad, event_checks), out_dir / "quarantine" / EVENTS_FILE)
         (out_dir / MANIFEST_FILE).write_text(json.dumps(manifest, indent=2))
 
+        track.dataset(ingest_dir / EVENTS_FILE, "events_raw", "input")
+        track.dataset(ingest_dir / ITEMS_FILE, "items_raw", "input")
+        if events_tab is not None and items_tab is not None:
+            track.dataset(out_dir / EVENTS_FILE, "events_validated", "output", {f.name: str(f.type) for f in EVENTS_SCHEMA})
+            track.dataset(out_dir / ITEMS_FILE, "items_validated", "output", {f.name: str(f.type) for f in ITEMS_SCHEMA})
         reports = [items_rep, events_rep]
         reasons = gate_reasons(reports, cfg.validation.max_quarantine_fraction)
         report = {"passed": not reasons, "reasons": reasons, "tables": [r.as_dict() for r in reports],
                   "data_docs": str(project.docs_index)}
         (out_dir / "report.json").write_text(json.dumps(report, indent=2, default=str))
+        (out_dir / "report.md").write_text(report_markdown("validate-events", report))
         _log(track, reports, project, report)
         if reasons:
             raise ValidationFailed("validate-events stopped the pipeline:\n  " + "\n  ".join(reasons)

@@ -21,6 +21,7 @@ from genrec.config import PipelineConfig
 from genrec.errors import InputDataError, ValidationFailed
 from genrec.validation import checks as C
 from genrec.validation.gate import gate_reasons
+from genrec.validation.report import report_markdown
 from genrec.validation.runner import GxProject, TableValidation, check_table, quarantine_frame
 
 
@@ -59,11 +60,14 @@ def run_validate_pages(cfg: PipelineConfig, sessionized_dir: str | Path, out_dir
         if (sessionized_dir / "pairs").is_dir():  # pass the pairs through so the next stages read one folder
             shutil.copytree(sessionized_dir / "pairs", out_dir / "pairs", dirs_exist_ok=True)
 
+        track.dataset(sessionized_dir / "pages", "pages_sessionized", "input")
+        track.dataset(out_dir / "pages", "pages_validated", "output")
         reasons = gate_reasons([rep], cfg.validation.max_quarantine_fraction)
         splits = {s: int(n) for s, n in zip(*np.unique(frame.loc[~bad, "split"], return_counts=True))}
         report = {"passed": not reasons, "reasons": reasons, "tables": [rep.as_dict()], "pages_per_split": splits,
                   "data_docs": str(project.docs_index)}
         (out_dir / "report.json").write_text(json.dumps(report, indent=2, default=str))
+        (out_dir / "report.md").write_text(report_markdown("validate-pages", report))
         track.metrics({"pages_rows_in": rep.rows_in, "pages_rows_out": rep.rows_out,
                        "pages_rows_quarantined": rep.rows_quarantined, "validation_passed": int(not reasons),
                        "pages_failed_expectations": sum(not r.success for r in rep.results)})

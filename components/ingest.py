@@ -1,0 +1,12 @@
+from kfp import dsl
+
+from components import CPU_IMAGE
+
+
+@dsl.component(base_image=CPU_IMAGE, install_kfp_package=False)
+def ingest(config_json: str, pipeline_run_id: str, kfp_run_id: str, raw: dsl.Output[dsl.Dataset]):
+    """Simulate the logs or read a dataset into canonical events and items (genrec.stages.ingest)."""
+    from genrec.config import config_from_json
+    from genrec.stages.ingest import run_ingest
+
+    run_ingest(config_from_json(config_json), raw.path, pipeline_run_id or kfp_run_id)

@@ -1,0 +1,1 @@
+"""The genrec KFP pipeline, its compiler entry and its local runner."""

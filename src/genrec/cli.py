@@ -1,0 +1,195 @@
+"""The `genrec` command line: one subcommand per stage, plus run, compile and ui.
+
+Every command takes `--config FILE` and trailing `key.sub=value` overrides. Errors a user can fix
+(bad config, bad input, a failed validation gate) print one clear message and exit with code 2.
+`run` and `compile` import the KFP pipeline lazily: the library itself never imports kfp.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import os
+import subprocess
+import sys
+import time
+import uuid
+from pathlib import Path
+from typing import List, Optional
+
+import typer
+
+from genrec.config import PipelineConfig, describe_fields, load_config
+from genrec.errors import GenrecError
+
+app = typer.Typer(add_completion=False, no_args_is_help=True, rich_markup_mode=None, pretty_exceptions_enable=False,
+                  help="genrec: train GenRec-style generative recommenders. Stages run alone or as one KFP pipeline.")
+
+ConfigOpt = typer.Option(None, "--config", "-c", help="YAML config (see configs/). Default: built-in defaults.")
+OverridesArg = typer.Argument(None, help="key.sub=value overrides, e.g. simulator.n_users=500", show_default=False)
+RunIdOpt = typer.Option("", "--pipeline-run-id", help="Group this stage's MLflow run with others of one pipeline run (default: new).")
+
+
+def _friendly(fn):
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        try:
+            return fn(*args, **kwargs)
+        except GenrecError as exc:
+            typer.echo(f"error: {exc}", err=True)
+            raise typer.Exit(2)
+    return wrapper
+
+
+def _config(config: Optional[Path], overrides: Optional[List[str]]) -> PipelineConfig:
+    os.environ.setdefault("SPARK_LOCAL_IP", "127.0.0.1")
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    cfg = load_config(config, overrides or [])
+    # Absolute paths: stages may run in other processes and folders (kfp.local, spark-submit).
+    cfg.run.work_dir = str(Path(cfg.run.work_dir).resolve())
+    from genrec import tracking
+
+    cfg.run.tracking_uri = tracking.tracking_uri(cfg)
+    return cfg
+
+
+def _out(cfg: PipelineConfig, out: Optional[Path], name: str) -> Path:
+    return out or Path(cfg.run.work_dir) / "stages" / name
+
+
+@app.command()
+@_friendly
+def ingest(config: Optional[Path] = ConfigOpt, out: Optional[Path] = typer.Option(None, help="Output folder [work_dir/stages/ingest]."),
+           pipeline_run_id: str = RunIdOpt, overrides: Optional[List[str]] = OverridesArg):
+    """Reads the configured source (simulator, movielens, amazon_beauty, parquet); writes canonical
+    events.parquet, items.parquet, manifest.json (and ground_truth.npz for the simulator) to OUT."""
+    from genrec.stages.ingest import run_ingest
+
+    cfg = _config(config, overrides)
+    out = _out(cfg, out, "ingest")
+    manifest = run_ingest(cfg, out, pipeline_run_id or uuid.uuid4().hex)
+    typer.echo(f"ingested {manifest['n_events']:,} events, {manifest['n_items']:,} items -> {out}")
+
+
+@app.command("validate-events")
+@_friendly
+def validate_events(config: Optional[Path] = ConfigOpt,
+                    input: Optional[Path] = typer.Option(None, "--input", help="The ingest folder [work_dir/stages/ingest]."),
+                    out: Optional[Path] = typer.Option(None, help="Output folder [work_dir/stages/validated]."),
+                    pipeline_run_id: str = RunIdOpt, overrides: Optional[List[str]] = OverridesArg):
+    """Reads the ingest folder; writes validated events/items, quarantine/, report.json and Great
+    Expectations Data Docs (gx/uncommitted/data_docs/local_site/index.html) to OUT. Exit 2 if the gate stops."""
+    from genrec.stages.validate_events import run_validate_events
+
+    cfg = _config(config, overrides)
+    out = _out(cfg, out, "validated")
+    report = run_validate_events(cfg, input or _out(cfg, None, "ingest"), out, pipeline_run_id or uuid.uuid4().hex)
+    for t in report["tables"]:
+        typer.echo(f"{t['table']}: {t['rows_in']:,} in, {t['rows_out']:,} out, {t['rows_quarantined']:,} quarantined")
+    typer.echo(f"Data Docs: {report['data_docs']}")
+
+
+@app.command()
+@_friendly
+def sessionize(config: Optional[Path] = ConfigOpt,
+               input: Optional[Path] = typer.Option(None, "--input", help="The validated folder [work_dir/stages/validated]."),
+               out: Optional[Path] = typer.Option(None, help="Output folder [work_dir/stages/sessionized]."),
+               pipeline_run_id: str = RunIdOpt, overrides: Optional[List[str]] = OverridesArg):
+    """Reads validated events; runs the Spark job; writes pages/ (partitioned by split), sessions/,
+    pairs/ (co-engagement) and report.json to OUT."""
+    from genrec.stages.sessionize import run_sessionize
+
+    cfg = _config(config, overrides)
+    out = _out(cfg, out, "sessionized")
+    report = run_sessionize(cfg, input or _out(cfg, None, "validated"), out, pipeline_run_id or uuid.uuid4().hex)
+    typer.echo(json.dumps({k: v for k, v in report.items() if not k.endswith("_hist")}, indent=2))
+
+
+@app.command("validate-pages")
+@_friendly
+def validate_pages(config: Optional[Path] = ConfigOpt,
+                   input: Optional[Path] = typer.Option(None, "--input", help="The sessionized folder [work_dir/stages/sessionized]."),
+                   out: Optional[Path] = typer.Option(None, help="Output folder [work_dir/stages/pages]."),
+                   pipeline_run_id: str = RunIdOpt, overrides: Optional[List[str]] = OverridesArg):
+    """Reads sessionized pages; writes validated pages/, pairs/, quarantine/, report.json and Data Docs to OUT."""
+    from genrec.stages.validate_pages import run_validate_pages
+
+    cfg = _config(config, overrides)
+    out = _out(cfg, out, "pages")
+    report = run_validate_pages(cfg, input or _out(cfg, None, "sessionized"), out, pipeline_run_id or uuid.uuid4().hex)
+    typer.echo(f"pages per split: {report['pages_per_split']}; Data Docs: {report['data_docs']}")
+
+
+@app.command()
+@_friendly
+def run(config: Optional[Path] = ConfigOpt, overrides: Optional[List[str]] = OverridesArg):
+    """Runs the whole KFP pipeline on this machine (kfp.local, SubprocessRunner) under one MLflow parent
+    run; prints where the outputs, the MLflow run and the Data Docs are. Exit 2 if a stage fails."""
+    from genrec import tracking
+    from pipelines.local_run import run_local
+
+    cfg = _config(config, overrides)
+    run_id = uuid.uuid4().hex
+    parent = tracking.ensure_parent_run(cfg, run_id)
+    typer.echo(f"pipeline run {run_id}: MLflow parent run {parent} ({cfg.run.tracking_uri})")
+    t0 = time.time()
+    result = run_local(cfg, run_id)
+    elapsed = time.time() - t0
+    tracking.finish_parent_run(cfg, run_id, "FINISHED" if result.succeeded else "FAILED", {"pipeline_duration_s": elapsed})
+    typer.echo("")
+    typer.echo(f"pipeline {'succeeded' if result.succeeded else 'FAILED'} in {elapsed:.0f} s")
+    typer.echo(f"outputs:    {result.pipeline_root}")
+    typer.echo(f"MLflow run: {tracking.run_url(cfg, parent)}")
+    for docs in result.data_docs():
+        typer.echo(f"Data Docs:  {docs}")
+    if not result.succeeded:
+        typer.echo(f"error: {result.error.strip().splitlines()[-1] if result.error.strip() else 'a stage failed'} "
+                   "(the failing stage's message is printed above)", err=True)
+        raise typer.Exit(2)
+
+
+@app.command()
+@_friendly
+def compile(out: Path = typer.Option(None, help="Where to write the pipeline YAML [pipelines/genrec_pipeline.yaml].")):
+    """Compiles the KFP pipeline to YAML for a Kubernetes KFP installation."""
+    from pipelines.genrec_pipeline import COMPILED_PATH, compile_pipeline
+
+    typer.echo(f"compiled -> {compile_pipeline(out or COMPILED_PATH)}")
+
+
+@app.command()
+@_friendly
+def ui(config: Optional[Path] = ConfigOpt, port: int = typer.Option(5000, help="Port on 127.0.0.1."),
+       overrides: Optional[List[str]] = OverridesArg):
+    """Starts a local MLflow server on 127.0.0.1 over the configured store and prints its URL (Ctrl-C stops it)."""
+    cfg = _config(config, overrides)
+    art = Path(cfg.run.work_dir) / "mlartifacts"
+    cmd = [sys.executable, "-m", "mlflow", "server", "--host", "127.0.0.1", "--port", str(port),
+           "--backend-store-uri", cfg.run.tracking_uri, "--default-artifact-root", art.as_uri()]
+    proc = subprocess.Popen(cmd)
+    typer.echo(f"MLflow UI: http://127.0.0.1:{port}  (store {cfg.run.tracking_uri}; Ctrl-C to stop)")
+    try:
+        proc.wait()
+    except KeyboardInterrupt:
+        proc.terminate()
+        proc.wait()
+
+
+@app.command("config-show")
+@_friendly
+def config_show(config: Optional[Path] = ConfigOpt, as_json: bool = typer.Option(False, "--json", help="JSON instead of YAML."),
+                overrides: Optional[List[str]] = OverridesArg):
+    """Prints the fully resolved config (file + overrides + defaults)."""
+    cfg = load_config(config, overrides or [])
+    typer.echo(cfg.to_json() if as_json else cfg.to_yaml())
+
+
+@app.command("config-help")
+def config_help():
+    """Lists every config key with its default and help text."""
+    for key, default, help_text in describe_fields():
+        typer.echo(f"{key} = {default}\n    {help_text}")
+
+
+if __name__ == "__main__":
+    app()
