@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import logging
-import os
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -13,9 +11,6 @@ import pyarrow as pa
 
 from genrec.validation.checks import Check
 
-os.environ.setdefault("GX_ANALYTICS_ENABLED", "false")
-# GE logs every datasource save at INFO; keep the stage logs readable.
-logging.getLogger("great_expectations").setLevel(logging.WARNING)
 
 
 @dataclass
@@ -82,7 +77,10 @@ def conform(table: pa.Table, schema: pa.Schema, name: str, text_columns: tuple[s
             if pa.types.is_null(col.type):
                 col = pa.nulls(len(col), f.type)
             else:
+                # Widening, and floats holding whole numbers (pandas writes nullable ids as float): a cast
+                # that would lose information fails below with a message naming the column.
                 ok_cast = (pa.types.is_integer(col.type) and pa.types.is_integer(f.type)) or \
+                          (pa.types.is_floating(col.type) and pa.types.is_integer(f.type)) or \
                           (pa.types.is_integer(col.type) and pa.types.is_floating(f.type)) or \
                           (pa.types.is_floating(col.type) and pa.types.is_floating(f.type)) or \
                           (pa.types.is_large_string(col.type) and pa.types.is_string(f.type)) or \
@@ -99,7 +97,9 @@ def conform(table: pa.Table, schema: pa.Schema, name: str, text_columns: tuple[s
         table = table.set_column(table.schema.get_field_index(f.name), f.name, col)
     if problems:
         return None, problems, utf8_ok
-    return table.select([f.name for f in schema]).cast(schema), problems, utf8_ok
+    # Nulls in required columns are a row-level fault (quarantined later), not a reason to refuse the table.
+    nullable = pa.schema([f.with_nullable(True) for f in schema])
+    return table.select([f.name for f in schema]).cast(nullable), problems, utf8_ok
 
 
 def to_frame(table: pa.Table) -> pd.DataFrame:
@@ -180,13 +180,16 @@ def check_table(project: GxProject, df: pd.DataFrame, table: str, checks: list[C
 
 
 def quarantine_frame(df: pd.DataFrame, bad: np.ndarray, checks: list[Check]) -> pd.DataFrame:
-    """The quarantined rows with a `quarantine_reason` column naming every check each row failed."""
-    rows = df[bad].copy()
-    reasons = pd.Series([""] * len(rows), index=rows.index, dtype=object)
+    """The quarantined rows with a `quarantine_reason` column naming every check each row failed.
+
+    Masks are evaluated on the whole table: some rules (duplicates, one user per request) depend on other rows.
+    """
+    reasons = np.full(len(df), "", dtype=object)
     for check in checks:
-        if check.bad_rows is None:
+        if check.bad_rows is None or not bad.any():
             continue
-        mask = np.asarray(check.bad_rows(rows), dtype=bool)
-        reasons[mask] = reasons[mask].map(lambda s, n=check.name: f"{s},{n}" if s else n)
-    rows["quarantine_reason"] = reasons
+        mask = np.asarray(check.bad_rows(df), dtype=bool) & bad
+        reasons[mask] = [f"{r},{check.name}" if r else check.name for r in reasons[mask]]
+    rows = df[bad].copy()
+    rows["quarantine_reason"] = reasons[bad]
     return rows
