@@ -47,12 +47,18 @@ GROUPS = {3: "ordered_items", 2: "carted_items", 1: "clicked_items", 0: "exposed
 
 
 def build_spark(cfg: SessionizeConfig, app_name: str = "genrec-sessionize") -> SparkSession:
-    """A SparkSession for the configured master, UTC throughout, no UI."""
+    """A SparkSession for the configured master, UTC throughout, no UI.
+
+    Under spark-submit (which starts the JVM before Python runs) the master and driver memory given to
+    spark-submit win; from plain Python they come from the config.
+    """
     os.environ.setdefault("SPARK_LOCAL_IP", "127.0.0.1")
-    return (SparkSession.builder.master(cfg.master).appName(app_name)
+    builder = SparkSession.builder.appName(app_name)
+    if "PYSPARK_GATEWAY_PORT" not in os.environ:
+        builder = builder.master(cfg.master).config("spark.driver.memory", cfg.driver_memory)
+    return (builder
             .config("spark.sql.session.timeZone", "UTC")
             .config("spark.sql.shuffle.partitions", str(cfg.shuffle_partitions))
-            .config("spark.driver.memory", cfg.driver_memory)
             .config("spark.ui.enabled", "false")
             .config("spark.sql.parquet.outputTimestampType", "TIMESTAMP_MICROS")
             .getOrCreate())
@@ -162,6 +168,7 @@ def sessionize(spark: SparkSession, events_path: str, out_dir: str, cfg: Session
 
     report = _report(spark, ev, pages, out)
     report["duration_s"] = round(time.time() - t0, 2)
+    report["spark_master"] = spark.sparkContext.master
     (out / "report.json").write_text(json.dumps(report, indent=2))
     ev.unpersist()
     pages.unpersist()

@@ -83,6 +83,8 @@ CASES = {
     "empty_events": (lambda e, i: (e.iloc[:0], i), ("stop", "'not_empty'")),
     "too_many_bad_rows": (lambda e, i: (_set(e, "event_type", list(range(0, N, 5)), "view"), i),
                           ("stop", "fail row-level expectations ('event_type_known' on")),
+    "clicks_without_exposure": (lambda e, i: (e[~((e.event_type == "expose") & (e.request_id % 3 == 0))], i),
+                                ("stop", "'positive_has_exposure'")),
     "naive_timestamps": (lambda e, i: (e.assign(ts=e["ts"].dt.tz_localize(None)), i), ("quarantine", {"events": {}})),
     "items_missing_item_id": (lambda e, i: (e, i.drop(columns=["item_id"])), ("stop", "items.parquet: required column 'item_id'")),
     "non_utf8_title": (_non_utf8_title, ("quarantine", {"items": {"text_utf8": 1}})),

@@ -93,3 +93,32 @@ def test_cli_help_says_what_each_stage_reads_and_writes():
         assert proc.returncode == 0 and "Reads" in proc.stdout and "writes" in proc.stdout, cmd
     proc = _genrec("ingest", "simulator.bogus=1")
     assert proc.returncode == 2 and "unknown key 'simulator.bogus'" in proc.stderr and "Traceback" not in proc.stderr
+
+
+def test_ui_serves_the_store_on_localhost(tmp_path):
+    import socket
+    import time
+    import urllib.request
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    proc = subprocess.Popen([sys.executable, "-m", "genrec.cli", "ui", "--port", str(port), f"run.work_dir={tmp_path}"],
+                            cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+    try:
+        first = proc.stdout.readline()
+        assert f"http://127.0.0.1:{port}" in first
+        deadline = time.time() + 90
+        while time.time() < deadline:
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=2) as r:
+                    assert r.status == 200
+                    break
+            except OSError:
+                time.sleep(0.5)
+        else:
+            pytest.fail("genrec ui did not answer in 90 s")
+        assert (tmp_path / "mlflow.db").is_file()
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)

@@ -1,6 +1,11 @@
 """The Spark sessionization job on a hand-made log whose sessions, pages, histories and pairs are known."""
 
+import json
+import os
+import subprocess
+import sys
 from datetime import datetime, timedelta, timezone
+from pathlib import Path
 
 import pandas as pd
 import pyarrow as pa
@@ -139,3 +144,19 @@ def test_deterministic_and_leak_free_on_simulated_logs(run_job):
         ts = [pd.Timestamp(t, tz="UTC") for t in page["history_ts"]]
         assert len(ts) <= 30 and all(t < page["page_start"] for t in ts) and ts == sorted(ts)
     assert r1["n_pages"] == logs.events.to_pandas()["request_id"].nunique()
+
+
+def test_runs_under_spark_submit(tmp_path):
+    logs = simulate(SimulatorConfig(n_users=40, n_items=80, days=3), seed=2, progress=False)
+    pq.write_table(logs.events, tmp_path / "events.parquet")
+    repo = Path(__file__).resolve().parents[1]
+    env = {**os.environ, "PYSPARK_PYTHON": sys.executable, "PYSPARK_DRIVER_PYTHON": sys.executable}
+    proc = subprocess.run([str(Path(sys.executable).parent / "spark-submit"), "--master", "local[1]", "--driver-memory", "1g",
+                           str(repo / "spark_jobs" / "sessionize.py"), "--events", str(tmp_path / "events.parquet"),
+                           "--out", str(tmp_path / "out"), "sessionize.shuffle_partitions=2", "sessionize.split.test_days=2"],
+                          env=env, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    report = json.loads((tmp_path / "out" / "report.json").read_text())
+    assert report["n_pages"] == len(set(logs.events.column("request_id").to_pylist()))
+    assert report["n_pages_test"] > 0 and json.loads(proc.stdout)["n_pages"] == report["n_pages"]
+    assert report["spark_master"] == "local[1]"  # spark-submit's --master wins over the config's local[*]

@@ -10,7 +10,6 @@ from __future__ import annotations
 import functools
 import json
 import os
-import subprocess
 import sys
 import time
 import uuid
@@ -166,13 +165,10 @@ def ui(config: Optional[Path] = ConfigOpt, port: int = typer.Option(5000, help="
     art = Path(cfg.run.work_dir) / "mlartifacts"
     cmd = [sys.executable, "-m", "mlflow", "server", "--host", "127.0.0.1", "--port", str(port),
            "--backend-store-uri", cfg.run.tracking_uri, "--default-artifact-root", art.as_uri()]
-    proc = subprocess.Popen(cmd)
     typer.echo(f"MLflow UI: http://127.0.0.1:{port}  (store {cfg.run.tracking_uri}; Ctrl-C to stop)")
-    try:
-        proc.wait()
-    except KeyboardInterrupt:
-        proc.terminate()
-        proc.wait()
+    sys.stdout.flush()
+    # Become the server: Ctrl-C and SIGTERM reach it directly, and no orphan is left behind.
+    os.execv(sys.executable, cmd)
 
 
 @app.command("config-show")

@@ -84,8 +84,10 @@ def ensure_parent_run(cfg: PipelineConfig, pipeline_run_id: str) -> str:
     run = client.create_run(exp_id, run_name=f"{cfg.run.name}-{pipeline_run_id[:8]}",
                             tags={**_tags(cfg, pipeline_run_id), STAGE_TAG: "pipeline"})
     client.log_text(run.info.run_id, cfg.to_yaml(), "config.yaml")
-    for key, value in _flatten(cfg.model_dump(mode="json")).items():
-        client.log_param(run.info.run_id, key, value)
+    from mlflow.entities import Param
+
+    params = [Param(k, str(v)) for k, v in _flatten(cfg.model_dump(mode="json")).items()]
+    client.log_batch(run.info.run_id, params=params)
     return run.info.run_id
 
 

@@ -18,21 +18,13 @@ import pyarrow.parquet as pq
 
 from genrec import plots, tracking
 from genrec.config import PipelineConfig
+from genrec.data.io import read_parquet
 from genrec.data.schema import EVENTS_FILE, ITEMS_FILE, MANIFEST_FILE
 from genrec.errors import InputDataError
 
 
 def _day(d) -> datetime:
     return datetime.combine(d, time(), tzinfo=timezone.utc)
-
-
-def _read_parquet(path: Path) -> pa.Table:
-    if not path.is_file():
-        raise InputDataError(f"{path} not found (source.kind=parquet needs {EVENTS_FILE} and {ITEMS_FILE} in source.path)")
-    try:
-        return pq.read_table(path)
-    except (pa.ArrowInvalid, OSError) as exc:
-        raise InputDataError(f"{path}: not a readable parquet file: {exc}") from None
 
 
 def _load(cfg: PipelineConfig, out_dir: Path) -> tuple[pa.Table, pa.Table, dict]:
@@ -61,7 +53,8 @@ def _load(cfg: PipelineConfig, out_dir: Path) -> tuple[pa.Table, pa.Table, dict]
 
         events, items = load_amazon_beauty(path)
     else:
-        events, items = _read_parquet(path / EVENTS_FILE), _read_parquet(path / ITEMS_FILE)
+        hint = f"source.kind=parquet needs {EVENTS_FILE} and {ITEMS_FILE} in source.path"
+        events, items = read_parquet(path / EVENTS_FILE, hint), read_parquet(path / ITEMS_FILE, hint)
         if (path / "images").is_dir():
             shutil.copytree(path / "images", out_dir / "images", dirs_exist_ok=True)
     return events, items, extra

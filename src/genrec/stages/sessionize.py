@@ -35,6 +35,7 @@ def run_sessionize(cfg: PipelineConfig, validated_dir: str | Path, out_dir: str 
             if own:
                 spark.stop()
         track.metrics({k: v for k, v in report.items() if isinstance(v, (int, float))})
+        track.tag("genrec.spark_master", report["spark_master"])
         track.json(report, "sessionize/report.json")
         track.dataset(events, "events_validated", "input")
         track.dataset(Path(out_dir) / "pages", "pages", "output")

@@ -20,6 +20,7 @@ import pyarrow.parquet as pq
 
 from genrec import tracking
 from genrec.config import PipelineConfig
+from genrec.data.io import read_parquet
 from genrec.data.schema import EVENTS_FILE, EVENTS_SCHEMA, ITEMS_FILE, ITEMS_SCHEMA, MANIFEST_FILE
 from genrec.errors import InputDataError, ValidationFailed
 from genrec.validation import checks as C
@@ -28,15 +29,6 @@ from genrec.validation.report import report_markdown
 from genrec.validation.runner import GxProject, TableValidation, check_table, conform, quarantine_frame, to_frame
 
 TEXT_COLUMNS = ("title", "description", "category", "brand", "image_path")
-
-
-def _read(path: Path) -> pa.Table:
-    if not path.is_file():
-        raise InputDataError(f"{path} not found: run the ingest stage first")
-    try:
-        return pq.read_table(path)
-    except (pa.ArrowInvalid, OSError) as exc:
-        raise InputDataError(f"{path}: not a readable parquet file: {exc}") from None
 
 
 def _write(df: pd.DataFrame, schema: pa.Schema, path: Path) -> None:
@@ -67,7 +59,7 @@ def run_validate_events(cfg: PipelineConfig, ingest_dir: str | Path, out_dir: st
         now = datetime.now(timezone.utc) + timedelta(minutes=cfg.validation.future_tolerance_minutes)
         project = GxProject(out_dir)
 
-        items_raw = _read(ingest_dir / ITEMS_FILE)
+        items_raw = read_parquet(ingest_dir / ITEMS_FILE, "run the ingest stage first")
         items_rep = TableValidation("items", items_raw.num_rows)
         items_tab, items_rep.schema_problems, utf8_ok = conform(items_raw, ITEMS_SCHEMA, f"{ITEMS_FILE}", TEXT_COLUMNS)
         clean_item_ids = pd.Series([], dtype="Int64")
@@ -81,7 +73,7 @@ def run_validate_events(cfg: PipelineConfig, ingest_dir: str | Path, out_dir: st
             _write_quarantine(quarantine_frame(items, bad, item_checks), out_dir / "quarantine" / ITEMS_FILE)
             clean_item_ids = items.loc[~bad, "item_id"]
 
-        events_raw = _read(ingest_dir / EVENTS_FILE)
+        events_raw = read_parquet(ingest_dir / EVENTS_FILE, "run the ingest stage first")
         events_rep = TableValidation("events", events_raw.num_rows)
         events_tab, events_rep.schema_problems, _ = conform(events_raw, EVENTS_SCHEMA, f"{EVENTS_FILE}")
         if events_tab is not None:

@@ -76,6 +76,10 @@ def event_checks(period_start: datetime, period_end: datetime, now: datetime) ->
         Check("request_single_user", "all events of a feed request belong to one user",
               gxe.ExpectColumnValuesToBeInSet(column="request_single_user", value_set=[True]),
               lambda df: ~df["request_single_user"]),
+        # A broken exposure logger shows as clicks on items the request never exposed. A few are normal
+        # (lost log lines); many mean the page data cannot be trusted, so this one stops the pipeline.
+        Check("positive_has_exposure", "clicks, carts and orders of a feed request follow an exposure of the item (mostly)",
+              gxe.ExpectColumnValuesToBeInSet(column="exposed_in_request", value_set=[True], mostly=0.95)),
     ]
 
 
@@ -87,6 +91,13 @@ def add_event_columns(events: pd.DataFrame, item_ids: np.ndarray) -> pd.DataFram
     n_users = req.groupby("request_id")["user_id"].transform("nunique")
     out["request_single_user"] = True
     out.loc[n_users.index, "request_single_user"] = (n_users == 1).to_numpy()
+    # Positive events with a request id: was the item exposed in that request? (True where not applicable.)
+    exposed = out.loc[out["event_type"] == "expose", ["request_id", "item_id"]].dropna().drop_duplicates()
+    exposed["_seen"] = True
+    positive = out["request_id"].notna() & out["event_type"].isin(["click", "cart", "order"])
+    seen = out.loc[positive, ["request_id", "item_id"]].merge(exposed, how="left", on=["request_id", "item_id"])["_seen"]
+    out["exposed_in_request"] = True
+    out.loc[positive, "exposed_in_request"] = seen.fillna(False).astype(bool).to_numpy()
     return out
 
 
