@@ -1,5 +1,6 @@
 """The KFP pipeline: the committed YAML is current, and `genrec run` runs it locally under one MLflow parent run."""
 
+import os
 import re
 import subprocess
 import sys
@@ -103,8 +104,9 @@ def test_ui_serves_the_store_on_localhost(tmp_path):
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
+    env = {k: v for k, v in os.environ.items() if k != "MLFLOW_TRACKING_URI"}  # other tests' mlflow calls set it
     proc = subprocess.Popen([sys.executable, "-m", "genrec.cli", "ui", "--port", str(port), f"run.work_dir={tmp_path}"],
-                            cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+                            cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, env=env)
     try:
         first = proc.stdout.readline()
         assert f"http://127.0.0.1:{port}" in first
@@ -122,3 +124,8 @@ def test_ui_serves_the_store_on_localhost(tmp_path):
     finally:
         proc.terminate()
         proc.wait(timeout=30)
+
+
+def test_ui_refuses_a_server_store(mlflow_server):
+    proc = _genrec("ui", f"run.tracking_uri={mlflow_server}")
+    assert proc.returncode == 2 and "already a server" in proc.stderr

@@ -162,6 +162,9 @@ def ui(config: Optional[Path] = ConfigOpt, port: int = typer.Option(5000, help="
        overrides: Optional[List[str]] = OverridesArg):
     """Starts a local MLflow server on 127.0.0.1 over the configured store and prints its URL (Ctrl-C stops it)."""
     cfg = _config(config, overrides)
+    if cfg.run.tracking_uri.startswith(("http://", "https://")):
+        raise GenrecError(f"the tracking store is already a server ({cfg.run.tracking_uri}): open it in a browser; "
+                          "`genrec ui` serves a local sqlite store (unset MLFLOW_TRACKING_URI or run.tracking_uri)")
     art = Path(cfg.run.work_dir) / "mlartifacts"
     cmd = [sys.executable, "-m", "mlflow", "server", "--host", "127.0.0.1", "--port", str(port),
            "--backend-store-uri", cfg.run.tracking_uri, "--default-artifact-root", art.as_uri()]

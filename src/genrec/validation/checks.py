@@ -91,13 +91,15 @@ def add_event_columns(events: pd.DataFrame, item_ids: np.ndarray) -> pd.DataFram
     n_users = req.groupby("request_id")["user_id"].transform("nunique")
     out["request_single_user"] = True
     out.loc[n_users.index, "request_single_user"] = (n_users == 1).to_numpy()
-    # Positive events with a request id: was the item exposed in that request? (True where not applicable.)
+    # Positive events with a request id: was the item exposed in that request? Null where that does not
+    # apply (exposures, events without a request), so the check's share counts positive events only.
     exposed = out.loc[out["event_type"] == "expose", ["request_id", "item_id"]].dropna().drop_duplicates()
     exposed["_seen"] = True
-    positive = out["request_id"].notna() & out["event_type"].isin(["click", "cart", "order"])
+    positive = (out["request_id"].notna() & out["event_type"].isin(["click", "cart", "order"])).to_numpy()
     seen = out.loc[positive, ["request_id", "item_id"]].merge(exposed, how="left", on=["request_id", "item_id"])["_seen"]
-    out["exposed_in_request"] = True
-    out.loc[positive, "exposed_in_request"] = seen.fillna(False).astype(bool).to_numpy()
+    flag = pd.array([pd.NA] * len(out), dtype="boolean")
+    flag[positive] = seen.notna().to_numpy()
+    out["exposed_in_request"] = flag
     return out
 
 
