@@ -125,8 +125,9 @@ def test_bad_input_corpus(case, make_cfg, tmp_path):
     tables = {t["table"]: t for t in report["tables"]}
     for table, by_check in expected.items():
         t = tables[table]
-        for check, rows in by_check.items():
-            assert t["quarantine_by_check"][check] == (rows if rows is not None else t["quarantine_by_check"][check]) > 0
+        for check, rows in by_check.items():  # rows None: any positive count (depends on the simulated log)
+            got = t["quarantine_by_check"][check]
+            assert got > 0 and (rows is None or got == rows), (check, got, rows)
         quarantined = pq.read_table(out / "quarantine" / f"{table}.parquet")
         clean = pq.read_table(out / f"{table}.parquet")
         assert t["rows_in"] == t["rows_out"] + t["rows_quarantined"] == clean.num_rows + quarantined.num_rows

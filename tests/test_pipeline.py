@@ -42,6 +42,9 @@ def test_local_run_succeeds_and_says_where_things_are(demo_run):
     docs = re.findall(r"Data Docs:\s+(\S+index\.html)", out)
     assert len(docs) == 2 and all(Path(d).is_file() for d in docs)
     assert "validate-events" in docs[0] and "validate-pages" in docs[1]
+    run_id = re.search(r"^pipeline run ([0-9a-f]{32})", out, re.M).group(1)
+    # the Data Docs file each validation under the pipeline run's id
+    assert list(Path(docs[0]).parent.glob(f"validations/events/{run_id}/*/*.html"))
     assert re.search(rf"MLflow run: {re.escape(server)}/#/experiments/\d+/runs/[0-9a-f]{{32}}", out)
     root = Path(re.search(r"^outputs:\s+(\S+)$", out, re.M).group(1))
     assert next(root.glob("*/validate-pages/pages/pages/split=train"))

@@ -68,7 +68,7 @@ def run_validate_events(cfg: PipelineConfig, ingest_dir: str | Path, out_dir: st
             items["text_utf8"] = utf8_ok
             items["any_text"] = items[["title", "description", "category", "brand"]].bfill(axis=1).iloc[:, 0]
             item_checks = C.item_checks()
-            bad = check_table(project, items, "items", item_checks, items_rep)
+            bad = check_table(project, items, "items", item_checks, items_rep, pipeline_run_id)
             _write(items[~bad], ITEMS_SCHEMA, out_dir / ITEMS_FILE)
             _write_quarantine(quarantine_frame(items, bad, item_checks), out_dir / "quarantine" / ITEMS_FILE)
             clean_item_ids = items.loc[~bad, "item_id"]
@@ -79,7 +79,7 @@ def run_validate_events(cfg: PipelineConfig, ingest_dir: str | Path, out_dir: st
         if events_tab is not None:
             events = C.add_event_columns(to_frame(events_tab), clean_item_ids.dropna().to_numpy())
             event_checks = C.event_checks(period[0], period[1], now)
-            bad = check_table(project, events, "events", event_checks, events_rep)
+            bad = check_table(project, events, "events", event_checks, events_rep, pipeline_run_id)
             _write(events[~bad], EVENTS_SCHEMA, out_dir / EVENTS_FILE)
             _write_quarantine(quarantine_frame(events, bad, event_checks), out_dir / "quarantine" / EVENTS_FILE)
         (out_dir / MANIFEST_FILE).write_text(json.dumps(manifest, indent=2))

@@ -50,7 +50,7 @@ def run_validate_pages(cfg: PipelineConfig, sessionized_dir: str | Path, out_dir
         checks = C.page_checks(cfg.validation.max_history_items)
         project = GxProject(out_dir)
         rep = TableValidation("pages", table.num_rows)
-        bad = check_table(project, frame, "pages", checks, rep)
+        bad = check_table(project, frame, "pages", checks, rep, pipeline_run_id)
         if (out_dir / "pages").exists():
             shutil.rmtree(out_dir / "pages")
         pq.write_to_dataset(table.filter(pa.array(~bad)), out_dir / "pages", partition_cols=["split"])

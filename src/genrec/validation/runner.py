@@ -125,7 +125,10 @@ class GxProject:
         self.context.variables.save()
         self.source = self.context.data_sources.add_or_update_pandas("genrec")
 
-    def validate(self, df: pd.DataFrame, table: str, checks: list[Check]) -> list[CheckResult]:
+    def validate(self, df: pd.DataFrame, table: str, checks: list[Check], run_name: str | None = None) -> list[CheckResult]:
+        """Run the checks as one suite; the Data Docs list the run under `run_name` (the pipeline run)."""
+        from great_expectations.core.run_identifier import RunIdentifier
+
         gx = self._gx
         try:
             asset = self.source.get_asset(table)
@@ -142,7 +145,7 @@ class GxProject:
             name=f"{table}_checkpoint", validation_definitions=[vd],
             actions=[gx.checkpoint.UpdateDataDocsAction(name="update_data_docs")],
             result_format={"result_format": "SUMMARY"}))
-        result = cp.run(batch_parameters={"dataframe": df})
+        result = cp.run(batch_parameters={"dataframe": df}, run_id=RunIdentifier(run_name=run_name))
         by_name = {c.name: c for c in checks}
         out = []
         for vr in result.run_results.values():
@@ -161,9 +164,10 @@ class GxProject:
         return Path(self.context.root_directory) / "uncommitted" / "data_docs" / "local_site" / "index.html"
 
 
-def check_table(project: GxProject, df: pd.DataFrame, table: str, checks: list[Check], report: TableValidation) -> np.ndarray:
+def check_table(project: GxProject, df: pd.DataFrame, table: str, checks: list[Check], report: TableValidation,
+                run_name: str | None = None) -> np.ndarray:
     """Validate df with GE and return the quarantine mask (True: the row fails a row-level check)."""
-    report.results = project.validate(df, table, checks)
+    report.results = project.validate(df, table, checks, run_name)
     bad = np.zeros(len(df), dtype=bool)
     failed = {r.name for r in report.results if not r.success}
     for check in checks:
