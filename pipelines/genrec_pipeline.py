@@ -1,4 +1,4 @@
-"""The genrec pipeline (KFP v2): ingest -> validate-events -> sessionize -> validate-pages.
+"""The genrec pipeline (KFP v2): ingest -> validate-events -> sessionize -> validate-pages -> embed-items -> assign-sids.
 
 Compile:  genrec compile            (writes pipelines/genrec_pipeline.yaml, committed and tested for staleness)
 Run here: genrec run --config configs/demo.yaml   (kfp.local, SubprocessRunner)
@@ -9,6 +9,8 @@ from pathlib import Path
 
 from kfp import compiler, dsl
 
+from components.assign_sids import assign_sids
+from components.embed_items import embed_items
 from components.ingest import ingest
 from components.sessionize import sessionize
 from components.validate_events import validate_events
@@ -18,7 +20,7 @@ PIPELINE_NAME = "genrec"
 COMPILED_PATH = Path(__file__).with_name("genrec_pipeline.yaml")
 
 
-@dsl.pipeline(name=PIPELINE_NAME, description="GenRec training pipeline: logs -> validated training pages.")
+@dsl.pipeline(name=PIPELINE_NAME, description="GenRec training pipeline: logs -> validated training pages -> semantic IDs.")
 def genrec_pipeline(config_json: str, pipeline_run_id: str = ""):
     """config_json: the fully resolved genrec config (genrec config-show --json). pipeline_run_id: groups the
     stages' MLflow runs under one parent run; empty on a cluster means KFP's own job id."""
@@ -28,7 +30,12 @@ def genrec_pipeline(config_json: str, pipeline_run_id: str = ""):
     sessionized = sessionize(validated=validated.outputs["validated"], **common).set_display_name("sessionize")
     sessionized.set_memory_request("4G").set_cpu_request("2")
     pages = validate_pages(sessionized=sessionized.outputs["sessionized"], **common).set_display_name("validate-pages")
-    for task in (raw, validated, sessionized, pages):
+    embedded = embed_items(raw=raw.outputs["raw"], validated=validated.outputs["validated"], pages=pages.outputs["pages"],
+                           **common).set_display_name("embed-items")
+    embedded.set_memory_request("4G").set_cpu_request("2")
+    sids = assign_sids(embeddings=embedded.outputs["embeddings"], validated=validated.outputs["validated"],
+                       **common).set_display_name("assign-sids")
+    for task in (raw, validated, sessionized, pages, embedded, sids):
         task.set_caching_options(False)  # every run is tracked in MLflow; a cache hit would log nothing
 
 

@@ -12,7 +12,7 @@ import pytest
 from pipelines.genrec_pipeline import COMPILED_PATH, compile_pipeline
 
 REPO = Path(__file__).resolve().parents[1]
-STAGES = ["ingest", "validate-events", "sessionize", "validate-pages"]
+STAGES = ["ingest", "validate-events", "sessionize", "validate-pages", "embed-items", "assign-sids"]
 
 
 def test_compiled_yaml_is_current(tmp_path):
@@ -39,12 +39,13 @@ def test_local_run_succeeds_and_says_where_things_are(demo_run):
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     out = proc.stdout
     assert "pipeline succeeded" in out
-    docs = re.findall(r"Data Docs:\s+(\S+index\.html)", out)
-    assert len(docs) == 2 and all(Path(d).is_file() for d in docs)
-    assert "validate-events" in docs[0] and "validate-pages" in docs[1]
+    docs = {Path(d).parts[-7]: Path(d) for d in re.findall(r"Data Docs:\s+(\S+index\.html)", out)}
+    assert sorted(docs) == ["assign-sids", "validate-events", "validate-pages"], docs
+    assert all(d.is_file() for d in docs.values())
     run_id = re.search(r"^pipeline run ([0-9a-f]{32})", out, re.M).group(1)
     # the Data Docs file each validation under the pipeline run's id
-    assert list(Path(docs[0]).parent.glob(f"validations/events/{run_id}/*/*.html"))
+    assert list(docs["validate-events"].parent.glob(f"validations/events/{run_id}/*/*.html"))
+    assert list(docs["assign-sids"].parent.glob(f"validations/sid_table/{run_id}/*/*.html"))
     assert re.search(rf"MLflow run: {re.escape(server)}/#/experiments/\d+/runs/[0-9a-f]{{32}}", out)
     root = Path(re.search(r"^outputs:\s+(\S+)$", out, re.M).group(1))
     assert next(root.glob("*/validate-pages/pages/pages/split=train"))
@@ -78,6 +79,11 @@ def test_one_parent_run_with_a_child_per_stage(demo_run):
     assert plots == {"plots/page_size.png", "plots/history_len.png"}
     assert children["sessionize"].data.metrics["n_pages"] > 0
     assert {a.path for a in client.list_artifacts(children["ingest"].info.run_id, "plots")} == {"plots/events_per_day.png"}
+    sid = children["assign-sids"].data.metrics
+    assert sid["collision_rate_after"] == 0 and sid["n_items"] == children["embed-items"].data.metrics["n_items"]
+    assert "level1_utilisation" in sid and "nmi_level1_leaf_category" in sid
+    assert "plots/sid_utilisation.png" in {a.path for a in client.list_artifacts(children["assign-sids"].info.run_id, "plots")}
+    assert "recall_at10_before" in children["embed-items"].data.metrics
 
 
 def test_failing_stage_fails_the_run_with_a_clear_message(mlflow_server, tmp_path):
@@ -92,7 +98,7 @@ def test_failing_stage_fails_the_run_with_a_clear_message(mlflow_server, tmp_pat
 
 
 def test_cli_help_says_what_each_stage_reads_and_writes():
-    for cmd in ["ingest", "validate-events", "sessionize", "validate-pages"]:
+    for cmd in ["ingest", "validate-events", "sessionize", "validate-pages", "embed-items", "assign-sids"]:
         proc = _genrec(cmd, "--help")
         assert proc.returncode == 0 and "Reads" in proc.stdout and "writes" in proc.stdout, cmd
     proc = _genrec("ingest", "simulator.bogus=1")

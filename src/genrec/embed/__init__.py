@@ -1,0 +1,1 @@
+"""Item embeddings: item text, text and image encoders behind one interface, fusion, collaborative fine-tuning."""

@@ -1,0 +1,132 @@
+"""Stage embed-items: the validated catalog -> one vector per item, fine-tuned on co-engagement pairs.
+
+Reads validated/items.parquet, pages/pairs (from sessionization, train sessions only) and the ingest
+folder (item images; the simulator's ground_truth.npz when present). Writes into `out_dir`:
+embeddings.npy (final, L2-normalised, row i = item_ids[i]), embeddings_base.npy (before fine-tuning),
+item_ids.npy, head.safetensors (the projection) and report.json.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pyarrow.parquet as pq
+from tqdm import tqdm
+
+from genrec import tracking
+from genrec.config import PipelineConfig
+from genrec.data.io import read_parquet
+from genrec.data.schema import ITEMS_FILE
+from genrec.embed.encoders import ImageEncoder, TextEncoder, fuse
+from genrec.embed.finetune import finetune_head
+from genrec.embed.item_text import item_text
+from genrec.errors import InputDataError
+
+
+def _load_pairs(pages_dir: Path, item_ids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    pairs_dir = pages_dir / "pairs"
+    if not pairs_dir.is_dir():
+        return np.zeros((0, 2), dtype=np.int64), np.zeros(0)
+    table = pq.read_table(pairs_dir).to_pandas()
+    row = {int(i): r for r, i in enumerate(item_ids)}
+    a = table["item_a"].map(row)
+    b = table["item_b"].map(row)
+    ok = a.notna() & b.notna()
+    return np.stack([a[ok].astype(np.int64), b[ok].astype(np.int64)], axis=1), table.loc[ok, "n_sessions"].to_numpy(float)
+
+
+def _encode(cfg: PipelineConfig, texts: list[str], image_paths: list[Path | None], out: Path) -> tuple[np.ndarray, int]:
+    """Encode in chunks into a memory-mapped file; returns (embeddings, items with an image)."""
+    from PIL import Image
+
+    e = cfg.embed
+    text_enc = TextEncoder(e.text_model or None, e.max_length)
+    img_enc = ImageEncoder(e.image_model) if e.image_model else None
+    has_image = np.array([p is not None for p in image_paths]) if img_enc else np.zeros(len(texts), dtype=bool)
+    probe = fuse(text_enc.encode(["probe"]), img_enc.encode([Image.new("RGB", (8, 8))]) if img_enc else None,
+                 np.array([True]), e.fusion, e.image_weight)
+    emb = np.lib.format.open_memmap(out, mode="w+", dtype=np.float32, shape=(len(texts), probe.shape[1]))
+    bar = tqdm(total=len(texts), desc="embed items", unit="item")
+    for lo in range(0, len(texts), e.chunk_size):
+        hi = min(len(texts), lo + e.chunk_size)
+        for b in range(lo, hi, e.batch_size):
+            sl = slice(b, min(hi, b + e.batch_size))
+            t = text_enc.encode(texts[sl])
+            img = None
+            if img_enc is not None:
+                img = np.zeros((t.shape[0], img_enc.dim), dtype=np.float32)
+                rows = [k for k, p in enumerate(image_paths[sl]) if p is not None]
+                if rows:
+                    img[rows] = img_enc.encode([Image.open(image_paths[sl][k]) for k in rows])
+            emb[sl] = fuse(t, img, has_image[sl], e.fusion, e.image_weight)
+            bar.update(sl.stop - sl.start)
+        emb.flush()
+    bar.close()
+    return np.asarray(emb), int(has_image.sum())
+
+
+def _truth_correlation(raw_dir: Path, item_ids: np.ndarray, embs: dict[str, np.ndarray], seed: int) -> dict[str, float]:
+    """Simulator only: Spearman correlation of embedding similarity with the true latent item similarity."""
+    from scipy.stats import spearmanr
+
+    from genrec.data.simulator import GROUND_TRUTH_FILE, GroundTruth
+
+    path = raw_dir / GROUND_TRUTH_FILE
+    if not path.is_file():
+        return {}
+    truth = GroundTruth.load(path)
+    v = truth.item_vec[item_ids]
+    v = v / np.linalg.norm(v, axis=1, keepdims=True)
+    rng = np.random.default_rng(seed)
+    a, b = rng.integers(0, len(item_ids), (2, 20_000))
+    true_sim = (v[a] * v[b]).sum(1)
+    return {f"true_sim_spearman_{k}": float(spearmanr((e[a] * e[b]).sum(1), true_sim).statistic) for k, e in embs.items()}
+
+
+def run_embed_items(cfg: PipelineConfig, validated_dir: str | Path, pages_dir: str | Path, raw_dir: str | Path,
+                    out_dir: str | Path, pipeline_run_id: str) -> dict:
+    """Embed every item of the validated catalog; fine-tune on co-engagement pairs; write the vectors."""
+    validated_dir, pages_dir, raw_dir, out_dir = map(Path, (validated_dir, pages_dir, raw_dir, out_dir))
+    out_dir.mkdir(parents=True, exist_ok=True)
+    with tracking.stage_run(cfg, "embed-items", pipeline_run_id) as track:
+        track.params({"embed": cfg.embed.model_dump(mode="json")})
+        items = read_parquet(validated_dir / ITEMS_FILE, "run validate-events first").to_pandas()
+        if items.empty:
+            raise InputDataError(f"{validated_dir / ITEMS_FILE}: the catalog is empty; nothing to embed")
+        texts = [item_text(r.title, r.brand, r.category, r.description) for r in items.itertuples()]
+        image_paths = [raw_dir / p if isinstance(p, str) and (raw_dir / p).is_file() else None for p in items["image_path"]]
+        blank = [int(i) for i, t, p in zip(items["item_id"], texts, image_paths) if not t and (p is None or not cfg.embed.image_model)]
+        if blank:
+            raise InputDataError(f"{len(blank)} items have no text (title, brand, category, description) and no image to "
+                                 f"embed them from; first item ids: {blank[:10]}")
+        item_ids = items["item_id"].to_numpy(np.int64)
+        base, n_img = _encode(cfg, texts, image_paths, out_dir / "embeddings_base.npy")
+        bad = ~np.isfinite(base).all(axis=1)
+        if bad.any():
+            raise InputDataError(f"the encoder produced NaN or infinite vectors for {int(bad.sum())} items "
+                                 f"(first ids: {item_ids[bad][:10].tolist()}); check the checkpoint at "
+                                 f"{cfg.embed.text_model or 'the bundled MiniLM'}")
+        pairs, weights = _load_pairs(pages_dir, item_ids)
+        report = {"n_items": len(item_ids), "dim": int(base.shape[1]), "n_with_image": n_img, "n_pairs": len(pairs)}
+        final = base
+        if cfg.embed.finetune.enabled and len(pairs) >= 10:
+            ft = finetune_head(base, pairs, weights, cfg.embed.finetune, cfg.run.seed)
+            final = ft.embeddings
+            from safetensors.torch import save_file
+
+            save_file({"weight": ft.head.weight.detach().contiguous()}, str(out_dir / "head.safetensors"))
+            report.update({"recall_at10_before": ft.recall_before, "recall_at10_after": ft.recall_after,
+                           "n_train_pairs": ft.n_train_pairs, "n_heldout_pairs": ft.n_heldout_pairs,
+                           "finetune_final_loss": ft.losses[-1] if ft.losses else float("nan")})
+        elif cfg.embed.finetune.enabled:
+            report["finetune_skipped"] = f"only {len(pairs)} co-engagement pairs"
+        np.save(out_dir / "embeddings.npy", final)
+        np.save(out_dir / "item_ids.npy", item_ids)
+        report.update(_truth_correlation(raw_dir, item_ids, {"before": base, "after": final}, cfg.run.seed))
+        (out_dir / "report.json").write_text(json.dumps(report, indent=2))
+        track.metrics({k: v for k, v in report.items() if isinstance(v, (int, float))})
+        track.json(report, "embed/report.json")
+        track.dataset(out_dir / "embeddings.npy", "item_embeddings", "output")
+    return report
