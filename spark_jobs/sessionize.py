@@ -17,7 +17,8 @@ Rules (all deterministic; ties are broken by event_id):
 - Split: `last_days` (pages starting on the last `test_days` days are test) or `leave_one_out`
   (per user with >= 3 pages: last page test, second last valid).
 - Co-engagement pairs: distinct items with a positive event in the same session, from train pages
-  only (no leakage into the embedding stage), counted over sessions.
+  only (no leakage into the embedding stage), counted over sessions; optionally (sequence_pair_window)
+  also each positive interaction with the user's next few, for sources without real sessions.
 
 Outputs under --out: pages/ (parquet, partitioned by split), sessions/, pairs/, report.json.
 """
@@ -133,17 +134,28 @@ def assign_split(pages: DataFrame, mode: str, test_days: int) -> DataFrame:
                             .otherwise("train"))
 
 
-def coengagement_pairs(ev: DataFrame, pages: DataFrame, max_items: int) -> DataFrame:
-    """(item_a, item_b, n_sessions) for items with a positive event in the same train session, a < b."""
+def coengagement_pairs(ev: DataFrame, pages: DataFrame, max_items: int, sequence_window: int = 0) -> DataFrame:
+    """(item_a, item_b, n_sessions), a < b: items with a positive event in the same train session, counted over
+    sessions. With sequence_window > 0 also each positive interaction of a user with the next `sequence_window`
+    ones (train pages only), each such window counting as one more session: the rule for sources whose
+    sessions hold a single interaction (Amazon Beauty)."""
     train_pages = pages.where(F.col("split") == "train").select("page_id")
-    pos = (ev.where(F.col("event_type") != "expose").join(train_pages, "page_id")
-           .groupBy("session_id", "item_id").agg(F.min("ts").alias("t")))
+    positives = ev.where(F.col("event_type") != "expose").join(train_pages, "page_id")
+    pos = positives.groupBy("session_id", "item_id").agg(F.min("ts").alias("t"))
     w = Window.partitionBy("session_id").orderBy("t", "item_id")
     pos = pos.withColumn("k", F.row_number().over(w)).where(F.col("k") <= max_items).select("session_id", "item_id")
     a, b = pos.alias("a"), pos.alias("b")
     pairs = a.join(b, (F.col("a.session_id") == F.col("b.session_id")) & (F.col("a.item_id") < F.col("b.item_id")))
-    return pairs.groupBy(F.col("a.item_id").alias("item_a"), F.col("b.item_id").alias("item_b")).agg(
-        F.count("*").alias("n_sessions"))
+    pairs = pairs.select(F.col("a.item_id").alias("item_a"), F.col("b.item_id").alias("item_b"))
+    if sequence_window > 0:
+        seq = positives.groupBy("user_id", "item_id").agg(F.min("ts").alias("t"))
+        seq = seq.withColumn("k", F.row_number().over(Window.partitionBy("user_id").orderBy("t", "item_id")))
+        a, b = seq.alias("a"), seq.alias("b")
+        near = a.join(b, (F.col("a.user_id") == F.col("b.user_id")) & (F.col("b.k") > F.col("a.k"))
+                      & (F.col("b.k") <= F.col("a.k") + sequence_window))
+        pairs = pairs.unionByName(near.select(F.least("a.item_id", "b.item_id").alias("item_a"),
+                                              F.greatest("a.item_id", "b.item_id").alias("item_b")))
+    return pairs.groupBy("item_a", "item_b").agg(F.count("*").alias("n_sessions"))
 
 
 def _histogram(df: DataFrame, col: str, cap: int) -> dict[int, int]:
@@ -164,7 +176,8 @@ def sessionize(spark: SparkSession, events_path: str, out_dir: str, cfg: Session
         F.min("user_id").alias("user_id"), F.min("ts").alias("session_start"), F.max("ts").alias("session_end"),
         F.count("*").alias("n_events"), F.countDistinct("page_id").alias("n_pages"))
     sessions.write.mode("overwrite").parquet(str(out / "sessions"))
-    coengagement_pairs(ev, pages, cfg.max_items_per_session_for_pairs).write.mode("overwrite").parquet(str(out / "pairs"))
+    pairs = coengagement_pairs(ev, pages, cfg.max_items_per_session_for_pairs, cfg.sequence_pair_window)
+    pairs.write.mode("overwrite").parquet(str(out / "pairs"))
 
     report = _report(spark, ev, pages, out)
     report["duration_s"] = round(time.time() - t0, 2)

@@ -33,9 +33,10 @@ def test_movielens_end_to_end(make_cfg, shared_data, tmp_path, spark):
 
 def test_amazon_beauty_end_to_end(make_cfg, shared_data, tmp_path, spark):
     cfg = make_cfg("source.kind=amazon_beauty", f"source.path={shared_data / 'amazon-beauty'}",
-                   "sessionize.split.mode=leave_one_out")
+                   "sessionize.split.mode=leave_one_out", "sessionize.sequence_pair_window=3")
     manifest, ev, sess, pages = _run_all(cfg, tmp_path, spark, "real-beauty")
     assert manifest["n_events"] == 198_502 and ev["passed"]
     assert sess["n_pages"] == 198_502  # a day between interactions: one page each
     assert sess["n_pages_test"] == sess["n_pages_valid"] == 22_363  # 5-core: every user has >= 3
+    assert sess["n_pairs"] > 50_000  # from sequence windows: no session holds two purchases
     assert pages["passed"]

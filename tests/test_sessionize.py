@@ -160,3 +160,15 @@ def test_runs_under_spark_submit(tmp_path):
     assert report["n_pages"] == len(set(logs.events.column("request_id").to_pylist()))
     assert report["n_pages_test"] > 0 and json.loads(proc.stdout)["n_pages"] == report["n_pages"]
     assert report["spark_master"] == "local[1]"  # spark-submit's --master wins over the config's local[*]
+
+
+def test_sequence_pairs_for_sources_without_sessions(run_job):
+    # user 3 buys items 50, 51, 52, 53 a day apart (one session each) and item 54 on the test day
+    rows = [dict(event_id=i, user_id=3, item_id=50 + i, event_type="order", ts=T0 + timedelta(days=i), request_id=None,
+                 position=None) for i in range(5)]
+    table = pa.Table.from_pylist(rows, schema=EVENTS_SCHEMA)
+    _, _, out = run_job(table)
+    assert pq.read_table(out / "pairs").num_rows == 0  # no session holds two items
+    _, _, out = run_job(table, sequence_pair_window=2)
+    got = {(a, b) for a, b in pq.read_table(out / "pairs").to_pandas()[["item_a", "item_b"]].itertuples(index=False)}
+    assert got == {(50, 51), (50, 52), (51, 52), (51, 53), (52, 53)}  # item 54 is test: never paired

@@ -103,6 +103,9 @@ class SessionizeConfig(_Section):
     max_items_per_session_for_pairs: int = Field(
         50, gt=1, description="Co-engagement pairs: sessions with more distinct positive items use only their first this many."
     )
+    sequence_pair_window: int = Field(
+        0, ge=0, description="Also pair each positive interaction with the user's next N positive ones (train pages only). "
+                             "0: session pairs only. For sources without real sessions, e.g. Amazon Beauty.")
     split: SplitConfig = Field(default_factory=SplitConfig, description="How pages are split into train and test.")
     master: str = Field("local[*]", description="Spark master URL (local[*], spark://..., k8s://...).")
     shuffle_partitions: int = Field(8, gt=0, description="spark.sql.shuffle.partitions.")
