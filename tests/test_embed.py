@@ -111,3 +111,64 @@ def test_finetuning_pulls_coengaged_items_together():
     res = finetune_head(base, pairs, np.ones(len(pairs)), FinetuneConfig(epochs=15, batch_size=128), seed=0)
     assert res.recall_before < 0.1 and res.recall_after > 0.5, (res.recall_before, res.recall_after)
     assert res.losses[-1] < res.losses[0]
+
+
+@pytest.fixture(scope="module")
+def tiny_vlm(tmp_path_factory):
+    """A tiny Qwen2.5-VL built from a config and saved here (tokenizer: the bundled one plus the vision tokens)."""
+    from transformers import AutoTokenizer, Qwen2_5_VLConfig, Qwen2_5_VLModel, Qwen2VLImageProcessor
+
+    path = tmp_path_factory.mktemp("vlm")
+    tok = AutoTokenizer.from_pretrained(default_text_model(), local_files_only=True)
+    tok.add_special_tokens({"additional_special_tokens": ["<|vision_start|>", "<|vision_end|>", "<|image_pad|>", "<|video_pad|>"]})
+    ids = tok.convert_tokens_to_ids(["<|vision_start|>", "<|vision_end|>", "<|image_pad|>", "<|video_pad|>"])
+    cfg = Qwen2_5_VLConfig(
+        text_config=dict(vocab_size=len(tok), hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2,
+                         num_key_value_heads=1, max_position_embeddings=512, bos_token_id=None, eos_token_id=None,
+                         rope_parameters={"rope_type": "default", "rope_theta": 10000.0, "mrope_section": [4, 2, 2]}),
+        vision_config=dict(depth=1, hidden_size=32, intermediate_size=64, num_heads=2, out_hidden_size=32, patch_size=14,
+                           spatial_merge_size=2, temporal_patch_size=2, fullatt_block_indexes=[0], window_size=56),
+        vision_start_token_id=ids[0], vision_end_token_id=ids[1], image_token_id=ids[2], video_token_id=ids[3])
+    torch.manual_seed(0)
+    Qwen2_5_VLModel(cfg).save_pretrained(path)
+    Qwen2VLImageProcessor(min_pixels=56 * 56, max_pixels=112 * 112).save_pretrained(path)
+    tok.save_pretrained(path)
+    return path
+
+
+def test_tiny_vlm_embeds_image_and_text_together(tiny_vlm):
+    from genrec.embed.encoders import VLMEncoder, is_vlm
+
+    enc = VLMEncoder(tiny_vlm)
+    red, blue = Image.new("RGB", (56, 56), "red"), Image.new("RGB", (56, 56), "blue")
+    out = enc.encode(["a lipstick", "a lipstick", "a lipstick", "a lipstick"], [red, blue, None, red])
+    assert is_vlm(tiny_vlm) and not is_vlm(default_text_model())
+    assert out.shape == (4, 32) and np.allclose(np.linalg.norm(out, axis=1), 1, atol=1e-5)
+    assert np.allclose(out[0], out[3], atol=1e-5)  # same image and text, other batch position
+    assert not np.allclose(out[0], out[1]) and not np.allclose(out[0], out[2])  # the image matters
+
+
+def test_embed_stage_with_a_vlm(tiny_vlm, make_cfg, tmp_path):
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from genrec.stages.embed_items import run_embed_items
+
+    (tmp_path / "validated").mkdir()
+    (tmp_path / "raw" / "images").mkdir(parents=True)
+    colours = ["red", "green", None, "blue"]
+    for i, c in enumerate(colours):
+        if c:
+            Image.new("RGB", (60, 60), c).save(tmp_path / "raw" / "images" / f"{i}.png")
+    pq.write_table(pa.table({"item_id": [0, 1, 2, 3], "title": ["a", "b", "c", "d"], "description": [None] * 4,
+                             "category": ["X > Y"] * 4, "brand": [None] * 4, "price": [1.0] * 4,
+                             "image_path": [f"images/{i}.png" if c else None for i, c in enumerate(colours)]}),
+                   tmp_path / "validated" / "items.parquet")
+    report = run_embed_items(make_cfg(f"embed.text_model={tiny_vlm}"), tmp_path / "validated", tmp_path / "pages",
+                             tmp_path / "raw", tmp_path / "out", "vlm-stage")
+    emb = np.load(tmp_path / "out" / "embeddings.npy")
+    assert report["n_with_image"] == 3 and report["dim"] == 32 and emb.shape == (4, 32)
+    assert "finetune_skipped" in report  # no co-engagement pairs in this folder
+    with pytest.raises(ConfigError, match="leave embed.image_model empty"):
+        run_embed_items(make_cfg(f"embed.text_model={tiny_vlm}", f"embed.image_model={tiny_vlm}"), tmp_path / "validated",
+                        tmp_path / "pages", tmp_path / "raw", tmp_path / "out2", "vlm-stage-2")

