@@ -172,3 +172,50 @@ def test_embed_stage_with_a_vlm(tiny_vlm, make_cfg, tmp_path):
     with pytest.raises(ConfigError, match="leave embed.image_model empty"):
         run_embed_items(make_cfg(f"embed.text_model={tiny_vlm}", f"embed.image_model={tiny_vlm}"), tmp_path / "validated",
                         tmp_path / "pages", tmp_path / "raw", tmp_path / "out2", "vlm-stage-2")
+
+
+def _session_pairs(events):
+    """Co-engagement pairs as sessionization defines them (30-minute gap), in pandas for a unit test."""
+    ev = events.sort_values(["user_id", "ts", "event_id"])
+    gap = ev.groupby("user_id")["ts"].diff().dt.total_seconds()
+    ev = ev.assign(session=(gap.isna() | (gap > 1800)).cumsum())
+    pos = ev[ev.event_type != "expose"][["session", "item_id"]].drop_duplicates()
+    pairs = pos.merge(pos, on="session")
+    pairs = pairs[pairs.item_id_x < pairs.item_id_y].groupby(["item_id_x", "item_id_y"]).size().reset_index()
+    return pairs[["item_id_x", "item_id_y"]].to_numpy(), pairs[0].to_numpy(float)
+
+
+def test_finetuning_improves_heldout_recall_on_the_simulator(minilm):
+    from genrec.config import SimulatorConfig
+    from genrec.data.simulator import simulate
+
+    logs = simulate(SimulatorConfig(n_users=2200, n_items=5000, days=30), seed=42, progress=False)
+    items = logs.items.to_pandas()
+    base = np.concatenate([minilm.encode([item_text(r.title, r.brand, r.category, r.description) for r in chunk.itertuples()])
+                           for chunk in np.array_split(items, 40)])
+    pairs, weights = _session_pairs(logs.events.to_pandas())
+    res = finetune_head(base, pairs, weights, FinetuneConfig(), seed=42)
+    assert res.n_heldout_pairs > 5000
+    assert res.recall_after > 1.5 * res.recall_before, (res.recall_before, res.recall_after)
+
+
+def test_embed_stage_rejects_empty_and_textless_catalogs(make_cfg, tmp_path):
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from genrec.errors import InputDataError
+    from genrec.stages.embed_items import run_embed_items
+
+    (tmp_path / "validated").mkdir()
+    empty = pa.table({"item_id": pa.array([], pa.int64()), "title": pa.array([], pa.string()),
+                      "description": pa.array([], pa.string()), "category": pa.array([], pa.string()),
+                      "brand": pa.array([], pa.string()), "price": pa.array([], pa.float64()),
+                      "image_path": pa.array([], pa.string())})
+    pq.write_table(empty, tmp_path / "validated" / "items.parquet")
+    with pytest.raises(InputDataError, match="the catalog is empty"):
+        run_embed_items(make_cfg(), tmp_path / "validated", tmp_path, tmp_path, tmp_path / "out", "empty")
+    textless = pa.table({"item_id": [1, 2, 3], "title": ["ok", None, " "], "description": [None] * 3, "category": [None] * 3,
+                         "brand": [None] * 3, "price": [1.0] * 3, "image_path": [None, None, "images/3.png"]})
+    pq.write_table(textless, tmp_path / "validated" / "items.parquet")
+    with pytest.raises(InputDataError, match=r"2 items have no text .* first item ids: \[2, 3\]"):
+        run_embed_items(make_cfg(), tmp_path / "validated", tmp_path, tmp_path, tmp_path / "out", "textless")
