@@ -192,7 +192,7 @@ def test_finetuning_improves_heldout_recall_on_the_simulator(minilm):
     logs = simulate(SimulatorConfig(n_users=2200, n_items=5000, days=30), seed=42, progress=False)
     items = logs.items.to_pandas()
     base = np.concatenate([minilm.encode([item_text(r.title, r.brand, r.category, r.description) for r in chunk.itertuples()])
-                           for chunk in np.array_split(items, 40)])
+                           for chunk in (items.iloc[i:i + 128] for i in range(0, len(items), 128))])
     pairs, weights = _session_pairs(logs.events.to_pandas())
     res = finetune_head(base, pairs, weights, FinetuneConfig(), seed=42)
     assert res.n_heldout_pairs > 5000
