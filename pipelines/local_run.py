@@ -14,11 +14,6 @@ class LocalRun:
     succeeded: bool
     error: str = ""
 
-    def outputs(self, task: str, name: str) -> Path | None:
-        """The folder of one task output, e.g. outputs('validate-events', 'validated')."""
-        hits = sorted(self.pipeline_root.glob(f"*/{task}/{name}"))
-        return hits[-1] if hits else None
-
     def data_docs(self) -> list[Path]:
         return sorted(self.pipeline_root.glob("*/*/*/gx/uncommitted/data_docs/local_site/index.html"))
 

@@ -36,13 +36,16 @@ from pyspark.sql import DataFrame, SparkSession, Window
 from pyspark.sql import functions as F
 
 from genrec.config import SessionizeConfig, load_config
+from genrec.data.schema import INTENSITY
 
 
 
 def intensity(col: str = "event_type"):
-    """order 3 > cart 2 > click 1 > expose 0 (a function: columns need an active SparkContext)."""
-    return (F.when(F.col(col) == "order", 3).when(F.col(col) == "cart", 2)
-            .when(F.col(col) == "click", 1).otherwise(0))
+    """order 3 > cart 2 > click 1 > expose 0, from genrec's schema (a function: columns need a SparkContext)."""
+    expr = F.lit(0)
+    for name, rank in INTENSITY.items():
+        expr = F.when(F.col(col) == name, rank).otherwise(expr)
+    return expr
 
 GROUPS = {3: "ordered_items", 2: "carted_items", 1: "clicked_items", 0: "exposed_items"}
 

@@ -6,7 +6,6 @@ import matplotlib
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
 
 
 def bar(labels, values, title: str, xlabel: str, ylabel: str):
@@ -17,16 +16,6 @@ def bar(labels, values, title: str, xlabel: str, ylabel: str):
     ax.set_ylabel(ylabel)
     if len(labels) > 15:
         ax.set_xticks(ax.get_xticks()[:: max(1, len(labels) // 10)])
-    fig.tight_layout()
-    return fig
-
-
-def histogram(values, title: str, xlabel: str, bins: int = 40):
-    fig, ax = plt.subplots(figsize=(6, 3.5))
-    ax.hist(np.asarray(values), bins=bins, color="#55A868")
-    ax.set_title(title)
-    ax.set_xlabel(xlabel)
-    ax.set_ylabel("count")
     fig.tight_layout()
     return fig
 

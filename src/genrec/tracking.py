@@ -147,9 +147,6 @@ class StageTracker:
     def json(self, obj: Any, name: str) -> None:
         self._mlflow.log_dict(json.loads(json.dumps(obj, default=str)), name)
 
-    def text(self, text: str, name: str) -> None:
-        self._mlflow.log_text(text, name)
-
     def figure(self, fig, name: str) -> None:
         self._mlflow.log_figure(fig, name)
 

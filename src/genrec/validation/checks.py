@@ -14,7 +14,7 @@ import numpy as np
 import pandas as pd
 import great_expectations.expectations as gxe
 
-from genrec.data.schema import EVENT_TYPES
+from genrec.data.schema import EVENT_TYPES, POSITIVE_EVENT_TYPES
 
 Mask = Callable[[pd.DataFrame], "pd.Series"]
 
@@ -95,7 +95,7 @@ def add_event_columns(events: pd.DataFrame, item_ids: np.ndarray) -> pd.DataFram
     # apply (exposures, events without a request), so the check's share counts positive events only.
     exposed = out.loc[out["event_type"] == "expose", ["request_id", "item_id"]].dropna().drop_duplicates()
     exposed["_seen"] = True
-    positive = (out["request_id"].notna() & out["event_type"].isin(["click", "cart", "order"])).to_numpy()
+    positive = (out["request_id"].notna() & out["event_type"].isin(POSITIVE_EVENT_TYPES)).to_numpy()
     seen = out.loc[positive, ["request_id", "item_id"]].merge(exposed, how="left", on=["request_id", "item_id"])["_seen"]
     flag = pd.array([pd.NA] * len(out), dtype="boolean")
     flag[positive] = seen.notna().to_numpy()
