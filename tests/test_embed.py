@@ -111,6 +111,10 @@ def test_finetuning_pulls_coengaged_items_together():
     res = finetune_head(base, pairs, np.ones(len(pairs)), FinetuneConfig(epochs=15, batch_size=128), seed=0)
     assert res.recall_before < 0.1 and res.recall_after > 0.5, (res.recall_before, res.recall_after)
     assert res.losses[-1] < res.losses[0]
+    # the returned parameters are the chosen epoch's: they rebuild the returned embeddings
+    rebuilt = base @ res.head_weight.T + res.residual
+    rebuilt /= np.linalg.norm(rebuilt, axis=1, keepdims=True)
+    assert np.allclose(rebuilt, res.embeddings, atol=1e-5)
 
 
 @pytest.fixture(scope="module")

@@ -22,8 +22,9 @@ from genrec.config import FinetuneConfig
 
 @dataclass
 class FinetuneResult:
-    embeddings: np.ndarray  # (n_items, d) after the head, L2-normalised
-    head: torch.nn.Linear
+    embeddings: np.ndarray  # (n_items, d) of the chosen epoch, L2-normalised
+    head_weight: np.ndarray  # (d, d) of the chosen epoch: embeddings = normalise(base @ W.T + residual)
+    residual: np.ndarray | None  # (n_items, d) of the chosen epoch, or None when residuals are off
     recall_before: float
     recall_after: float
     n_train_pairs: int
@@ -85,7 +86,10 @@ def finetune_head(emb: np.ndarray, pairs: np.ndarray, weights: np.ndarray, cfg: 
         with torch.no_grad():
             return torch.nn.functional.normalize(project(slice(None)), dim=-1).numpy().astype(np.float32)
 
-    best_emb, best_valid = emb, recall_at_k(emb, valid)
+    def state() -> tuple[np.ndarray, np.ndarray | None]:
+        return head.weight.detach().numpy().copy(), None if residual is None else residual.detach().numpy().copy()
+
+    best_emb, best_valid, best_state = emb, recall_at_k(emb, valid), state()
     rng = np.random.default_rng(seed)
     p = train_w / train_w.sum() if len(train_w) else None
     steps = max(1, int(np.ceil(len(train) / cfg.batch_size))) if len(train) else 0
@@ -110,5 +114,6 @@ def finetune_head(emb: np.ndarray, pairs: np.ndarray, weights: np.ndarray, cfg: 
         current = snapshot()
         score = recall_at_k(current, valid)
         if score > best_valid:
-            best_emb, best_valid = current, score
-    return FinetuneResult(best_emb, head, before, recall_at_k(best_emb, held), len(train), len(held), losses)
+            best_emb, best_valid, best_state = current, score, state()
+    return FinetuneResult(best_emb, best_state[0], best_state[1], before, recall_at_k(best_emb, held), len(train),
+                          len(held), losses)

@@ -3,7 +3,7 @@
 Reads validated/items.parquet, pages/pairs (from sessionization, train sessions only) and the ingest
 folder (item images; the simulator's ground_truth.npz when present). Writes into `out_dir`:
 embeddings.npy (final, L2-normalised, row i = item_ids[i]), embeddings_base.npy (before fine-tuning),
-item_ids.npy, head.safetensors (the projection) and report.json.
+item_ids.npy, head.safetensors (projection weight and per-item residuals of the chosen epoch) and report.json.
 """
 
 from __future__ import annotations
@@ -138,9 +138,11 @@ def run_embed_items(cfg: PipelineConfig, validated_dir: str | Path, pages_dir: s
         if cfg.embed.finetune.enabled and len(pairs) >= 10:
             ft = finetune_head(base, pairs, weights, cfg.embed.finetune, cfg.run.seed)
             final = ft.embeddings
-            from safetensors.torch import save_file
+            from safetensors.numpy import save_file
 
-            save_file({"weight": ft.head.weight.detach().contiguous()}, str(out_dir / "head.safetensors"))
+            # Everything needed to rebuild embeddings.npy from embeddings_base.npy (the chosen epoch's state).
+            tensors = {"weight": ft.head_weight} | ({"residual": ft.residual} if ft.residual is not None else {})
+            save_file(tensors, str(out_dir / "head.safetensors"))
             report.update({"recall_at10_before": ft.recall_before, "recall_at10_after": ft.recall_after,
                            "n_train_pairs": ft.n_train_pairs, "n_heldout_pairs": ft.n_heldout_pairs,
                            "finetune_final_loss": ft.losses[-1] if ft.losses else float("nan")})
