@@ -117,6 +117,72 @@ def test_finetuning_pulls_coengaged_items_together():
     assert np.allclose(rebuilt, res.embeddings, atol=1e-5)
 
 
+def _planted_cluster_catalog(n=200, clusters=20, seed=0):
+    """Item texts = filler words + one cluster word; co-engagement pairs follow the clusters."""
+    rng = np.random.default_rng(seed)
+    words = ("apple river stone cloud paper glass music light forest metal window garden silver candle bridge winter "
+             "ocean tiger rocket violet").split()
+    fill = "red blue green small large soft hard new old fast slow warm cold bright dark long short round flat thin".split()
+    cluster = np.arange(n) % clusters
+    texts = [" ".join(list(rng.choice(fill, 4)) + [words[c]] + list(rng.choice(fill, 3))) for c in cluster]
+    a = rng.integers(0, n, 3000)
+    b = np.array([rng.choice(np.flatnonzero((cluster == cluster[i]) & (np.arange(n) != i))) for i in a])
+    return texts, np.unique(np.sort(np.stack([a, b], axis=1), axis=1), axis=0)
+
+
+@pytest.fixture(scope="module")
+def tiny_bert(tmp_path_factory):
+    from transformers import BertConfig, BertModel
+
+    path = tmp_path_factory.mktemp("bert")
+    torch.manual_seed(0)
+    BertModel(BertConfig(vocab_size=30522, hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
+                         intermediate_size=64)).save_pretrained(path)
+    _tokenizer_into(path)
+    return path
+
+
+def test_encoder_finetuning_trains_the_encoder_itself(tiny_bert):
+    """target=encoder: a random tiny BERT learns that the cluster word is what matters."""
+    from genrec.embed.encoder_finetune import finetune_encoder
+
+    texts, pairs = _planted_cluster_catalog()
+    enc = TextEncoder(tiny_bert, max_length=32)
+    before_weights = {k: v.clone() for k, v in enc.model.state_dict().items()}
+    cfg = FinetuneConfig(target="encoder", epochs=3, batch_size=64, encoder_lr=1e-3)
+    res = finetune_encoder(enc, texts, enc.encode(texts), pairs, np.ones(len(pairs)), cfg, 0, lambda e: e.encode(texts))
+    assert res.recall_before < 0.15 and res.recall_after > 0.6, (res.recall_before, res.recall_after)
+    assert res.head_weight is None and res.residual is None
+    # the encoder is left at the chosen epoch's weights: it reproduces the returned embeddings
+    assert not all(torch.equal(before_weights[k], v) for k, v in enc.model.state_dict().items())
+    assert np.allclose(enc.encode(texts), res.embeddings, atol=1e-5)
+
+
+def test_embed_stage_fine_tunes_and_saves_the_encoder(tiny_bert, make_cfg, tmp_path):
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from genrec.stages.embed_items import run_embed_items
+
+    texts, pairs = _planted_cluster_catalog()
+    (tmp_path / "validated").mkdir()
+    (tmp_path / "pages" / "pairs").mkdir(parents=True)
+    n = len(texts)
+    pq.write_table(pa.table({"item_id": np.arange(100, 100 + n), "title": texts, "description": [None] * n,
+                             "category": [None] * n, "brand": [None] * n, "price": [1.0] * n, "image_path": [None] * n}),
+                   tmp_path / "validated" / "items.parquet")
+    pq.write_table(pa.table({"item_a": pairs[:, 0] + 100, "item_b": pairs[:, 1] + 100, "n_sessions": np.ones(len(pairs))}),
+                   tmp_path / "pages" / "pairs" / "part-0.parquet")
+    cfg = make_cfg(f"embed.text_model={tiny_bert}", "embed.finetune.target=encoder", "embed.finetune.epochs=3",
+                   "embed.finetune.batch_size=64", "embed.finetune.encoder_lr=1e-3")
+    report = run_embed_items(cfg, tmp_path / "validated", tmp_path / "pages", tmp_path / "raw", tmp_path / "out", "enc-ft")
+    assert report["recall_at10_after"] > 2 * report["recall_at10_before"], report
+    final = np.load(tmp_path / "out" / "embeddings.npy")
+    reloaded = TextEncoder(tmp_path / "out" / "encoder", cfg.embed.max_length)  # the saved encoder is a real checkpoint
+    assert np.allclose(reloaded.encode(item_text(t, None, None, None) for t in texts), final, atol=1e-5)
+    assert not (tmp_path / "out" / "head.safetensors").exists() and not (tmp_path / "out" / "embeddings_tuning.npy").exists()
+
+
 @pytest.fixture(scope="module")
 def tiny_vlm(tmp_path_factory):
     """A tiny Qwen2.5-VL built from a config and saved here (tokenizer: the bundled one plus the vision tokens)."""
@@ -173,6 +239,9 @@ def test_embed_stage_with_a_vlm(tiny_vlm, make_cfg, tmp_path):
     emb = np.load(tmp_path / "out" / "embeddings.npy")
     assert report["n_with_image"] == 3 and report["dim"] == 32 and emb.shape == (4, 32)
     assert "finetune_skipped" in report  # no co-engagement pairs in this folder
+    with pytest.raises(ConfigError, match="use embed.finetune.target=head"):
+        run_embed_items(make_cfg(f"embed.text_model={tiny_vlm}", "embed.finetune.target=encoder"), tmp_path / "validated",
+                        tmp_path / "pages", tmp_path / "raw", tmp_path / "out3", "vlm-stage-3")
     with pytest.raises(ConfigError, match="leave embed.image_model empty"):
         run_embed_items(make_cfg(f"embed.text_model={tiny_vlm}", f"embed.image_model={tiny_vlm}"), tmp_path / "validated",
                         tmp_path / "pages", tmp_path / "raw", tmp_path / "out2", "vlm-stage-2")

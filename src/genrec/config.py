@@ -115,6 +115,13 @@ class SessionizeConfig(_Section):
 
 class FinetuneConfig(_Section):
     enabled: bool = Field(True, description="Fine-tune on co-engagement pairs (contrastive, in-batch negatives).")
+    target: Literal["head", "encoder"] = Field(
+        "head", description="What is trained: head (a projection head plus per-item residuals on top of the frozen "
+                            "encoder; fast, any encoder) or encoder (the text encoder's own weights, then the catalog is "
+                            "re-encoded; text encoders and CLIP text towers, not vision-language models).")
+    encoder_lr: float = Field(2e-5, gt=0, description="AdamW learning rate of the encoder's weights (target=encoder).")
+    max_steps_per_epoch: int = Field(0, ge=0, description="Most batches per epoch (0: one full pass over the training "
+                                                          "pairs). Bounds encoder fine-tuning time on large pair sets.")
     epochs: int = Field(10, gt=0, description="Passes over the training pairs.")
     batch_size: int = Field(256, gt=1, description="Pairs per step; the other pairs of a batch are the negatives.")
     lr: float = Field(1e-2, gt=0, description="AdamW learning rate.")
@@ -151,6 +158,70 @@ class SidConfig(_Section):
     normalize: bool = Field(True, description="L2-normalise embeddings before quantising.")
 
 
+ItemGroup = Literal["order", "cart", "click", "expose"]
+
+
+class ModelConfig(_Section):
+    size: Literal["tiny", "demo", "small", "qwen2.5-0.5b", "qwen2.5-1.5b", "qwen2.5-3b", "qwen2.5-7b"] = Field(
+        "demo", description="Qwen2 backbone shape built from a config (random init): tiny (tests), demo (CPU), small, or "
+                            "the shapes of Qwen2.5-0.5B/1.5B/3B/7B. Ignored when pretrained_path is set.")
+    pretrained_path: str = Field("", description="Local path of a Qwen2 / Qwen2.5 checkpoint (save_pretrained) to start "
+                                                 "from; its embeddings are resized for the SID tokens. Empty: build from size.")
+    token_merger: bool = Field(True, description="Token Merger (paper eq. 5): one prompt position per history item. "
+                                                 "Off ('w/o TM'): every SID code of the history is its own position.")
+    max_history: int = Field(50, gt=0, description="Most recent history items in a prompt.")
+    attn_implementation: Literal["sdpa", "eager"] = Field("sdpa", description="Attention kernel of the backbone.")
+
+
+class SftConfig(_Section):
+    mode: Literal["page", "point"] = Field(
+        "page", description="page: one sample per page, target = the page's items by intensity (GenRec). point: one "
+                            "sample per target item (TIGER / LC-Rec), for comparison.")
+    target_types: list[ItemGroup] = Field(
+        ["order", "cart", "click", "expose"], min_length=1,
+        description="Which of a page's item groups form the target, strongest first (the paper: ordered, clicked, exposed).")
+    max_target_items: int = Field(20, gt=0, description="Most items in a page-wise target (the strongest kept).")
+    epochs: int = Field(1, gt=0, description="Passes over the training samples (max_steps, when set, wins).")
+    max_steps: int = Field(0, ge=0, description="Stop after this many optimizer steps (0: run all epochs).")
+    max_samples: int = Field(0, ge=0, description="Use at most this many training samples, a seeded random subset "
+                                                  "(0: all). Bounds CPU demo runs.")
+    micro_batch_size: int = Field(32, gt=0, description="Samples per process per forward pass (DeepSpeed micro-batch).")
+    grad_accum: int = Field(1, gt=0, description="Micro-batches per optimizer step (DeepSpeed gradient accumulation).")
+    lr: float = Field(1e-3, gt=0, description="Peak AdamW learning rate.")
+    weight_decay: float = Field(0.01, ge=0, description="AdamW weight decay.")
+    warmup_ratio: float = Field(0.01, ge=0, lt=1, description="Share of steps of linear warm-up (the paper: 1%), then "
+                                                              "cosine decay to zero.")
+    grad_clip: float = Field(1.0, ge=0, description="Gradient norm clipping (0: off).")
+    zero_stage: int = Field(0, ge=0, le=3, description="DeepSpeed ZeRO stage (0-3).")
+    precision: Literal["auto", "fp32", "bf16"] = Field("auto", description="auto: bf16 on GPU, fp32 on CPU.")
+    length_grouped: bool = Field(True, description="Batch samples of similar length together (less padding).")
+    checkpoint_every: int = Field(200, gt=0, description="Save a resumable DeepSpeed checkpoint every N optimizer steps.")
+    keep_checkpoints: int = Field(2, gt=0, description="Checkpoints kept (the newest).")
+    log_every: int = Field(10, gt=0, description="Log loss, learning rate, tokens/s and prompt length every N steps.")
+
+
+class SasrecConfig(_Section):
+    hidden: int = Field(64, gt=0, description="Embedding and hidden size.")
+    layers: int = Field(2, gt=0, description="Transformer blocks.")
+    heads: int = Field(2, gt=0, description="Attention heads.")
+    epochs: int = Field(5, gt=0, description="Passes over the training samples.")
+    batch_size: int = Field(256, gt=0, description="Samples per step.")
+    lr: float = Field(1e-3, gt=0, description="Adam learning rate.")
+    dropout: float = Field(0.2, ge=0, lt=1, description="Dropout on embeddings and blocks.")
+
+
+class EvalConfig(_Section):
+    ks: list[int] = Field([1, 10, 50], min_length=1, description="Cut-offs K of HR@K and NDCG@K (beam width >= max K).")
+    beam_width: int = Field(50, gt=0, description="Beam width B: items generated per request.")
+    truth_types: list[ItemGroup] = Field(["order", "cart", "click"], min_length=1,
+                                         description="Which of a test page's item groups count as true items.")
+    batch_size: int = Field(64, gt=0, description="Requests per beam-search batch.")
+    max_requests: int = Field(0, ge=0, description="Evaluate at most this many test requests, a seeded subset (0: all).")
+    baselines: list[Literal["popularity", "sasrec"]] = Field(
+        ["popularity", "sasrec"], description="Baselines trained and evaluated on the same split and requests.")
+    sasrec: SasrecConfig = Field(default_factory=SasrecConfig, description="The SASRec baseline.")
+
+
 class PipelineConfig(_Section):
     run: RunConfig = Field(default_factory=RunConfig, description="Run identity, seed, output folder and MLflow.")
     source: SourceConfig = Field(default_factory=SourceConfig, description="Where the logs come from.")
@@ -159,6 +230,9 @@ class PipelineConfig(_Section):
     sessionize: SessionizeConfig = Field(default_factory=SessionizeConfig, description="The Spark sessionization job.")
     embed: EmbedConfig = Field(default_factory=EmbedConfig, description="Item embeddings (embed-items).")
     sid: SidConfig = Field(default_factory=SidConfig, description="Semantic IDs by RQ-KMeans (assign-sids).")
+    model: ModelConfig = Field(default_factory=ModelConfig, description="The GenRec model (Qwen2 backbone + Token Merger).")
+    sft: SftConfig = Field(default_factory=SftConfig, description="Page-wise next-token SFT with DeepSpeed (train-sft).")
+    eval: EvalConfig = Field(default_factory=EvalConfig, description="Offline evaluation and baselines (evaluate).")
 
     def to_json(self) -> str:
         """Canonical JSON of the fully resolved config (what every run records)."""

@@ -55,18 +55,25 @@ class TextEncoder:
         cfg = self.model.config
         return cfg.projection_dim if self.kind == "clip" else cfg.hidden_size
 
-    @torch.no_grad()
-    def encode(self, texts: Sequence[str]) -> np.ndarray:
+    def embed(self, texts: Sequence[str]) -> torch.Tensor:
+        """(n, d) L2-normalised vectors as a tensor, with gradients when enabled (encoder fine-tuning)."""
         max_len = min(self.max_length, getattr(self.tokenizer, "model_max_length", self.max_length) or self.max_length)
         if self.kind == "clip":
             max_len = min(max_len, self.model.config.text_config.max_position_embeddings)
         batch = self.tokenizer(list(texts), padding=True, truncation=True, max_length=max_len, return_tensors="pt")
         if self.kind == "clip":
             out = self.model.get_text_features(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"])
-            return _normalise(out if isinstance(out, torch.Tensor) else out.pooler_output)
-        hidden = self.model(**batch).last_hidden_state
-        mask = batch["attention_mask"].unsqueeze(-1).to(hidden.dtype)
-        return _normalise((hidden * mask).sum(1) / mask.sum(1).clamp(min=1))
+            out = out if isinstance(out, torch.Tensor) else out.pooler_output
+        else:
+            hidden = self.model(**batch).last_hidden_state
+            mask = batch["attention_mask"].unsqueeze(-1).to(hidden.dtype)
+            out = (hidden * mask).sum(1) / mask.sum(1).clamp(min=1)
+        return torch.nn.functional.normalize(out.float(), dim=-1)
+
+    @torch.no_grad()
+    def encode(self, texts: Sequence[str]) -> np.ndarray:
+        """(n, d) float32 L2-normalised vectors (inference: no gradients, eval mode as loaded)."""
+        return self.embed(texts).cpu().numpy().astype(np.float32)
 
 
 class ImageEncoder:

@@ -23,7 +23,8 @@ from genrec.config import FinetuneConfig
 @dataclass
 class FinetuneResult:
     embeddings: np.ndarray  # (n_items, d) of the chosen epoch, L2-normalised
-    head_weight: np.ndarray  # (d, d) of the chosen epoch: embeddings = normalise(base @ W.T + residual)
+    head_weight: np.ndarray | None  # (d, d) of the chosen epoch: embeddings = normalise(base @ W.T + residual);
+    #                                None when the encoder itself was fine-tuned
     residual: np.ndarray | None  # (n_items, d) of the chosen epoch, or None when residuals are off
     recall_before: float
     recall_after: float
@@ -52,6 +53,25 @@ def recall_at_k(emb: np.ndarray, pairs: np.ndarray, k: int = 10) -> float:
     _, nn = index.search(np.ascontiguousarray(emb[queries]), k + 1)
     hits = [(t in row[row != q][:k]) for q, t, row in zip(queries, targets, nn)]
     return float(np.mean(hits))
+
+
+def info_nce(a: torch.Tensor, b: torch.Tensor, batch: np.ndarray, temperature: float) -> torch.Tensor:
+    """Symmetric InfoNCE over a batch of pairs (rows of `batch`, normalised vectors a[i], b[i]); the other
+    pairs' items are the negatives. An item can repeat within a batch: a copy of the positive is no
+    negative, so it is masked out in each direction."""
+    logits = a @ b.T / temperature
+    eye = torch.eye(len(batch), dtype=torch.bool)
+    same_b = torch.from_numpy(batch[:, 1][None, :] == batch[:, 1][:, None]) & ~eye
+    same_a = torch.from_numpy(batch[:, 0][None, :] == batch[:, 0][:, None]) & ~eye
+    target = torch.arange(len(batch))
+    return (torch.nn.functional.cross_entropy(logits.masked_fill(same_b, float("-inf")), target)
+            + torch.nn.functional.cross_entropy(logits.T.masked_fill(same_a, float("-inf")), target)) / 2
+
+
+def steps_per_epoch(n_train: int, cfg: FinetuneConfig) -> int:
+    """Batches per epoch: one pass over the training pairs, capped by cfg.max_steps_per_epoch (0: no cap)."""
+    steps = max(1, int(np.ceil(n_train / cfg.batch_size))) if n_train else 0
+    return min(steps, cfg.max_steps_per_epoch) if cfg.max_steps_per_epoch else steps
 
 
 def finetune_head(emb: np.ndarray, pairs: np.ndarray, weights: np.ndarray, cfg: FinetuneConfig, seed: int) -> FinetuneResult:
@@ -92,21 +112,14 @@ def finetune_head(emb: np.ndarray, pairs: np.ndarray, weights: np.ndarray, cfg: 
     best_emb, best_valid, best_state = emb, recall_at_k(emb, valid), state()
     rng = np.random.default_rng(seed)
     p = train_w / train_w.sum() if len(train_w) else None
-    steps = max(1, int(np.ceil(len(train) / cfg.batch_size))) if len(train) else 0
+    steps = steps_per_epoch(len(train), cfg)
     losses: list[float] = []
     for _ in tqdm(range(cfg.epochs if steps else 0), desc="fine-tune head", unit="epoch"):
         for _ in range(steps):
             batch = train[rng.choice(len(train), size=min(cfg.batch_size, len(train)), replace=True, p=p)]
             a = torch.nn.functional.normalize(project(batch[:, 0]), dim=-1)
             b = torch.nn.functional.normalize(project(batch[:, 1]), dim=-1)
-            logits = a @ b.T / cfg.temperature
-            # An item can repeat within a batch: a copy of the positive is no negative (masked, each direction).
-            eye = torch.eye(len(batch), dtype=torch.bool)
-            same_b = torch.from_numpy(batch[:, 1][None, :] == batch[:, 1][:, None]) & ~eye
-            same_a = torch.from_numpy(batch[:, 0][None, :] == batch[:, 0][:, None]) & ~eye
-            target = torch.arange(len(batch))
-            loss = (torch.nn.functional.cross_entropy(logits.masked_fill(same_b, float("-inf")), target)
-                    + torch.nn.functional.cross_entropy(logits.T.masked_fill(same_a, float("-inf")), target)) / 2
+            loss = info_nce(a, b, batch, cfg.temperature)
             opt.zero_grad()
             loss.backward()
             opt.step()

@@ -3,7 +3,9 @@
 Reads validated/items.parquet, pages/pairs (from sessionization, train sessions only) and the ingest
 folder (item images; the simulator's ground_truth.npz when present). Writes into `out_dir`:
 embeddings.npy (final, L2-normalised, row i = item_ids[i]), embeddings_base.npy (before fine-tuning),
-item_ids.npy, head.safetensors (projection weight and per-item residuals of the chosen epoch) and report.json.
+item_ids.npy, report.json, and the fine-tuned state: head.safetensors (projection weight and per-item
+residuals of the chosen epoch; embed.finetune.target=head) or encoder/ (the fine-tuned text encoder,
+save_pretrained; target=encoder).
 """
 
 from __future__ import annotations
@@ -20,7 +22,8 @@ from genrec.config import PipelineConfig
 from genrec.data.io import read_parquet
 from genrec.data.schema import ITEMS_FILE
 from genrec.embed.encoders import ImageEncoder, TextEncoder, VLMEncoder, fuse, is_vlm
-from genrec.embed.finetune import finetune_head
+from genrec.embed.encoder_finetune import finetune_encoder
+from genrec.embed.finetune import FinetuneResult, finetune_head
 from genrec.embed.item_text import item_text
 from genrec.errors import ConfigError, InputDataError
 
@@ -58,14 +61,16 @@ def _encode_vlm(cfg: PipelineConfig, texts: list[str], image_paths: list[Path | 
     return np.asarray(emb), sum(p is not None for p in image_paths)
 
 
-def _encode(cfg: PipelineConfig, texts: list[str], image_paths: list[Path | None], out: Path) -> tuple[np.ndarray, int]:
-    """Encode in chunks into a memory-mapped file; returns (embeddings, items with an image)."""
+def _encode(cfg: PipelineConfig, texts: list[str], image_paths: list[Path | None], out: Path,
+            text_enc: TextEncoder | None = None) -> tuple[np.ndarray, int]:
+    """Encode in chunks into a memory-mapped file; returns (embeddings, items with an image).
+    `text_enc`: an already loaded (e.g. fine-tuned) text encoder; None loads the configured one."""
     from PIL import Image
 
     e = cfg.embed
     if is_vlm(e.text_model):
         return _encode_vlm(cfg, texts, image_paths, out)
-    text_enc = TextEncoder(e.text_model or None, e.max_length)
+    text_enc = text_enc or TextEncoder(e.text_model or None, e.max_length)
     img_enc = ImageEncoder(e.image_model) if e.image_model else None
     has_image = np.array([p is not None for p in image_paths]) if img_enc else np.zeros(len(texts), dtype=bool)
     probe = fuse(text_enc.encode(["probe"]), img_enc.encode([Image.new("RGB", (8, 8))]) if img_enc else None,
@@ -108,6 +113,12 @@ def _truth_correlation(raw_dir: Path, item_ids: np.ndarray, embs: dict[str, np.n
     return {f"true_sim_spearman_{k}": float(spearmanr((e[a] * e[b]).sum(1), true_sim).statistic) for k, e in embs.items()}
 
 
+def _finetune_figures(ft: FinetuneResult) -> dict:
+    return {"recall_at10_before": ft.recall_before, "recall_at10_after": ft.recall_after,
+            "n_train_pairs": ft.n_train_pairs, "n_heldout_pairs": ft.n_heldout_pairs,
+            "finetune_final_loss": ft.losses[-1] if ft.losses else float("nan")}
+
+
 def run_embed_items(cfg: PipelineConfig, validated_dir: str | Path, pages_dir: str | Path, raw_dir: str | Path,
                     out_dir: str | Path, pipeline_run_id: str) -> dict:
     """Embed every item of the validated catalog; fine-tune on co-engagement pairs; write the vectors."""
@@ -126,7 +137,13 @@ def run_embed_items(cfg: PipelineConfig, validated_dir: str | Path, pages_dir: s
             raise InputDataError(f"{len(blank)} items have no text (title, brand, category, description) and no image to "
                                  f"embed them from; first item ids: {blank[:10]}")
         item_ids = items["item_id"].to_numpy(np.int64)
-        base, n_img = _encode(cfg, texts, image_paths, out_dir / "embeddings_base.npy")
+        ft_cfg = cfg.embed.finetune
+        tune_encoder = ft_cfg.enabled and ft_cfg.target == "encoder"
+        if tune_encoder and is_vlm(cfg.embed.text_model):
+            raise ConfigError("embed.finetune.target=encoder trains text encoders and CLIP text towers; "
+                              f"{cfg.embed.text_model} is a vision-language model: use embed.finetune.target=head")
+        text_enc = TextEncoder(cfg.embed.text_model or None, cfg.embed.max_length) if tune_encoder else None
+        base, n_img = _encode(cfg, texts, image_paths, out_dir / "embeddings_base.npy", text_enc)
         bad = ~np.isfinite(base).all(axis=1)
         if bad.any():
             raise InputDataError(f"the encoder produced NaN or infinite vectors for {int(bad.sum())} items "
@@ -135,18 +152,26 @@ def run_embed_items(cfg: PipelineConfig, validated_dir: str | Path, pages_dir: s
         pairs, weights = _load_pairs(pages_dir, item_ids)
         report = {"n_items": len(item_ids), "dim": int(base.shape[1]), "n_with_image": n_img, "n_pairs": len(pairs)}
         final = base
-        if cfg.embed.finetune.enabled and len(pairs) >= 10:
-            ft = finetune_head(base, pairs, weights, cfg.embed.finetune, cfg.run.seed)
+        if tune_encoder and len(pairs) >= 10:
+            scratch = out_dir / "embeddings_tuning.npy"
+            ft = finetune_encoder(text_enc, texts, base, pairs, weights, ft_cfg, cfg.run.seed,
+                                  lambda enc: _encode(cfg, texts, image_paths, scratch, enc)[0].copy())
+            scratch.unlink(missing_ok=True)
+            final = ft.embeddings
+            # The chosen epoch's encoder, loadable as embed.text_model by a later run (safetensors).
+            text_enc.model.save_pretrained(out_dir / "encoder")
+            text_enc.tokenizer.save_pretrained(out_dir / "encoder")
+            report.update(_finetune_figures(ft))
+        elif ft_cfg.enabled and len(pairs) >= 10:
+            ft = finetune_head(base, pairs, weights, ft_cfg, cfg.run.seed)
             final = ft.embeddings
             from safetensors.numpy import save_file
 
             # Everything needed to rebuild embeddings.npy from embeddings_base.npy (the chosen epoch's state).
             tensors = {"weight": ft.head_weight} | ({"residual": ft.residual} if ft.residual is not None else {})
             save_file(tensors, str(out_dir / "head.safetensors"))
-            report.update({"recall_at10_before": ft.recall_before, "recall_at10_after": ft.recall_after,
-                           "n_train_pairs": ft.n_train_pairs, "n_heldout_pairs": ft.n_heldout_pairs,
-                           "finetune_final_loss": ft.losses[-1] if ft.losses else float("nan")})
-        elif cfg.embed.finetune.enabled:
+            report.update(_finetune_figures(ft))
+        elif ft_cfg.enabled:
             report["finetune_skipped"] = f"only {len(pairs)} co-engagement pairs"
         np.save(out_dir / "embeddings.npy", final)
         np.save(out_dir / "item_ids.npy", item_ids)
