@@ -1,4 +1,5 @@
-"""The genrec pipeline (KFP v2): ingest -> validate-events -> sessionize -> validate-pages -> embed-items -> assign-sids.
+"""The genrec pipeline (KFP v2): ingest -> validate-events -> sessionize -> validate-pages -> embed-items -> assign-sids
+-> train-sft -> evaluate.
 
 Compile:  genrec compile            (writes pipelines/genrec_pipeline.yaml, committed and tested for staleness)
 Run here: genrec run --config configs/demo.yaml   (kfp.local, SubprocessRunner)
@@ -11,8 +12,10 @@ from kfp import compiler, dsl
 
 from components.assign_sids import assign_sids
 from components.embed_items import embed_items
+from components.evaluate import evaluate
 from components.ingest import ingest
 from components.sessionize import sessionize
+from components.train_sft import train_sft
 from components.validate_events import validate_events
 from components.validate_pages import validate_pages
 
@@ -20,7 +23,8 @@ PIPELINE_NAME = "genrec"
 COMPILED_PATH = Path(__file__).with_name("genrec_pipeline.yaml")
 
 
-@dsl.pipeline(name=PIPELINE_NAME, description="GenRec training pipeline: logs -> validated training pages -> semantic IDs.")
+@dsl.pipeline(name=PIPELINE_NAME, description="GenRec training pipeline: logs -> validated training pages -> semantic IDs -> "
+                                                     "page-wise SFT -> offline evaluation.")
 def genrec_pipeline(config_json: str, pipeline_run_id: str = ""):
     """config_json: the fully resolved genrec config (genrec config-show --json). pipeline_run_id: groups the
     stages' MLflow runs under one parent run; empty on a cluster means KFP's own job id."""
@@ -35,7 +39,11 @@ def genrec_pipeline(config_json: str, pipeline_run_id: str = ""):
     embedded.set_memory_request("4G").set_cpu_request("2")
     sids = assign_sids(embeddings=embedded.outputs["embeddings"], validated=validated.outputs["validated"],
                        **common).set_display_name("assign-sids")
-    for task in (raw, validated, sessionized, pages, embedded, sids):
+    trained = train_sft(pages=pages.outputs["pages"], sids=sids.outputs["sids"], **common).set_display_name("train-sft")
+    trained.set_memory_request("8G").set_cpu_request("2")
+    evaluated = evaluate(model=trained.outputs["model"], pages=pages.outputs["pages"], sids=sids.outputs["sids"],
+                         **common).set_display_name("evaluate")
+    for task in (raw, validated, sessionized, pages, embedded, sids, trained, evaluated):
         task.set_caching_options(False)  # every run is tracked in MLflow; a cache hit would log nothing
 
 

@@ -14,6 +14,11 @@ class LocalRun:
     succeeded: bool
     error: str = ""
 
+    def metrics_table(self) -> str:
+        """The evaluate stage's Markdown table ('' when it did not run)."""
+        found = sorted(self.pipeline_root.glob("*/evaluate/evaluation/metrics.md"))
+        return found[-1].read_text() if found else ""
+
     def data_docs(self) -> list[Path]:
         return sorted(self.pipeline_root.glob("*/*/*/gx/uncommitted/data_docs/local_site/index.html"))
 

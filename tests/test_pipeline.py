@@ -1,5 +1,6 @@
 """The KFP pipeline: the committed YAML is current, and `genrec run` runs it locally under one MLflow parent run."""
 
+import json
 import os
 import re
 import subprocess
@@ -12,7 +13,7 @@ import pytest
 from pipelines.genrec_pipeline import COMPILED_PATH, compile_pipeline
 
 REPO = Path(__file__).resolve().parents[1]
-STAGES = ["ingest", "validate-events", "sessionize", "validate-pages", "embed-items", "assign-sids"]
+STAGES = ["ingest", "validate-events", "sessionize", "validate-pages", "embed-items", "assign-sids", "train-sft", "evaluate"]
 
 
 def test_compiled_yaml_is_current(tmp_path):
@@ -30,7 +31,9 @@ def _genrec(*args, cwd=REPO):
 def demo_run(mlflow_server, tmp_path_factory):
     work = tmp_path_factory.mktemp("e2e")
     proc = _genrec("run", "--config", "configs/demo.yaml", f"run.work_dir={work}", f"run.tracking_uri={mlflow_server}",
-                   "run.experiment=e2e", "simulator.n_users=120", "simulator.n_items=250", "simulator.days=6")
+                   "run.experiment=e2e", "simulator.n_users=120", "simulator.n_items=250", "simulator.days=6",
+                   "model.size=tiny", "sft.max_steps=20", "sft.checkpoint_every=10", "eval.max_requests=40",
+                   "eval.sasrec.epochs=1")
     return proc, work, mlflow_server
 
 
@@ -50,6 +53,13 @@ def test_local_run_succeeds_and_says_where_things_are(demo_run):
     root = Path(re.search(r"^outputs:\s+(\S+)$", out, re.M).group(1))
     assert next(root.glob("*/validate-pages/pages/pages/split=train"))
     assert next(root.glob("*/validate-events/report")).read_text().startswith("# validate-events: PASSED")
+    # the metrics table is printed and is a KFP output (Markdown report + Metrics artifact)
+    assert re.search(r"^\| genrec \| [0-9.]+ \|", out, re.M) and re.search(r"^\| sasrec \|", out, re.M)
+    assert next(root.glob("*/evaluate/report")).read_text().startswith("# evaluate")
+    executor = json.loads(next(root.glob("*/evaluate/executor_output.json")).read_text())
+    kfp_metrics = executor["artifacts"]["metrics"]["artifacts"][0]["metadata"]
+    assert {"genrec/hr@10", "popularity/ndcg@10", "genrec_unconstrained/har"} <= set(kfp_metrics)
+    assert next(root.glob("*/train-sft/model/model/model.safetensors"))
 
 
 def test_one_parent_run_with_a_child_per_stage(demo_run):
@@ -84,6 +94,13 @@ def test_one_parent_run_with_a_child_per_stage(demo_run):
     assert "level1_utilisation" in sid and "nmi_level1_leaf_category" in sid
     assert "plots/sid_utilisation.png" in {a.path for a in client.list_artifacts(children["assign-sids"].info.run_id, "plots")}
     assert "recall_at10_before" in children["embed-items"].data.metrics
+    sft = client.get_metric_history(children["train-sft"].info.run_id, "train/loss")
+    assert len(sft) >= 2 and sft[-1].step == 20  # per-step training curve
+    assert {"prompt_len_merged", "prompt_len_unmerged", "tokens_per_s"} <= set(children["train-sft"].data.metrics)
+    assert "model/model.safetensors" in {a.path for a in client.list_artifacts(children["train-sft"].info.run_id, "model")}
+    ev = children["evaluate"].data.metrics
+    assert {"genrec/hr_at_10", "genrec/ndcg_at_50", "sasrec/hr_at_10", "popularity/hr_at_1", "genrec_unconstrained/har"} <= set(ev)
+    assert ev["genrec/har"] == 0  # trie-constrained decoding only returns items
 
 
 def test_failing_stage_fails_the_run_with_a_clear_message(mlflow_server, tmp_path):

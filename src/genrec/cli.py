@@ -154,6 +154,44 @@ def assign_sids(config: Optional[Path] = ConfigOpt,
     typer.echo(json.dumps(report, indent=2))
 
 
+@app.command("train-sft")
+@_friendly
+def train_sft(config: Optional[Path] = ConfigOpt,
+              pages: Optional[Path] = typer.Option(None, help="The validated pages folder [work_dir/stages/pages]."),
+              sids: Optional[Path] = typer.Option(None, help="The assign-sids folder [work_dir/stages/sids]."),
+              out: Optional[Path] = typer.Option(None, help="Output folder [work_dir/stages/sft]."),
+              pipeline_run_id: str = RunIdOpt, overrides: Optional[List[str]] = OverridesArg):
+    """Reads the training pages and the SID table; trains the GenRec model with DeepSpeed (page-wise NTP by default);
+    writes model/ (safetensors), checkpoints/ (a rerun resumes), ds_config.json and report.json to OUT.
+    Several processes: torchrun --nproc_per_node N -m genrec.cli train-sft ... (or the deepspeed launcher)."""
+    from genrec.stages.train_sft import run_train_sft
+
+    cfg = _config(config, overrides)
+    report = run_train_sft(cfg, pages or _out(cfg, None, "pages"), sids or _out(cfg, None, "sids"), _out(cfg, out, "sft"),
+                           pipeline_run_id or uuid.uuid4().hex)
+    if os.environ.get("RANK", "0") == "0":
+        typer.echo(json.dumps(report, indent=2))
+
+
+@app.command()
+@_friendly
+def evaluate(config: Optional[Path] = ConfigOpt,
+             model: Optional[Path] = typer.Option(None, help="The train-sft folder (or a model folder) [work_dir/stages/sft]."),
+             pages: Optional[Path] = typer.Option(None, help="The validated pages folder [work_dir/stages/pages]."),
+             sids: Optional[Path] = typer.Option(None, help="The assign-sids folder [work_dir/stages/sids]."),
+             out: Optional[Path] = typer.Option(None, help="Output folder [work_dir/stages/eval]."),
+             pipeline_run_id: str = RunIdOpt, overrides: Optional[List[str]] = OverridesArg):
+    """Reads the model, the test pages and the SID table; writes HR@K / NDCG@K / Recall@K / HaR of GenRec and the
+    baselines to OUT (metrics.md, metrics.csv, metrics.json) and prints the table."""
+    from genrec.stages.evaluate import run_evaluate
+
+    cfg = _config(config, overrides)
+    out = _out(cfg, out, "eval")
+    run_evaluate(cfg, model or _out(cfg, None, "sft"), pages or _out(cfg, None, "pages"), sids or _out(cfg, None, "sids"),
+                 out, pipeline_run_id or uuid.uuid4().hex)
+    typer.echo((out / "metrics.md").read_text())
+
+
 @app.command()
 @_friendly
 def run(config: Optional[Path] = ConfigOpt, overrides: Optional[List[str]] = OverridesArg):
@@ -173,6 +211,9 @@ def run(config: Optional[Path] = ConfigOpt, overrides: Optional[List[str]] = Ove
     typer.echo("")
     typer.echo(f"pipeline {'succeeded' if result.succeeded else 'FAILED'} in {elapsed:.0f} s")
     typer.echo(f"outputs:    {result.pipeline_root}")
+    if result.metrics_table():
+        typer.echo("")
+        typer.echo(result.metrics_table())
     typer.echo(f"MLflow run: {tracking.run_url(cfg, parent)}")
     for docs in result.data_docs():
         typer.echo(f"Data Docs:  {docs}")

@@ -189,3 +189,38 @@ def stage_run(cfg: PipelineConfig, stage: str, pipeline_run_id: str) -> Iterator
             mlflow.end_run(status="FAILED")
             raise
         mlflow.log_metric("duration_s", time.time() - t0)
+
+
+class _NoTracker(StageTracker):
+    """For processes other than rank 0 of a multi-process training run: they train but do not log."""
+
+    def __init__(self):
+        super().__init__(None, "")
+
+    def params(self, params):
+        pass
+
+    def metrics(self, metrics, step=None):
+        pass
+
+    def artifact(self, path, artifact_path=None):
+        pass
+
+    def json(self, obj, name):
+        pass
+
+    def figure(self, fig, name):
+        pass
+
+    def tag(self, key, value):
+        pass
+
+    def dataset(self, path, name, context, schema_columns=None, digest=None):
+        pass
+
+
+@contextmanager
+def no_run() -> Iterator[StageTracker]:
+    """A tracker that logs nothing: ranks > 0 of a distributed stage (rank 0 logs for all)."""
+    yield _NoTracker()
+

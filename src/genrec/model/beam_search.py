@@ -1,0 +1,131 @@
+"""Point-wise beam search over SID codes: B items (code tuples) per request, with scores, batched, KV-cached.
+
+One forward pass over the (left-padded) prompts fills the KV cache; the cache is repeated B times and
+then each of the L levels is one step: log-softmax over the whole vocabulary, mask, add to the beam
+score, keep the best B of the B x K candidates, reorder the cache. Scores are sums of log-probabilities
+(the same as transformers' beam search with a prefix_allowed_tokens_fn, which the benchmark compares).
+
+Masks:
+- constrained: only codes that continue a prefix of some item's SID (the trie's content, as dense
+  per-prefix masks over the prefixes that exist), so every output is a real item;
+- unconstrained: any code of the right level; the output may be no item (counted as a hallucination).
+Ties are broken by index (torch.topk on CPU and GPU is deterministic for equal inputs).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from genrec.errors import InputDataError
+from genrec.model.genrec_model import GenRecModel
+from genrec.model.samples import encode_prompt
+from genrec.model.vocab import SidMap
+
+
+@dataclass
+class BeamOutput:
+    codes: np.ndarray  # (N, B, L) generated SID codes
+    scores: np.ndarray  # (N, B) summed log-probabilities, best first; -inf where fewer than B items exist
+    items: np.ndarray  # (N, B) item id, -1 where the codes are no item (or the beam is empty)
+
+
+class PrefixMasks:
+    """Per level, a boolean (n_prefixes, K_level) mask of allowed next codes, and a lookup prefix -> row."""
+
+    def __init__(self, sid_map: SidMap):
+        codes, sizes = sid_map.codes, sid_map.sizes
+        self.levels = []
+        for level in range(len(sizes)):
+            key = np.zeros(len(codes), dtype=np.int64)
+            for j in range(level):
+                key = key * sizes[j] + codes[:, j]
+            keys, row = np.unique(key, return_inverse=True)
+            mask = np.zeros((len(keys), sizes[level]), dtype=bool)
+            mask[row, codes[:, level]] = True
+            self.levels.append((torch.from_numpy(keys), torch.from_numpy(mask)))
+        self.sizes = sizes
+
+    def allowed(self, level: int, prefixes: torch.Tensor) -> torch.Tensor:
+        """(M, level) code prefixes -> (M, K_level) allowed mask (no row allowed for a prefix of no item)."""
+        keys, mask = self.levels[level]
+        key = torch.zeros(len(prefixes), dtype=torch.int64)
+        for j in range(level):
+            key = key * self.sizes[j] + prefixes[:, j].cpu()
+        pos = torch.searchsorted(keys, key).clamp(max=len(keys) - 1)
+        found = keys[pos] == key
+        return mask[pos] & found.unsqueeze(1)
+
+
+def left_pad_prompts(histories: list[np.ndarray], model: GenRecModel, device) -> tuple[torch.Tensor, ...]:
+    """Encode and left-pad prompts: ids (N, P, L), is_item (N, P), attention_mask (N, P), position_ids (N, P)."""
+    enc = [encode_prompt(h, model.vocab, model.token_merger) for h in histories]
+    length = max(len(e[0]) for e in enc)
+    levels = model.vocab.levels
+    ids = np.full((len(enc), length, levels), model.vocab.pad, dtype=np.int64)
+    is_item = np.zeros((len(enc), length), bool)
+    mask = np.zeros((len(enc), length), dtype=np.int64)
+    for r, (i, f) in enumerate(enc):
+        ids[r, length - len(i):], is_item[r, length - len(i):], mask[r, length - len(i):] = i, f, 1
+    mask_t = torch.from_numpy(mask)
+    positions = (mask_t.cumsum(1) - 1).clamp(min=0)
+    return (torch.from_numpy(ids).to(device), torch.from_numpy(is_item).to(device), mask_t.to(device),
+            positions.to(device))
+
+
+@torch.no_grad()
+def beam_search(model: GenRecModel, history_codes: list[np.ndarray], sid_map: SidMap, beam: int, constrained: bool,
+                masks: PrefixMasks | None = None) -> BeamOutput:
+    """Top-`beam` items for each request (one history's (n, L) codes each), best first."""
+    empty = [i for i, h in enumerate(history_codes) if len(h) == 0]
+    if empty:
+        raise InputDataError(f"{len(empty)} requests have an empty history (first: request {empty[0]}); "
+                             "a prompt needs at least one item (rank them by popularity instead)")
+    model.eval()
+    device = next(model.parameters()).device
+    vocab, levels, n = model.vocab, model.vocab.levels, len(history_codes)
+    if constrained and masks is None:
+        masks = PrefixMasks(sid_map)
+    ids, is_item, attn, pos = left_pad_prompts(history_codes, model, device)
+    out = model(ids, is_item, attn, position_ids=pos, use_cache=True, logits_to_keep=1)
+    cache, logits = out.past_key_values, out.logits[:, -1]
+    next_pos = pos[:, -1:] + 1  # (N, 1)
+    scores = torch.zeros(n, 1, device=device)  # one live beam per request before the first step
+    codes = torch.zeros(n, 1, 0, dtype=torch.int64, device=device)
+    for level in range(levels):
+        start, size = vocab.level_start(level), vocab.sizes[level]
+        logp = torch.log_softmax(logits.float(), dim=-1)[:, start:start + size]  # (N * width, K)
+        width = scores.shape[1]
+        if constrained:
+            allowed = masks.allowed(level, codes.reshape(n * width, level)).to(device)
+            logp = logp.masked_fill(~allowed, float("-inf"))
+        cand = (scores.reshape(n * width, 1) + logp).reshape(n, width * size)
+        k = min(beam, width * size)
+        top, idx = torch.topk(cand, k, dim=1)
+        parent, code = idx // size, idx % size
+        codes = torch.cat([torch.gather(codes, 1, parent.unsqueeze(-1).expand(-1, -1, level)), code.unsqueeze(-1)], dim=2)
+        scores = top
+        if level == levels - 1:
+            break
+        # Row r * width + j of the cache is request r's beam j; the new beams take their parents' rows
+        # (index_select with repeats: at the first step this also expands one row per request to k).
+        rows = (torch.arange(n, device=device).unsqueeze(1) * width + parent).reshape(-1)
+        cache.reorder_cache(rows)
+        attn = torch.cat([attn[rows], torch.ones(n * k, 1, dtype=attn.dtype, device=device)], dim=1)
+        step_pos = next_pos[rows]
+        next_pos = step_pos + 1
+        token = (code + start).reshape(n * k, 1, 1).expand(-1, -1, levels)
+        out = model(token, torch.zeros(n * k, 1, dtype=torch.bool, device=device), attn, position_ids=step_pos,
+                    past_key_values=cache, use_cache=True)
+        cache, logits = out.past_key_values, out.logits[:, -1]
+    codes_np, scores_np = codes.cpu().numpy(), scores.cpu().numpy()
+    if codes_np.shape[1] < beam:  # fewer candidates than beams (tiny catalogs): pad with empty beams
+        pad = beam - codes_np.shape[1]
+        codes_np = np.concatenate([codes_np, np.zeros((n, pad, levels), np.int64)], axis=1)
+        scores_np = np.concatenate([scores_np, np.full((n, pad), -np.inf, np.float32)], axis=1)
+    items = sid_map.items_of(codes_np.reshape(-1, levels)).reshape(n, beam)
+    items[~np.isfinite(scores_np)] = -1
+    return BeamOutput(codes_np, scores_np, items)
+

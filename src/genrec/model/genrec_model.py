@@ -1,0 +1,144 @@
+"""The GenRec model: a Qwen2 decoder (transformers) over SID tokens, with the Token Merger on the prompt side.
+
+Every position of a sequence carries `levels` token ids and an `is_item` flag:
+- is_item = True (prompt side, Token Merger on): the position is one history item; its SID tokens'
+  embeddings are concatenated and projected by one linear layer into one vector (paper eq. 5);
+- is_item = False: an ordinary token (special token, or one SID code), whose id is column 0.
+The target side and the loss always use ordinary SID tokens. With the Token Merger off ("w/o TM")
+every position is ordinary and a history item takes `levels` positions.
+
+Saved as model.safetensors + genrec_model.json (backbone config, vocabulary, SID fingerprint); loading
+builds the modules from the JSON and reads tensors only: nothing is unpickled.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_model, save_model
+from torch import nn
+from transformers import Qwen2Config, Qwen2ForCausalLM
+
+from genrec.errors import ConfigError
+from genrec.model.vocab import SidVocab
+
+MODEL_FILE, CONFIG_FILE = "model.safetensors", "genrec_model.json"
+
+# Backbone shapes. The qwen2.5-* presets are the shapes of the released Qwen2.5 models (weights are not
+# downloaded: load a local checkpoint with model.pretrained_path to start from them, as the paper does).
+SIZES: dict[str, dict] = {
+    "tiny": dict(hidden_size=32, num_hidden_layers=2, num_attention_heads=2, num_key_value_heads=1, intermediate_size=64,
+                 tie_word_embeddings=True),
+    "demo": dict(hidden_size=128, num_hidden_layers=4, num_attention_heads=4, num_key_value_heads=2, intermediate_size=384,
+                 tie_word_embeddings=True),
+    "small": dict(hidden_size=384, num_hidden_layers=8, num_attention_heads=6, num_key_value_heads=2,
+                  intermediate_size=1152, tie_word_embeddings=True),
+    "qwen2.5-0.5b": dict(hidden_size=896, num_hidden_layers=24, num_attention_heads=14, num_key_value_heads=2,
+                         intermediate_size=4864, tie_word_embeddings=True),
+    "qwen2.5-1.5b": dict(hidden_size=1536, num_hidden_layers=28, num_attention_heads=12, num_key_value_heads=2,
+                         intermediate_size=8960, tie_word_embeddings=True),
+    "qwen2.5-3b": dict(hidden_size=2048, num_hidden_layers=36, num_attention_heads=16, num_key_value_heads=2,
+                       intermediate_size=11008, tie_word_embeddings=True),
+    "qwen2.5-7b": dict(hidden_size=3584, num_hidden_layers=28, num_attention_heads=28, num_key_value_heads=4,
+                       intermediate_size=18944, tie_word_embeddings=False),
+}
+
+
+class GenRecModel(nn.Module):
+    """Qwen2ForCausalLM + Token Merger. `forward` takes (ids (B,T,L), is_item (B,T)) instead of input ids."""
+
+    def __init__(self, lm: Qwen2ForCausalLM, vocab: SidVocab, token_merger: bool, sid_fingerprint: str = ""):
+        super().__init__()
+        self.lm = lm
+        self.vocab = vocab
+        self.sid_fingerprint = sid_fingerprint
+        d, levels = lm.config.hidden_size, vocab.levels
+        self.merger = nn.Linear(levels * d, d) if token_merger else None
+        if self.merger is not None:
+            # Start as the mean of the item's code embeddings: a merged item begins where its codes are.
+            with torch.no_grad():
+                self.merger.weight.copy_(torch.cat([torch.eye(d) / levels] * levels, dim=1))
+                self.merger.bias.zero_()
+
+    @property
+    def token_merger(self) -> bool:
+        return self.merger is not None
+
+    def embed(self, ids: torch.Tensor, is_item: torch.Tensor) -> torch.Tensor:
+        """(B, T, L) ids and (B, T) flags -> (B, T, d) input embeddings."""
+        table = self.lm.get_input_embeddings()
+        plain = table(ids[..., 0])
+        if self.merger is None:
+            return plain
+        merged = self.merger(table(ids).flatten(-2))
+        return torch.where(is_item.unsqueeze(-1), merged, plain)
+
+    def forward(self, ids: torch.Tensor, is_item: torch.Tensor, attention_mask: torch.Tensor | None = None,
+                position_ids: torch.Tensor | None = None, past_key_values=None, use_cache: bool = False,
+                logits_to_keep: int = 0):
+        """The backbone's output (logits, and the KV cache when `use_cache`)."""
+        return self.lm(inputs_embeds=self.embed(ids, is_item), attention_mask=attention_mask, position_ids=position_ids,
+                       past_key_values=past_key_values, use_cache=use_cache, logits_to_keep=logits_to_keep)
+
+    def loss(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        """Next-token cross-entropy over the target tokens only (labels -100 elsewhere), mean per target token."""
+        logits = self(batch["ids"], batch["is_item"], batch["attention_mask"]).logits
+        return nn.functional.cross_entropy(logits[:, :-1].flatten(0, 1).float(), batch["labels"][:, 1:].flatten(),
+                                           ignore_index=-100)
+
+    def save(self, out_dir: str | Path) -> Path:
+        """model.safetensors + genrec_model.json in `out_dir`."""
+        out_dir = Path(out_dir)
+        out_dir.mkdir(parents=True, exist_ok=True)
+        meta = {"format": 1, "backbone": self.lm.config.to_diff_dict(), "vocab": self.vocab.to_dict(),
+                "token_merger": self.token_merger, "sid_fingerprint": self.sid_fingerprint}
+        (out_dir / CONFIG_FILE).write_text(json.dumps(meta, indent=2))
+        save_model(self, str(out_dir / MODEL_FILE))  # handles the tied input/output embeddings
+        return out_dir
+
+    @classmethod
+    def load(cls, model_dir: str | Path) -> "GenRecModel":
+        """Rebuild from genrec_model.json and read the tensors (safetensors; nothing unpickled)."""
+        model_dir = Path(model_dir)
+        cfg_path, weights = model_dir / CONFIG_FILE, model_dir / MODEL_FILE
+        if not cfg_path.is_file() or not weights.is_file():
+            raise ConfigError(f"{model_dir}: not a genrec model folder (expected {CONFIG_FILE} and {MODEL_FILE}; "
+                              "run train-sft first)")
+        meta = json.loads(cfg_path.read_text())
+        backbone = {k: v for k, v in meta["backbone"].items() if k not in ("model_type", "transformers_version")}
+        lm = Qwen2ForCausalLM(Qwen2Config(**backbone))
+        model = cls(lm, SidVocab.from_dict(meta["vocab"]), meta["token_merger"], meta.get("sid_fingerprint", ""))
+        load_model(model, str(weights))
+        return model.eval()
+
+
+def build_model(size: str, pretrained_path: str, vocab_sizes: tuple[int, ...], token_merger: bool,
+                sid_fingerprint: str, attn_implementation: str = "sdpa", max_positions: int = 4096) -> GenRecModel:
+    """A new model: from a size preset (random init) or a local Qwen2 checkpoint (embeddings resized).
+
+    With a checkpoint, our tokens are appended after its own vocabulary and the new rows start at the
+    mean of the existing embeddings plus small noise (transformers' mean resizing), so the first
+    steps do not see outlier logits.
+    """
+    if pretrained_path:
+        path = Path(pretrained_path)
+        if not (path / "config.json").is_file():
+            raise ConfigError(f"model.pretrained_path {path}: no config.json (a Qwen2 checkpoint saved with save_pretrained)")
+        lm = Qwen2ForCausalLM.from_pretrained(path, local_files_only=True, torch_dtype=torch.float32,
+                                              attn_implementation=attn_implementation)
+        if lm.config.model_type != "qwen2":
+            raise ConfigError(f"model.pretrained_path {path} is a {lm.config.model_type} checkpoint; expected qwen2")
+        vocab = SidVocab(tuple(vocab_sizes), offset=lm.config.vocab_size)
+        lm.resize_token_embeddings(vocab.vocab_size, mean_resizing=True)
+    else:
+        if size not in SIZES:
+            raise ConfigError(f"model.size {size!r} is unknown; choose one of {sorted(SIZES)}")
+        vocab = SidVocab(tuple(vocab_sizes))
+        shape = SIZES[size]
+        cfg = Qwen2Config(vocab_size=vocab.vocab_size, max_position_embeddings=max_positions,
+                          pad_token_id=vocab.pad, bos_token_id=vocab.bos, eos_token_id=vocab.eos,
+                          attn_implementation=attn_implementation, **shape)
+        lm = Qwen2ForCausalLM(cfg)
+    return GenRecModel(lm, vocab, token_merger, sid_fingerprint)

@@ -1,0 +1,102 @@
+"""Stage train-sft: training pages + SID map -> a GenRec model trained by page-wise next-token prediction.
+
+Reads validate-pages' folder (pages/, split=train) and assign-sids' folder (sid_table.parquet,
+codebooks.npz). Writes into `out_dir`: model/ (model.safetensors + genrec_model.json), checkpoints/
+(resumable DeepSpeed state; a rerun resumes from the newest), ds_config.json and report.json.
+
+Runs in one process, or in every process of a `torchrun` / `deepspeed` launch: rank 0 logs to MLflow
+and writes the model.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pyarrow.parquet as pq
+import torch
+
+from genrec import tracking
+from genrec.config import PipelineConfig
+from genrec.errors import InputDataError
+from genrec.model.genrec_model import build_model
+from genrec.model.samples import batch_order, build_samples, collate, encode_sample
+from genrec.model.vocab import SidMap
+from genrec.train.deepspeed_loop import LoopConfig, ds_config, gathered_state, init_distributed, run_loop
+
+
+def read_pages(pages_dir: Path, split: str):
+    """One split of the validated pages as pandas."""
+    path = pages_dir / "pages"
+    if not path.is_dir():
+        raise InputDataError(f"{path} not found: run validate-pages first")
+    table = pq.read_table(path, filters=[("split", "=", split)]).to_pandas()
+    return table.sort_values(["page_start", "page_id"], kind="stable").reset_index(drop=True)
+
+
+def loop_config(cfg: PipelineConfig) -> LoopConfig:
+    s = cfg.sft
+    return LoopConfig(micro_batch_size=s.micro_batch_size, grad_accum=s.grad_accum, lr=s.lr, weight_decay=s.weight_decay,
+                      warmup_ratio=s.warmup_ratio, grad_clip=s.grad_clip, zero_stage=s.zero_stage, precision=s.precision,
+                      epochs=s.epochs, max_steps=s.max_steps, checkpoint_every=s.checkpoint_every,
+                      keep_checkpoints=s.keep_checkpoints, log_every=s.log_every, seed=cfg.run.seed)
+
+
+def run_train_sft(cfg: PipelineConfig, pages_dir: str | Path, sids_dir: str | Path, out_dir: str | Path,
+                  pipeline_run_id: str) -> dict:
+    """Train the model on the training pages; returns the report (also report.json)."""
+    pages_dir, sids_dir, out_dir = Path(pages_dir), Path(sids_dir), Path(out_dir)
+    rank, world, _ = init_distributed()
+    out_dir.mkdir(parents=True, exist_ok=True)
+    sid_map = SidMap.load(sids_dir)
+    pages = read_pages(pages_dir, "train")
+    samples, counts = build_samples(pages, cfg.sft.mode, cfg.sft.target_types, cfg.model.max_history,
+                                    cfg.sft.max_target_items)
+    if cfg.sft.max_samples and len(samples) > cfg.sft.max_samples:
+        keep = np.sort(np.random.default_rng(cfg.run.seed).choice(len(samples), cfg.sft.max_samples, replace=False))
+        samples = [samples[i] for i in keep]
+    if not samples:
+        raise InputDataError(f"{pages_dir / 'pages'}: no training sample (pages: {counts.pages}, without history: "
+                             f"{counts.skipped_empty_history}, without a target item of {cfg.sft.target_types}: "
+                             f"{counts.skipped_empty_target})")
+    torch.manual_seed(cfg.run.seed)  # the initialisation is part of the run: a resumed or repeated run must match
+    model = build_model(cfg.model.size, cfg.model.pretrained_path, sid_map.sizes, cfg.model.token_merger,
+                        sid_map.fingerprint(), cfg.model.attn_implementation)
+    vocab = model.vocab
+    encoded = [encode_sample(s, sid_map, vocab, cfg.model.token_merger) for s in samples]
+    lengths = np.array([len(e[0]) for e in encoded])
+    hist_len = np.array([len(s.history) for s in samples])
+    report = {"mode": cfg.sft.mode, "token_merger": cfg.model.token_merger, "n_pages": counts.pages,
+              "n_samples": len(samples), "skipped_empty_history": counts.skipped_empty_history,
+              "skipped_empty_target": counts.skipped_empty_target, "truncated_targets": counts.truncated_targets,
+              "prompt_len_merged": float(np.mean(hist_len + 2)),
+              "prompt_len_unmerged": float(np.mean(hist_len * vocab.levels + 2)),
+              "mean_target_items": float(np.mean([len(s.target) for s in samples])),
+              "n_parameters": sum(p.numel() for p in model.parameters()), "world_size": world}
+    loop = loop_config(cfg)
+    (out_dir / "ds_config.json").write_text(json.dumps(ds_config(loop, world), indent=2))
+
+    def epoch_batches(epoch: int):
+        return batch_order(lengths, cfg.sft.micro_batch_size, cfg.run.seed, epoch, cfg.sft.length_grouped)
+
+    track_ctx = tracking.stage_run(cfg, "train-sft", pipeline_run_id) if rank == 0 else tracking.no_run()
+    with track_ctx as track:
+        track.params({"model": cfg.model.model_dump(mode="json"), "sft": cfg.sft.model_dump(mode="json")})
+        track.json(ds_config(loop, world), "train/ds_config.json")
+        track.metrics({k: v for k, v in report.items() if isinstance(v, (int, float)) and not isinstance(v, bool)})
+        result = run_loop(model, lambda m, b: m.loss(b), lambda idx: collate([encoded[i] for i in idx], vocab.pad),
+                          epoch_batches, loop, out_dir / "checkpoints",
+                          lambda step, row: track.metrics({f"train/{k}": v for k, v in row.items()}, step=step),
+                          lambda b: int(b["attention_mask"].sum()), desc="train-sft")
+        report.update({"steps": result.steps, "resumed_from_step": result.resumed_from_step,
+                       "final_loss": result.final_loss, "tokens_per_s": result.tokens_per_s})
+        with gathered_state(model, cfg.sft.zero_stage):
+            if rank == 0:
+                model.save(out_dir / "model")
+        if rank == 0:
+            (out_dir / "report.json").write_text(json.dumps(report, indent=2))
+            track.metrics({k: v for k, v in report.items() if k in ("steps", "final_loss", "tokens_per_s")})
+            track.json(report, "train/report.json")
+            track.artifact(out_dir / "model", "model")
+    return report

@@ -1,0 +1,208 @@
+"""A DeepSpeed training loop shared by the trainers: distributed set-up, ds_config, warm-up + cosine schedule,
+deterministic batches, periodic resumable checkpoints, per-step logging.
+
+One process on CPU by default (gloo); under `torchrun` / `deepspeed` every process runs this same code
+and takes its share of each optimizer step's micro-batches. Data order depends only on (seed, epoch),
+and the backbone has no dropout, so a run resumed from a checkpoint replays exactly the steps the
+killed run would have taken.
+
+Checkpoints are DeepSpeed's own (model, optimizer, scheduler and our position in the data); they are
+trusted local training state. The released model is written separately as safetensors.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import shutil
+import socket
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+
+@dataclass
+class LoopConfig:
+    micro_batch_size: int
+    grad_accum: int
+    lr: float
+    weight_decay: float
+    warmup_ratio: float
+    grad_clip: float
+    zero_stage: int
+    precision: str  # auto | fp32 | bf16
+    epochs: int
+    max_steps: int
+    checkpoint_every: int
+    keep_checkpoints: int
+    log_every: int
+    seed: int
+
+
+@dataclass
+class LoopResult:
+    steps: int
+    resumed_from_step: int
+    final_loss: float
+    tokens_per_s: float
+    history: list[dict] = field(default_factory=list)
+
+
+class _LossModule(torch.nn.Module):
+    """DeepSpeed drives `forward`; ours returns the loss of a batch (hooks of ZeRO-3 fire as usual)."""
+
+    def __init__(self, model: torch.nn.Module, loss_fn: Callable):
+        super().__init__()
+        self.model = model
+        self._loss_fn = loss_fn
+
+    def forward(self, batch):
+        return self._loss_fn(self.model, batch)
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def init_distributed() -> tuple[int, int, torch.device]:
+    """(rank, world size, device). Without a launcher: a one-process group on gloo (CPU) or nccl (GPU)."""
+    import deepspeed
+
+    if "RANK" not in os.environ:
+        os.environ.update({"RANK": "0", "WORLD_SIZE": "1", "LOCAL_RANK": "0", "MASTER_ADDR": "127.0.0.1",
+                           "MASTER_PORT": str(_free_port())})
+    cuda = torch.cuda.is_available()
+    if not torch.distributed.is_initialized():
+        deepspeed.init_distributed(dist_backend="nccl" if cuda else "gloo", verbose=False)
+    local = int(os.environ.get("LOCAL_RANK", 0))
+    device = torch.device("cuda", local) if cuda else torch.device("cpu")
+    if cuda:
+        torch.cuda.set_device(device)
+    return torch.distributed.get_rank(), torch.distributed.get_world_size(), device
+
+
+def use_bf16(precision: str) -> bool:
+    if precision == "auto":
+        return torch.cuda.is_available() and torch.cuda.is_bf16_supported()
+    return precision == "bf16"
+
+
+def ds_config(cfg: LoopConfig, world: int) -> dict:
+    """The DeepSpeed config of a run (also logged to MLflow)."""
+    return {
+        "train_micro_batch_size_per_gpu": cfg.micro_batch_size,
+        "gradient_accumulation_steps": cfg.grad_accum,
+        "train_batch_size": cfg.micro_batch_size * cfg.grad_accum * world,
+        "gradient_clipping": cfg.grad_clip,
+        "zero_optimization": {"stage": cfg.zero_stage},
+        "bf16": {"enabled": use_bf16(cfg.precision)},
+        # torch's AdamW (fused on GPU): no DeepSpeed op to compile, identical update on CPU and GPU.
+        "zero_allow_untested_optimizer": True,
+        "steps_per_print": 10 ** 9,
+        "wall_clock_breakdown": False,
+    }
+
+
+def warmup_cosine(total_steps: int, warmup_ratio: float) -> Callable[[int], float]:
+    """LR multiplier: linear warm-up over warmup_ratio of the steps, then cosine decay to 0 (the paper's schedule)."""
+    warmup = max(1, math.ceil(total_steps * warmup_ratio)) if warmup_ratio > 0 else 0
+
+    def factor(step: int) -> float:
+        if step < warmup:
+            return (step + 1) / warmup
+        progress = (step - warmup) / max(1, total_steps - warmup)
+        return 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
+
+    return factor
+
+
+def _prune(ckpt_dir: Path, keep: int) -> None:
+    tags = sorted((p for p in ckpt_dir.glob("step-*") if p.is_dir()), key=lambda p: int(p.name.split("-")[1]))
+    for old in tags[:-keep]:
+        shutil.rmtree(old, ignore_errors=True)
+
+
+def run_loop(model: torch.nn.Module, loss_fn: Callable, make_batch: Callable[[np.ndarray], dict],
+             epoch_batches: Callable[[int], list[np.ndarray]], cfg: LoopConfig, ckpt_dir: Path,
+             on_log: Callable[[int, dict], None], count_tokens: Callable[[dict], int], desc: str = "train") -> LoopResult:
+    """Train `model` with DeepSpeed. `epoch_batches(epoch)` gives the micro-batches (sample indices) of an epoch
+    in order; `make_batch(indices)` builds tensors; `loss_fn(model, batch)` returns the loss.
+    Resumes from `ckpt_dir` when it holds a checkpoint. Returns when max_steps or all epochs are done."""
+    import deepspeed
+
+    rank, world, device = init_distributed()
+    per_step = cfg.grad_accum * world
+    steps_per_epoch = len(epoch_batches(0)) // per_step
+    if steps_per_epoch == 0:
+        raise ValueError(f"too few samples for one optimizer step: {len(epoch_batches(0))} micro-batches of "
+                         f"{cfg.micro_batch_size}, need grad_accum x processes = {per_step}")
+    total = cfg.max_steps or cfg.epochs * steps_per_epoch
+    torch.manual_seed(cfg.seed)
+    wrapped = _LossModule(model, loss_fn)
+    optimizer = torch.optim.AdamW(wrapped.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay,
+                                  fused=device.type == "cuda")
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, warmup_cosine(total, cfg.warmup_ratio))
+    engine, _, _, _ = deepspeed.initialize(model=wrapped, optimizer=optimizer, lr_scheduler=scheduler,
+                                           config=ds_config(cfg, world))
+    ckpt_dir.mkdir(parents=True, exist_ok=True)
+    start = 0
+    if (ckpt_dir / "latest").is_file():
+        _, client = engine.load_checkpoint(str(ckpt_dir))
+        start = int(client["step"])
+    dtype = torch.bfloat16 if use_bf16(cfg.precision) else None
+    history: list[dict] = []
+    step, window_loss, window_tokens, t0, last_loss = start, [], 0, time.time(), float("nan")
+    bar = tqdm(total=total, initial=start, desc=desc, unit="step", disable=rank != 0)
+    while step < total:
+        epoch, in_epoch = divmod(step, steps_per_epoch)
+        batches = epoch_batches(epoch)
+        for k in range(per_step):
+            indices = batches[in_epoch * per_step + k]
+            if k % world != rank:
+                continue
+            batch = {n: t.to(device) for n, t in make_batch(indices).items()}
+            window_tokens += count_tokens(batch)
+            with torch.autocast(device.type, dtype=dtype, enabled=dtype is not None):
+                loss = engine(batch)
+            engine.backward(loss)
+            engine.step()
+            window_loss.append(float(loss.detach()))
+        step += 1
+        bar.update(1)
+        if step % cfg.log_every == 0 or step == total:
+            elapsed = max(time.time() - t0, 1e-9)
+            tokens = torch.tensor([window_tokens], dtype=torch.float64)
+            torch.distributed.all_reduce(tokens)
+            last_loss = float(np.mean(window_loss)) if window_loss else float("nan")
+            row = {"loss": last_loss, "lr": scheduler.get_last_lr()[0], "tokens_per_s": float(tokens) / elapsed,
+                   "epoch": epoch + (in_epoch + 1) / steps_per_epoch}
+            history.append({"step": step, **row})
+            if rank == 0:
+                on_log(step, row)
+                bar.set_postfix(loss=f"{last_loss:.3f}")
+            window_loss, window_tokens, t0 = [], 0, time.time()
+        if step % cfg.checkpoint_every == 0 and step < total:
+            engine.save_checkpoint(str(ckpt_dir), tag=f"step-{step}", client_state={"step": step})
+            if rank == 0:
+                _prune(ckpt_dir, cfg.keep_checkpoints)
+    bar.close()
+    tps = float(np.mean([h["tokens_per_s"] for h in history])) if history else float("nan")
+    return LoopResult(step, start, last_loss, tps, history)
+
+
+def gathered_state(model: torch.nn.Module, zero_stage: int):
+    """A context in which every rank sees the full parameters (ZeRO-3 partitions them)."""
+    import contextlib
+
+    import deepspeed
+
+    if zero_stage == 3:
+        return deepspeed.zero.GatheredParameters(list(model.parameters()), modifier_rank=None)
+    return contextlib.nullcontext()

@@ -1,0 +1,176 @@
+"""The GenRec model: vocabulary, Token Merger, target-side loss, samples, beam search with the KV cache, save/load."""
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+from genrec.errors import ConfigError, InputDataError
+from genrec.model.beam_search import beam_search
+from genrec.model.genrec_model import GenRecModel, build_model
+from genrec.model.samples import build_samples, collate, encode_prompt, encode_sample, Sample
+from genrec.model.vocab import SidMap
+
+
+def _sid_map(n=300, sizes=(8, 8, 8), seed=0):
+    rng = np.random.default_rng(seed)
+    codes = np.unique(rng.integers(0, sizes[0], (n, 3)), axis=0)
+    return SidMap(np.arange(1000, 1000 + len(codes)), codes, sizes)
+
+
+@pytest.fixture(scope="module")
+def sid_map():
+    return _sid_map()
+
+
+def _model(sid_map, tm=True, seed=0):
+    torch.manual_seed(seed)
+    return build_model("tiny", "", sid_map.sizes, tm, sid_map.fingerprint()).eval()
+
+
+def test_vocabulary_layout_and_sid_map(sid_map):
+    vocab = _model(sid_map).vocab
+    assert (vocab.pad, vocab.bos, vocab.sep, vocab.eos) == (0, 1, 2, 3) and vocab.vocab_size == 4 + 24
+    assert vocab.code_tokens(np.array([[0, 0, 0], [7, 7, 7]])).tolist() == [[4, 12, 20], [11, 19, 27]]
+    items = sid_map.item_ids[:3]
+    assert sid_map.items_of(sid_map.item_codes(items)).tolist() == items.tolist()
+    missing = next(c for c in np.ndindex(8, 8, 8) if not (sid_map.codes == c).all(1).any())
+    assert sid_map.items_of(np.array([missing])).tolist() == [-1]
+    with pytest.raises(InputDataError, match=r"2 item ids in page p9 have no semantic ID .*first: \[5, 6\]"):
+        sid_map.rows([items[0], 5, 6], "page p9")
+
+
+def test_token_merger_shapes_and_prompt_length(sid_map):
+    history = sid_map.item_codes(sid_map.item_ids[:7])
+    merged_ids, merged_flag = encode_prompt(history, _model(sid_map).vocab, token_merger=True)
+    flat_ids, flat_flag = encode_prompt(history, _model(sid_map).vocab, token_merger=False)
+    assert merged_ids.shape == (7 + 2, 3) and merged_flag.sum() == 7  # <bos> 7 items <sep>
+    assert flat_ids.shape[0] == 7 * 3 + 2 and not flat_flag.any()  # every code its own position
+    m = _model(sid_map)
+    emb = m.embed(torch.from_numpy(merged_ids)[None], torch.from_numpy(merged_flag)[None])
+    assert emb.shape == (1, 9, m.lm.config.hidden_size)
+    # at initialisation a merged item is the mean of its code embeddings; special tokens stay unmerged
+    table = m.lm.get_input_embeddings().weight
+    assert torch.allclose(emb[0, 1], table[merged_ids[1]].mean(0), atol=1e-6)
+    assert torch.allclose(emb[0, 0], table[m.vocab.bos]) and torch.allclose(emb[0, -1], table[m.vocab.sep])
+
+
+def test_target_side_loss_is_next_token_cross_entropy_over_the_target_only(sid_map):
+    ids = sid_map.item_ids
+    samples = [Sample("a", 1, list(ids[:5]), list(ids[5:8])), Sample("b", 2, list(ids[8:9]), list(ids[9:10]))]
+    per_mode = {}
+    for tm in (True, False):
+        m = _model(sid_map, tm)
+        enc = [encode_sample(s, sid_map, m.vocab, tm) for s in samples]
+        batch = collate(enc, m.vocab.pad)
+        logits = m(batch["ids"], batch["is_item"], batch["attention_mask"]).logits
+        logp = torch.log_softmax(logits, -1)
+        terms = [-logp[r, t - 1, lab[t]] for r, (_, _, lab) in enumerate(enc) for t in range(len(lab)) if lab[t] >= 0]
+        assert torch.allclose(m.loss(batch), torch.stack(terms).mean(), atol=1e-5)
+        # padding changes nothing: the batch loss is the token-weighted mean of the samples' own losses
+        alone = [m.loss(collate([e], m.vocab.pad)) for e in enc]
+        n_tok = [int((e[2] >= 0).sum()) for e in enc]
+        assert torch.allclose(m.loss(batch), sum(a * n for a, n in zip(alone, n_tok)) / sum(n_tok), atol=1e-5)
+        per_mode[tm] = [e[2][e[2] >= 0].tolist() for e in enc]
+    # the target side is the same ordinary SID tokens with or without the merger: 3 items x (3 codes + sep/eos)
+    assert per_mode[True] == per_mode[False] and len(per_mode[True][0]) == 3 * 4
+    assert per_mode[True][0][3] == 2 and per_mode[True][0][-1] == 3  # <sep> between items, <eos> at the end
+
+
+def _pages(rows):
+    cols = ["page_id", "user_id", "history_items", "ordered_items", "carted_items", "clicked_items", "exposed_items"]
+    return pd.DataFrame(rows, columns=cols)
+
+
+def test_samples_order_targets_by_intensity_and_take_only_the_history():
+    pages = _pages([("p1", 1, [1, 2, 3, 4], [9], [], [7, 8], [5, 6]),
+                    ("p2", 1, [], [], [], [3], [4]),  # no history: skipped, counted
+                    ("p3", 2, [1], [], [], [], [5])])  # exposures only
+    samples, counts = build_samples(pages, "page", ["order", "cart", "click", "expose"], max_history=3, max_target_items=4)
+    assert [s.page_id for s in samples] == ["p1", "p3"] and counts.skipped_empty_history == 1
+    assert samples[0].history == [2, 3, 4] and samples[0].target == [9, 7, 8, 5] and counts.truncated_targets == 1
+    clicks, counts = build_samples(pages, "point", ["order", "click"], max_history=10, max_target_items=20)
+    assert [(s.page_id, s.target) for s in clicks] == [("p1", [9]), ("p1", [7]), ("p1", [8])]
+    assert counts.skipped_empty_target == 1
+
+
+def test_the_prompt_holds_exactly_the_history(sid_map):
+    """No leakage: the page's own items reach the model only on the target side."""
+    ids = sid_map.item_ids
+    m = _model(sid_map)
+    s = Sample("p", 1, [int(ids[0]), int(ids[1])], [int(ids[2]), int(ids[3])])
+    tok, flag, labels = encode_sample(s, sid_map, m.vocab, True)
+    prompt = tok[labels < 0]
+    assert prompt.shape[0] == 4 and (prompt[1:3] == m.vocab.code_tokens(sid_map.item_codes(s.history))).all()
+    assert not set(m.vocab.code_tokens(sid_map.item_codes(s.target)).ravel()) & set(prompt[flag[labels < 0]].ravel()) - \
+        set(m.vocab.code_tokens(sid_map.item_codes(s.history)).ravel())
+    with pytest.raises(InputDataError, match="the target of page p"):
+        encode_sample(Sample("p", 1, s.history, [12345]), sid_map, m.vocab, True)
+
+
+@pytest.mark.parametrize("tm", [True, False])
+def test_beam_search_scores_match_full_forward_and_the_trie_holds(sid_map, tm):
+    """Cached, batched, left-padded decoding after a (merged) prompt gives the exact sequence log-probabilities."""
+    m = _model(sid_map, tm, seed=1)
+    hist = [sid_map.item_codes(sid_map.item_ids[:6]), sid_map.item_codes(sid_map.item_ids[10:12])]
+    out = beam_search(m, hist, sid_map, beam=20, constrained=True)
+    assert out.items.shape == (2, 20) and (out.items >= 0).all()
+    assert all(len(set(row)) == 20 for row in out.items)  # distinct items
+    assert (np.diff(out.scores, axis=1) <= 1e-6).all()  # best first
+    for r in range(2):
+        for b in (0, 7):
+            p_ids, p_flag = encode_prompt(hist[r], m.vocab, tm)
+            target = m.vocab.code_tokens(out.codes[r, b])
+            ids = np.concatenate([p_ids, np.repeat(target[:, None], 3, 1)])
+            flag = np.concatenate([p_flag, np.zeros(3, bool)])
+            with torch.no_grad():
+                logp = torch.log_softmax(m(torch.from_numpy(ids)[None], torch.from_numpy(flag)[None]).logits[0], -1)
+            direct = sum(float(logp[len(p_ids) - 1 + j, target[j]]) for j in range(3))
+            assert abs(direct - out.scores[r, b]) < 1e-4, (r, b, direct, out.scores[r, b])
+    again = beam_search(m, hist, sid_map, beam=20, constrained=True)
+    assert np.array_equal(again.items, out.items) and np.array_equal(again.scores, out.scores)  # deterministic
+    free = beam_search(m, hist, sid_map, beam=20, constrained=False)
+    assert (free.items == -1).any()  # an untrained model hallucinates without the trie
+    assert free.scores[:, 0].min() >= out.scores[:, 0].min() - 1e-6  # the free best is at least the constrained best
+    with pytest.raises(InputDataError, match="empty history"):
+        beam_search(m, [hist[0], hist[0][:0]], sid_map, beam=5, constrained=True)
+
+
+def test_beam_wider_than_the_catalog_pads_with_empty_beams():
+    small = SidMap(np.array([1, 2, 3]), np.array([[0, 0, 0], [0, 1, 0], [1, 0, 1]]), (2, 2, 2))
+    out = beam_search(_model(small), [small.item_codes([1])], small, beam=5, constrained=True)
+    assert sorted(out.items[0, :3].tolist()) == [1, 2, 3] and out.items[0, 3:].tolist() == [-1, -1]
+    assert np.isinf(out.scores[0, 3:]).all()
+
+
+def test_save_and_load_roundtrip_reads_safetensors_only(sid_map, tmp_path):
+    m = _model(sid_map)
+    with torch.no_grad():
+        m.merger.bias.add_(0.1)  # a trained-looking merger
+    m.save(tmp_path / "m")
+    assert sorted(p.name for p in (tmp_path / "m").iterdir()) == ["genrec_model.json", "model.safetensors"]
+    back = GenRecModel.load(tmp_path / "m")
+    batch = collate([encode_sample(Sample("a", 1, list(sid_map.item_ids[:4]), [int(sid_map.item_ids[4])]), sid_map,
+                                   m.vocab, True)], m.vocab.pad)
+    assert torch.equal(m(batch["ids"], batch["is_item"]).logits, back(batch["ids"], batch["is_item"]).logits)
+    assert back.token_merger and back.sid_fingerprint == sid_map.fingerprint()
+    with pytest.raises(ConfigError, match="not a genrec model folder"):
+        GenRecModel.load(tmp_path)
+
+
+def test_a_pretrained_qwen2_checkpoint_gets_its_embeddings_resized(sid_map, tmp_path):
+    from transformers import Qwen2Config, Qwen2ForCausalLM
+
+    torch.manual_seed(0)
+    base = Qwen2ForCausalLM(Qwen2Config(vocab_size=100, hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
+                                        num_key_value_heads=1, intermediate_size=64, tie_word_embeddings=True))
+    base.save_pretrained(tmp_path / "qwen")
+    m = build_model("tiny", str(tmp_path / "qwen"), sid_map.sizes, True, sid_map.fingerprint())
+    table = m.lm.get_input_embeddings().weight.detach()
+    assert m.vocab.offset == 100 and table.shape[0] == 100 + m.vocab.n_tokens
+    assert torch.equal(table[:100], base.get_input_embeddings().weight.detach())  # its own tokens untouched
+    new = table[100:]
+    assert torch.isfinite(new).all() and (new.mean(0) - table[:100].mean(0)).norm() < table[:100].std(0).norm()
+    assert beam_search(m, [sid_map.item_codes(sid_map.item_ids[:3])], sid_map, 4, True).items.min() >= 0
+    with pytest.raises(ConfigError, match="no config.json"):
+        build_model("tiny", str(tmp_path), sid_map.sizes, True, "")
