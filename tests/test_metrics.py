@@ -6,7 +6,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from genrec.eval.baselines import popularity_ranking
+from genrec.eval.baselines import popularity_ranking, user_sequences
 from genrec.eval.metrics import hallucination_rate, ranking_metrics
 
 
@@ -42,3 +42,14 @@ def test_popularity_counts_positive_interactions_only():
                           "clicked_items": [[2, 3], [2, 1], [1, 4]], "exposed_items": [[9, 9, 9], [9], [9]]})
     # per page an item counts once (3 in page 1 is ordered and clicked); ties go to the smaller id; 9 is only exposed
     assert popularity_ranking(pages, 5).tolist() == [1, 2, 3, 4]
+
+
+def test_sasrec_sequences_are_the_last_training_page_history_plus_its_positives():
+    ts = pd.Timestamp("2026-10-01", tz="UTC")
+    pages = pd.DataFrame({"page_id": ["a", "b", "c", "d"], "user_id": [1, 1, 1, 2],
+                          "page_start": [ts, ts + pd.Timedelta(hours=1), ts + pd.Timedelta(hours=2), ts],
+                          "history_items": [[], [10], [10, 11], [10]],
+                          "ordered_items": [[], [], [], []], "carted_items": [[], [], [], []],
+                          "clicked_items": [[10], [11], [], [12]], "exposed_items": [[5], [6], [7], [8]]})
+    # user 1: page c has no positive, so b is the last one; rows are 1-based positions in the catalog
+    assert user_sequences(pages, {10: 1, 11: 2, 12: 3}) == [[1, 2], [1, 3]]

@@ -1,5 +1,5 @@
 """SFT with DeepSpeed on CPU: a killed run resumes to the same result, two processes via torchrun, and the stage's
-outputs and errors. The data is a tiny hand-made catalog where the next item follows from the last one."""
+outputs and errors. The data is a tiny hand-made catalog where the next (clicked) item follows from the last one."""
 
 import json
 import os
@@ -20,12 +20,12 @@ N_ITEMS = 64
 
 @pytest.fixture(scope="module")
 def sft_data(tmp_path_factory):
-    """pages/ (train + test) and sids/ for 64 items; user u walks the catalog with step 1 + u % 3."""
+    """pages/ (train + test) and sids/ for 64 items; every user walks the catalog: the next item is the last + 1."""
     root = tmp_path_factory.mktemp("sftdata")
     rng = np.random.default_rng(0)
     rows = []
     for u in range(40):
-        step, pos, seen = 1 + u % 3, int(rng.integers(N_ITEMS)), []
+        step, pos, seen = 1, int(rng.integers(N_ITEMS)), []
         for p in range(12):
             nxt = (pos + step) % N_ITEMS
             rows.append({"page_id": f"u{u}p{p}", "user_id": u, "session_id": f"u{u}",
@@ -59,11 +59,21 @@ def _env(tmp_path):
     return env
 
 
-def test_a_killed_run_resumes_to_the_same_model(sft_data, tmp_path, mlflow_server):
-    steps = ["sft.max_steps=300", "sft.checkpoint_every=25", "sft.log_every=25"]
-    whole = subprocess.run(_cmd(sft_data, tmp_path / "whole", mlflow_server, *steps), env=_env(tmp_path),
-                           capture_output=True, text=True, timeout=600)
+STEPS = ["sft.max_steps=300", "sft.checkpoint_every=25", "sft.log_every=25", "sft.target_types=[click]", "sft.lr=3e-3"]
+
+
+@pytest.fixture(scope="module")
+def trained(sft_data, tmp_path_factory, mlflow_server):
+    """An uninterrupted 300-step run of the CLI."""
+    out = tmp_path_factory.mktemp("whole")
+    whole = subprocess.run(_cmd(sft_data, out, mlflow_server, *STEPS), env=_env(out), capture_output=True, text=True,
+                           timeout=600)
     assert whole.returncode == 0, whole.stderr[-3000:]
+    return out
+
+
+def test_a_killed_run_resumes_to_the_same_model(sft_data, trained, tmp_path, mlflow_server):
+    steps = STEPS
     proc = subprocess.Popen(_cmd(sft_data, tmp_path / "killed", mlflow_server, *steps), env=_env(tmp_path),
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     latest = tmp_path / "killed" / "checkpoints" / "latest"
@@ -78,10 +88,31 @@ def test_a_killed_run_resumes_to_the_same_model(sft_data, tmp_path, mlflow_serve
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     report = json.loads((tmp_path / "killed" / "report.json").read_text())
     assert 0 < report["resumed_from_step"] < 300 and report["steps"] == 300
-    a, b = (load_file(str(tmp_path / d / "model" / "model.safetensors")) for d in ("whole", "killed"))
+    a, b = (load_file(str(d / "model" / "model.safetensors")) for d in (trained, tmp_path / "killed"))
     assert a.keys() == b.keys() and all(np.allclose(a[k], b[k], atol=1e-6) for k in a)
     # and training did something: the weights moved from the initialisation of a fresh 0-step model
-    assert json.loads((tmp_path / "whole" / "report.json").read_text())["final_loss"] < np.log(4 + 12) - 0.5
+    assert json.loads((trained / "report.json").read_text())["final_loss"] < np.log(4 + 12) - 1.0
+
+
+def test_evaluate_scores_the_model_and_refuses_other_sids(sft_data, trained, tmp_path, make_cfg):
+    """The next item follows from the history: the model must beat popularity by far."""
+    from genrec.errors import InputDataError
+    from genrec.stages.evaluate import run_evaluate
+
+    cfg = make_cfg("eval.ks=[1,10]", "eval.beam_width=10", "eval.sasrec.epochs=30")
+    rows = run_evaluate(cfg, trained, sft_data / "pages", sft_data / "sids", tmp_path / "eval", "eval-test")
+    assert set(rows) == {"genrec", "genrec_unconstrained", "popularity", "sasrec"}
+    assert rows["genrec"]["har"] == 0 and 0 <= rows["genrec_unconstrained"]["har"] <= 1
+    assert rows["genrec"]["hr@10"] > rows["popularity"]["hr@10"] + 0.2, rows
+    assert (tmp_path / "eval" / "metrics.md").read_text().startswith("# evaluate")
+    other = tmp_path / "other_sids"
+    other.mkdir()
+    table = pq.read_table(sft_data / "sids" / "sid_table.parquet").to_pandas()
+    table["s3"] = table["s3"].to_numpy()[::-1]  # same items and codes, other assignment
+    pq.write_table(pa.Table.from_pandas(table, preserve_index=False), other / "sid_table.parquet")
+    (other / "codebooks.npz").write_bytes((sft_data / "sids" / "codebooks.npz").read_bytes())
+    with pytest.raises(InputDataError, match="trained on other semantic IDs"):
+        run_evaluate(cfg, trained, sft_data / "pages", other, tmp_path / "eval2", "eval-test-2")
 
 
 def test_two_processes_with_torchrun_and_zero3(sft_data, tmp_path, mlflow_server):

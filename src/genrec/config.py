@@ -204,8 +204,8 @@ class SasrecConfig(_Section):
     hidden: int = Field(64, gt=0, description="Embedding and hidden size.")
     layers: int = Field(2, gt=0, description="Transformer blocks.")
     heads: int = Field(2, gt=0, description="Attention heads.")
-    epochs: int = Field(5, gt=0, description="Passes over the training samples.")
-    batch_size: int = Field(256, gt=0, description="Samples per step.")
+    epochs: int = Field(20, gt=0, description="Passes over the users' training sequences.")
+    batch_size: int = Field(128, gt=0, description="Sequences per step.")
     lr: float = Field(1e-3, gt=0, description="Adam learning rate.")
     dropout: float = Field(0.2, ge=0, lt=1, description="Dropout on embeddings and blocks.")
 

@@ -4,8 +4,10 @@
   training pages; the same list for every request.
 - SASRec (Kang & McAuley, 2018): a causal self-attention encoder over the item-id sequence; the output at
   each position scores the whole catalog (tied item embeddings), trained with cross-entropy over the full
-  catalog to predict the next item: along the history, and from its last position the page's positive
-  items (one sample per positive item). Ranking = the full catalog by score.
+  catalog to predict the next item at every position. One training sequence per user: the history of the
+  user's last training page with a positive item, then that page's positive items (the history already
+  holds every earlier positive interaction, up to sessionize.max_history), cut into windows of
+  max_len + 1 items from the end. Ranking = the full catalog by score at the last history position.
 """
 
 from __future__ import annotations
@@ -43,12 +45,15 @@ class SASRec(nn.Module):
         self.norm = nn.LayerNorm(cfg.hidden)
         self.drop = nn.Dropout(cfg.dropout)
 
-    def forward(self, seq: torch.Tensor) -> torch.Tensor:
-        """(B, T) item rows, left-padded with 0 -> (B, T, n_items + 1) logits (column 0 is padding, masked)."""
+    def hidden(self, seq: torch.Tensor) -> torch.Tensor:
+        """(B, T) item rows, left-padded with 0 -> (B, T, hidden) causal states."""
         t = seq.shape[1]
         h = self.drop(self.item(seq) + self.pos(torch.arange(t, device=seq.device)))
         causal = torch.triu(torch.ones(t, t, dtype=torch.bool, device=seq.device), 1)
-        h = self.norm(self.blocks(h, mask=causal))
+        return self.norm(self.blocks(h, mask=causal))
+
+    def scores(self, h: torch.Tensor) -> torch.Tensor:
+        """(..., hidden) -> (..., n_items + 1) logits over the catalog (tied embeddings; column 0, padding, masked)."""
         logits = h @ self.item.weight.T
         logits[..., 0] = float("-inf")
         return logits
@@ -63,25 +68,39 @@ def _left_pad(rows: list[list[int]], length: int) -> np.ndarray:
     return out
 
 
-def train_sasrec(histories: list[list[int]], targets: list[int], n_items: int, cfg: SasrecConfig, max_len: int,
-                 seed: int) -> SASRec:
-    """Train on (history rows, target row) samples; rows are 1-based item rows (0 = padding)."""
+def user_sequences(train_pages: pd.DataFrame, row_of: dict[int, int]) -> list[list[int]]:
+    """One sequence of 1-based item rows per user: the last training page's history + that page's positives."""
+    last: dict[int, dict] = {}
+    for page in train_pages.sort_values(["page_start", "page_id"], kind="stable").itertuples(index=False):
+        page = page._asdict()
+        if page_items(page, POSITIVE):
+            last[int(page["user_id"])] = page
+    seqs = []
+    for user in sorted(last):
+        page = last[user]
+        seq = [row_of[int(i)] for i in list(page["history_items"]) + page_items(page, POSITIVE) if int(i) in row_of]
+        if len(seq) >= 2:
+            seqs.append(seq)
+    return seqs
+
+
+def train_sasrec(sequences: list[list[int]], n_items: int, cfg: SasrecConfig, max_len: int, seed: int) -> SASRec:
+    """Train next-item prediction at every position of the sequences (1-based item rows; 0 pads)."""
     torch.manual_seed(seed)
     model = SASRec(n_items, cfg, max_len)
     opt = torch.optim.Adam(model.parameters(), lr=cfg.lr)
-    # Input = history; labels = the history shifted by one, then the target after the last history item.
-    seqs = [h[-max_len:] for h in histories]
-    inputs = _left_pad(seqs, max_len)
-    labels = _left_pad([s[1:] + [t] for s, t in zip(seqs, targets)], max_len)
+    windows = [seq[max(0, end - max_len - 1):end] for seq in sequences for end in range(len(seq), 1, -max_len)]
+    inputs = _left_pad([w[:-1] for w in windows], max_len)
+    labels = _left_pad([w[1:] for w in windows], max_len)
     rng = np.random.default_rng(seed)
     model.train()
-    for epoch in range(cfg.epochs):
+    for _ in tqdm(range(cfg.epochs), desc=f"SASRec ({len(windows)} sequences)", unit="epoch"):
         order = rng.permutation(len(inputs))
-        for lo in tqdm(range(0, len(order), cfg.batch_size), desc=f"SASRec epoch {epoch + 1}/{cfg.epochs}", unit="batch"):
+        for lo in range(0, len(order), cfg.batch_size):
             idx = order[lo:lo + cfg.batch_size]
             x, y = torch.from_numpy(inputs[idx]), torch.from_numpy(labels[idx])
-            logits = model(x)
-            loss = nn.functional.cross_entropy(logits.flatten(0, 1), y.flatten(), ignore_index=0)
+            keep = y > 0  # score only real positions: padding would cost a full-catalog softmax each
+            loss = nn.functional.cross_entropy(model.scores(model.hidden(x)[keep]), y[keep])
             opt.zero_grad()
             loss.backward()
             opt.step()
@@ -94,5 +113,5 @@ def sasrec_rank(model: SASRec, histories: list[list[int]], max_len: int, top: in
     out = []
     for lo in range(0, len(histories), batch_size):
         x = torch.from_numpy(_left_pad([h[-max_len:] for h in histories[lo:lo + batch_size]], max_len))
-        out.append(torch.topk(model(x)[:, -1], top, dim=1).indices.numpy())
+        out.append(torch.topk(model.scores(model.hidden(x)[:, -1]), top, dim=1).indices.numpy())
     return np.concatenate(out) if out else np.zeros((0, top), dtype=np.int64)

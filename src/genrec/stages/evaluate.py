@@ -21,7 +21,7 @@ from tqdm import tqdm
 from genrec import tracking
 from genrec.config import PipelineConfig
 from genrec.errors import ConfigError, InputDataError
-from genrec.eval.baselines import POSITIVE, popularity_ranking, sasrec_rank, train_sasrec
+from genrec.eval.baselines import popularity_ranking, sasrec_rank, train_sasrec, user_sequences
 from genrec.eval.metrics import hallucination_rate, ranking_metrics
 from genrec.model.beam_search import PrefixMasks, beam_search
 from genrec.model.genrec_model import GenRecModel
@@ -114,20 +114,13 @@ def run_evaluate(cfg: PipelineConfig, model_dir: str | Path, pages_dir: str | Pa
 
 
 def _sasrec_metrics(cfg: PipelineConfig, train: pd.DataFrame, sid_map: SidMap, histories, truths) -> dict[str, float]:
-    """Train SASRec on the training pages (history -> each positive item) and rank the full catalog."""
+    """Train SASRec on the users' training sequences and rank the full catalog for each request."""
     row_of = {int(i): r + 1 for r, i in enumerate(sid_map.item_ids)}  # 1-based rows; 0 pads
-    hist, tgt = [], []
-    for page in train.itertuples(index=False):
-        page = page._asdict()
-        h = [row_of[int(i)] for i in page["history_items"] if int(i) in row_of]
-        for item in page_items(page, POSITIVE):
-            if item in row_of and h:
-                hist.append(h)
-                tgt.append(row_of[item])
-    if not hist:
-        raise InputDataError("no training page with a history and a positive item: SASRec cannot be trained")
+    sequences = user_sequences(train, row_of)
+    if not sequences:
+        raise InputDataError("no user has two positive interactions in the training pages: SASRec cannot be trained")
     max_len = cfg.model.max_history
-    model = train_sasrec(hist, tgt, len(sid_map.item_ids), cfg.eval.sasrec, max_len, cfg.run.seed)
+    model = train_sasrec(sequences, len(sid_map.item_ids), cfg.eval.sasrec, max_len, cfg.run.seed)
     rows = sasrec_rank(model, [[row_of[i] for i in h] for h in histories], max_len, cfg.eval.beam_width)
     return ranking_metrics(sid_map.item_ids[rows - 1], truths, cfg.eval.ks)
 
