@@ -29,7 +29,7 @@ def hf_generate(model: GenRecModel, sid_map: SidMap, histories: list[np.ndarray]
     """(N, beam) item ids from transformers' beam search with a trie callback."""
     vocab, levels = model.vocab, model.vocab.levels
     starts = [vocab.level_start(i) for i in range(levels)]
-    masks = PrefixMasks(sid_map)
+    masks = PrefixMasks(sid_map.trie())
 
     def allowed(batch_id: int, generated: torch.Tensor) -> list[int]:
         level = len(generated)
@@ -77,8 +77,7 @@ def main() -> None:
     rng = np.random.default_rng(args.seed)
     histories = [sid_map.codes[rng.integers(0, len(sid_map.item_ids), rng.integers(3, args.history + 1))]
                  for _ in range(args.requests)]
-    masks = PrefixMasks(sid_map)
-    torch.set_num_threads(torch.get_num_threads())
+    masks = PrefixMasks(sid_map.trie())
     print(f"model: {sum(p.numel() for p in model.parameters()) / 1e6:.2f}M parameters, token merger "
           f"{model.token_merger}; catalog {len(sid_map.item_ids)} items, codebooks {sid_map.sizes}; "
           f"{args.requests} requests in batches of {args.batch}; torch threads {torch.get_num_threads()}")

@@ -15,7 +15,7 @@ import pytest
 from genrec.config import SessionizeConfig, SimulatorConfig, SplitConfig
 from genrec.data.schema import EVENTS_SCHEMA
 from genrec.data.simulator import simulate
-from genrec.stages.validate_pages import read_pages
+from genrec.data.io import read_pages
 from spark_jobs.sessionize import sessionize
 
 pytestmark = pytest.mark.spark

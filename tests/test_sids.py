@@ -80,6 +80,13 @@ def test_trie_matches_brute_force_and_roundtrips(tmp_path):
     back = SidTrie.load(tmp_path / "t.npz")
     assert back.allowed((2, 4)).tolist() == trie.allowed((2, 4)).tolist()
     assert back.contains(codes).all() and trie.allowed((1, 2, 3)).size == 0
+    # the dense per-level masks (batched decoding) say the same as allowed() for every prefix that exists
+    for level in range(3):
+        keys, mask = trie.level_mask(level)
+        prefixes = np.unique(codes[:, :level], axis=0)
+        assert np.array_equal(keys, np.sort(trie.prefix_keys(prefixes)))
+        for prefix, key in zip(prefixes, trie.prefix_keys(prefixes)):
+            assert np.flatnonzero(mask[np.searchsorted(keys, key)]).tolist() == trie.allowed(tuple(prefix)).tolist()
 
 
 @pytest.mark.parametrize("x, ids, message", [

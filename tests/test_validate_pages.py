@@ -10,7 +10,8 @@ import pytest
 from genrec.config import SessionizeConfig, SimulatorConfig
 from genrec.data.simulator import simulate
 from genrec.errors import ValidationFailed
-from genrec.stages.validate_pages import read_pages, run_validate_pages
+from genrec.data.io import read_pages
+from genrec.stages.validate_pages import run_validate_pages
 from spark_jobs.sessionize import sessionize
 
 pytestmark = pytest.mark.spark

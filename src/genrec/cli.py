@@ -211,9 +211,10 @@ def run(config: Optional[Path] = ConfigOpt, overrides: Optional[List[str]] = Ove
     typer.echo("")
     typer.echo(f"pipeline {'succeeded' if result.succeeded else 'FAILED'} in {elapsed:.0f} s")
     typer.echo(f"outputs:    {result.pipeline_root}")
-    if result.metrics_table():
+    table = result.metrics_table()
+    if table:
         typer.echo("")
-        typer.echo(result.metrics_table())
+        typer.echo(table)
     typer.echo(f"MLflow run: {tracking.run_url(cfg, parent)}")
     for docs in result.data_docs():
         typer.echo(f"Data Docs:  {docs}")

@@ -5,6 +5,8 @@ from __future__ import annotations
 from pathlib import Path
 
 import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.dataset as ds
 import pyarrow.parquet as pq
 
 from genrec.errors import InputDataError
@@ -18,3 +20,25 @@ def read_parquet(path: Path, missing_hint: str) -> pa.Table:
         return pq.read_table(path)
     except (pa.ArrowInvalid, OSError) as exc:
         raise InputDataError(f"{path}: not a readable parquet file: {exc}") from None
+
+
+def read_pages(pages_dir: str | Path, missing_hint: str = "run sessionize first") -> pa.Table:
+    """All pages of a pages/ folder (partitioned by split) as one Arrow table with a string `split`."""
+    pages_dir = Path(pages_dir)
+    if not pages_dir.is_dir():
+        raise InputDataError(f"{pages_dir} not found: {missing_hint}")
+    try:
+        table = ds.dataset(pages_dir, format="parquet", partitioning="hive").to_table()
+    except (pa.ArrowInvalid, OSError) as exc:
+        raise InputDataError(f"{pages_dir}: not a readable parquet dataset: {exc}") from None
+    idx = table.schema.get_field_index("split")
+    if idx < 0:
+        raise InputDataError(f"{pages_dir}: no split=... partitions found")
+    return table.set_column(idx, "split", table.column("split").cast(pa.string()))
+
+
+def read_split_pages(pages_dir: str | Path, split: str):
+    """One split of a validated pages folder (`<pages_dir>/pages`) as pandas, in time order."""
+    table = read_pages(Path(pages_dir) / "pages", "run validate-pages first")
+    table = table.filter(pc.equal(table.column("split"), split)).to_pandas()
+    return table.sort_values(["page_start", "page_id"], kind="stable").reset_index(drop=True)

@@ -6,7 +6,7 @@ score, keep the best B of the B x K candidates, reorder the cache. Scores are su
 (the same as transformers' beam search with a prefix_allowed_tokens_fn, which the benchmark compares).
 
 Masks:
-- constrained: only codes that continue a prefix of some item's SID (the trie's content, as dense
+- constrained: only codes that continue a prefix of some item's SID (genrec.sid.trie.SidTrie, as dense
   per-prefix masks over the prefixes that exist), so every output is a real item;
 - unconstrained: any code of the right level; the output may be no item (counted as a hallucination).
 Ties are broken by index (torch.topk on CPU and GPU is deterministic for equal inputs).
@@ -23,6 +23,7 @@ from genrec.errors import InputDataError
 from genrec.model.genrec_model import GenRecModel
 from genrec.model.samples import encode_prompt
 from genrec.model.vocab import SidMap
+from genrec.sid.trie import SidTrie
 
 
 @dataclass
@@ -33,27 +34,17 @@ class BeamOutput:
 
 
 class PrefixMasks:
-    """Per level, a boolean (n_prefixes, K_level) mask of allowed next codes, and a lookup prefix -> row."""
+    """The SID trie's allowed-next-code sets as tensors: per level, the sorted prefix keys and a boolean
+    (n_prefixes, K_level) mask, so one searchsorted per step serves every beam of a batch."""
 
-    def __init__(self, sid_map: SidMap):
-        codes, sizes = sid_map.codes, sid_map.sizes
-        self.levels = []
-        for level in range(len(sizes)):
-            key = np.zeros(len(codes), dtype=np.int64)
-            for j in range(level):
-                key = key * sizes[j] + codes[:, j]
-            keys, row = np.unique(key, return_inverse=True)
-            mask = np.zeros((len(keys), sizes[level]), dtype=bool)
-            mask[row, codes[:, level]] = True
-            self.levels.append((torch.from_numpy(keys), torch.from_numpy(mask)))
-        self.sizes = sizes
+    def __init__(self, trie: SidTrie):
+        self.trie = trie
+        self.levels = [tuple(torch.from_numpy(a) for a in trie.level_mask(level)) for level in range(trie.levels)]
 
     def allowed(self, level: int, prefixes: torch.Tensor) -> torch.Tensor:
-        """(M, level) code prefixes -> (M, K_level) allowed mask (no row allowed for a prefix of no item)."""
+        """(M, level) code prefixes -> (M, K_level) allowed mask (no code allowed after a prefix of no item)."""
         keys, mask = self.levels[level]
-        key = torch.zeros(len(prefixes), dtype=torch.int64)
-        for j in range(level):
-            key = key * self.sizes[j] + prefixes[:, j].cpu()
+        key = torch.from_numpy(self.trie.prefix_keys(prefixes.cpu().numpy()))
         pos = torch.searchsorted(keys, key).clamp(max=len(keys) - 1)
         found = keys[pos] == key
         return mask[pos] & found.unsqueeze(1)
@@ -87,7 +78,7 @@ def beam_search(model: GenRecModel, history_codes: list[np.ndarray], sid_map: Si
     device = next(model.parameters()).device
     vocab, levels, n = model.vocab, model.vocab.levels, len(history_codes)
     if constrained and masks is None:
-        masks = PrefixMasks(sid_map)
+        masks = PrefixMasks(sid_map.trie())
     ids, is_item, attn, pos = left_pad_prompts(history_codes, model, device)
     out = model(ids, is_item, attn, position_ids=pos, use_cache=True, logits_to_keep=1)
     cache, logits = out.past_key_values, out.logits[:, -1]

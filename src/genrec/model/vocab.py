@@ -109,6 +109,12 @@ class SidMap:
             key = key * size + codes[:, level]
         return key
 
+    def trie(self) -> "SidTrie":
+        """The prefix index over these SIDs (what constrained decoding follows)."""
+        from genrec.sid.trie import SidTrie
+
+        return SidTrie(self.codes, list(self.sizes))
+
     def fingerprint(self) -> str:
         """Hash of the (item, SID) assignment: a model trained on other SIDs must not be used with these."""
         h = hashlib.sha256()

@@ -44,6 +44,18 @@ class SidTrie:
             return np.zeros(0, dtype=np.int64)
         return self._next[level][self._offsets[level][pos]:self._offsets[level][pos + 1]]
 
+    def prefix_keys(self, prefixes: np.ndarray) -> np.ndarray:
+        """(M, level) code prefixes -> their int64 keys, the ones `level_mask` is sorted by."""
+        return self._key(np.asarray(prefixes, dtype=np.int64))
+
+    def level_mask(self, level: int) -> tuple[np.ndarray, np.ndarray]:
+        """(sorted prefix keys, bool (n_prefixes, sizes[level]) mask of the codes allowed after each prefix):
+        `allowed` for every prefix of a level at once, for batched decoding."""
+        keys, offsets, nxt = self._keys[level], self._offsets[level], self._next[level]
+        mask = np.zeros((len(keys), self.sizes[level]), dtype=bool)
+        mask[np.repeat(np.arange(len(keys)), np.diff(offsets)), nxt] = True
+        return keys, mask
+
     def contains(self, sids: np.ndarray) -> np.ndarray:
         """For each row of codes, whether it is the SID of an item."""
         sids = np.atleast_2d(np.asarray(sids, dtype=np.int64))

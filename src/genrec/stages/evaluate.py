@@ -20,6 +20,7 @@ from tqdm import tqdm
 
 from genrec import tracking
 from genrec.config import PipelineConfig
+from genrec.data.io import read_split_pages
 from genrec.errors import ConfigError, InputDataError
 from genrec.eval.baselines import popularity_ranking, sasrec_rank, train_sasrec, user_sequences
 from genrec.eval.metrics import hallucination_rate, ranking_metrics
@@ -27,7 +28,6 @@ from genrec.model.beam_search import PrefixMasks, beam_search
 from genrec.model.genrec_model import GenRecModel
 from genrec.model.samples import page_items
 from genrec.model.vocab import SidMap
-from genrec.stages.train_sft import read_pages
 
 
 def test_requests(pages: pd.DataFrame, truth_types: list[str], max_history: int, max_requests: int, seed: int):
@@ -54,7 +54,7 @@ def test_requests(pages: pd.DataFrame, truth_types: list[str], max_history: int,
 def generate(model: GenRecModel, sid_map: SidMap, histories: list[list[int]], beam: int, constrained: bool,
              batch_size: int) -> np.ndarray:
     """(N, beam) item ids by beam search, -1 where the generated SID is no item."""
-    masks = PrefixMasks(sid_map) if constrained else None
+    masks = PrefixMasks(sid_map.trie()) if constrained else None
     out = []
     desc = "beam search" + (" (trie)" if constrained else " (free)")
     for lo in tqdm(range(0, len(histories), batch_size), desc=desc, unit="batch"):
@@ -83,7 +83,7 @@ def run_evaluate(cfg: PipelineConfig, model_dir: str | Path, pages_dir: str | Pa
             raise InputDataError(f"the model in {model_dir} was trained on other semantic IDs than {sid_map.source} "
                                  f"(fingerprint {model.sid_fingerprint} vs {sid_map.fingerprint()}); evaluate with the "
                                  "SID table it was trained on, or retrain")
-        histories, truths, counts = test_requests(read_pages(pages_dir, "test"), e.truth_types, cfg.model.max_history,
+        histories, truths, counts = test_requests(read_split_pages(pages_dir, "test"), e.truth_types, cfg.model.max_history,
                                                   e.max_requests, cfg.run.seed)
         if not histories:
             raise InputDataError(f"{pages_dir / 'pages'}: no test page has both a history and a true item of "
@@ -93,7 +93,7 @@ def run_evaluate(cfg: PipelineConfig, model_dir: str | Path, pages_dir: str | Pa
         rows["genrec"] = ranking_metrics(ranked, truths, e.ks) | {"har": hallucination_rate(ranked)}
         free = generate(model, sid_map, histories, e.beam_width, False, e.batch_size)
         rows["genrec_unconstrained"] = ranking_metrics(free, truths, e.ks) | {"har": hallucination_rate(free)}
-        train = read_pages(pages_dir, "train") if e.baselines else None
+        train = read_split_pages(pages_dir, "train") if e.baselines else None
         if "popularity" in e.baselines:
             top = popularity_ranking(train, e.beam_width)
             rows["popularity"] = ranking_metrics(np.tile(top, (len(histories), 1)), truths, e.ks) | {"har": 0.0}

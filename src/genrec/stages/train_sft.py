@@ -14,25 +14,16 @@ import json
 from pathlib import Path
 
 import numpy as np
-import pyarrow.parquet as pq
 import torch
 
 from genrec import tracking
 from genrec.config import PipelineConfig
+from genrec.data.io import read_split_pages
 from genrec.errors import InputDataError
 from genrec.model.genrec_model import build_model
 from genrec.model.samples import batch_order, build_samples, collate, encode_sample
 from genrec.model.vocab import SidMap
 from genrec.train.deepspeed_loop import LoopConfig, ds_config, gathered_state, init_distributed, run_loop
-
-
-def read_pages(pages_dir: Path, split: str):
-    """One split of the validated pages as pandas."""
-    path = pages_dir / "pages"
-    if not path.is_dir():
-        raise InputDataError(f"{path} not found: run validate-pages first")
-    table = pq.read_table(path, filters=[("split", "=", split)]).to_pandas()
-    return table.sort_values(["page_start", "page_id"], kind="stable").reset_index(drop=True)
 
 
 def loop_config(cfg: PipelineConfig) -> LoopConfig:
@@ -50,7 +41,7 @@ def run_train_sft(cfg: PipelineConfig, pages_dir: str | Path, sids_dir: str | Pa
     rank, world, _ = init_distributed()
     out_dir.mkdir(parents=True, exist_ok=True)
     sid_map = SidMap.load(sids_dir)
-    pages = read_pages(pages_dir, "train")
+    pages = read_split_pages(pages_dir, "train")
     samples, counts = build_samples(pages, cfg.sft.mode, cfg.sft.target_types, cfg.model.max_history,
                                     cfg.sft.max_target_items)
     if cfg.sft.max_samples and len(samples) > cfg.sft.max_samples:

@@ -13,31 +13,16 @@ from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
-import pyarrow.dataset as ds
 import pyarrow.parquet as pq
 
 from genrec import tracking
 from genrec.config import PipelineConfig
-from genrec.errors import InputDataError, ValidationFailed
+from genrec.data.io import read_pages
+from genrec.errors import ValidationFailed
 from genrec.validation import checks as C
 from genrec.validation.gate import gate_reasons
 from genrec.validation.report import report_markdown
 from genrec.validation.runner import GxProject, TableValidation, check_table, quarantine_frame
-
-
-def read_pages(pages_dir: str | Path) -> pa.Table:
-    """All pages of a pages/ folder (partitioned by split) as one Arrow table with a string `split`."""
-    pages_dir = Path(pages_dir)
-    if not pages_dir.is_dir():
-        raise InputDataError(f"{pages_dir} not found: run sessionize first")
-    try:
-        table = ds.dataset(pages_dir, format="parquet", partitioning="hive").to_table()
-    except (pa.ArrowInvalid, OSError) as exc:
-        raise InputDataError(f"{pages_dir}: not a readable parquet dataset: {exc}") from None
-    idx = table.schema.get_field_index("split")
-    if idx < 0:
-        raise InputDataError(f"{pages_dir}: no split=... partitions found")
-    return table.set_column(idx, "split", table.column("split").cast(pa.string()))
 
 
 def run_validate_pages(cfg: PipelineConfig, sessionized_dir: str | Path, out_dir: str | Path, pipeline_run_id: str) -> dict:

@@ -160,9 +160,12 @@ def run_loop(model: torch.nn.Module, loss_fn: Callable, make_batch: Callable[[np
     history: list[dict] = []
     step, window_loss, window_tokens, t0, last_loss = start, [], 0, time.time(), float("nan")
     bar = tqdm(total=total, initial=start, desc=desc, unit="step", disable=rank != 0)
+    batches_of: tuple[int, list] = (-1, [])
     while step < total:
         epoch, in_epoch = divmod(step, steps_per_epoch)
-        batches = epoch_batches(epoch)
+        if batches_of[0] != epoch:  # the order of an epoch is computed once, not per step
+            batches_of = (epoch, epoch_batches(epoch))
+        batches = batches_of[1]
         for k in range(per_step):
             indices = batches[in_epoch * per_step + k]
             if k % world != rank:
