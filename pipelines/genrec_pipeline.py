@@ -1,5 +1,5 @@
 """The genrec pipeline (KFP v2): ingest -> validate-events -> sessionize -> validate-pages -> embed-items -> assign-sids
--> train-sft -> evaluate.
+-> train-sft -> train-reward -> align -> evaluate -> gate-and-register.
 
 Compile:  genrec compile            (writes pipelines/genrec_pipeline.yaml, committed and tested for staleness)
 Run here: genrec run --config configs/demo.yaml   (kfp.local, SubprocessRunner)
@@ -10,11 +10,14 @@ from pathlib import Path
 
 from kfp import compiler, dsl
 
+from components.align import align
 from components.assign_sids import assign_sids
 from components.embed_items import embed_items
 from components.evaluate import evaluate
+from components.gate_and_register import gate_and_register
 from components.ingest import ingest
 from components.sessionize import sessionize
+from components.train_reward import train_reward
 from components.train_sft import train_sft
 from components.validate_events import validate_events
 from components.validate_pages import validate_pages
@@ -24,7 +27,7 @@ COMPILED_PATH = Path(__file__).with_name("genrec_pipeline.yaml")
 
 
 @dsl.pipeline(name=PIPELINE_NAME, description="GenRec training pipeline: logs -> validated training pages -> semantic IDs -> "
-                                                     "page-wise SFT -> offline evaluation.")
+                                                     "page-wise SFT -> reward model -> GRPO-SR -> offline evaluation -> gate and registry.")
 def genrec_pipeline(config_json: str, pipeline_run_id: str = ""):
     """config_json: the fully resolved genrec config (genrec config-show --json). pipeline_run_id: groups the
     stages' MLflow runs under one parent run; empty on a cluster means KFP's own job id."""
@@ -41,9 +44,18 @@ def genrec_pipeline(config_json: str, pipeline_run_id: str = ""):
                        **common).set_display_name("assign-sids")
     trained = train_sft(pages=pages.outputs["pages"], sids=sids.outputs["sids"], **common).set_display_name("train-sft")
     trained.set_memory_request("8G").set_cpu_request("2")
-    evaluated = evaluate(model=trained.outputs["model"], pages=pages.outputs["pages"], sids=sids.outputs["sids"],
+    rewarded = train_reward(pages=pages.outputs["pages"], sids=sids.outputs["sids"], raw=raw.outputs["raw"],
+                            **common).set_display_name("train-reward")
+    rewarded.set_memory_request("4G").set_cpu_request("2")
+    aligned = align(sft=trained.outputs["model"], reward=rewarded.outputs["reward"], pages=pages.outputs["pages"],
+                    sids=sids.outputs["sids"], embeddings=embedded.outputs["embeddings"], **common).set_display_name("align")
+    aligned.set_memory_request("8G").set_cpu_request("2")
+    evaluated = evaluate(model=aligned.outputs["model"], sft=trained.outputs["model"], reward=rewarded.outputs["reward"],
+                         raw=raw.outputs["raw"], pages=pages.outputs["pages"], sids=sids.outputs["sids"],
                          **common).set_display_name("evaluate")
-    for task in (raw, validated, sessionized, pages, embedded, sids, trained, evaluated):
+    gated = gate_and_register(evaluation=evaluated.outputs["evaluation"], model=aligned.outputs["model"],
+                              sids=sids.outputs["sids"], **common).set_display_name("gate-and-register")
+    for task in (raw, validated, sessionized, pages, embedded, sids, trained, rewarded, aligned, evaluated, gated):
         task.set_caching_options(False)  # every run is tracked in MLflow; a cache hit would log nothing
 
 

@@ -19,6 +19,13 @@ class LocalRun:
         found = sorted(self.pipeline_root.glob("*/evaluate/evaluation/metrics.md"))
         return found[-1].read_text() if found else ""
 
+    def gate_decision(self) -> dict | None:
+        """gate-and-register's decision.json (None when it did not run)."""
+        import json
+
+        found = sorted(self.pipeline_root.glob("*/gate-and-register/decision/decision.json"))
+        return json.loads(found[-1].read_text()) if found else None
+
     def data_docs(self) -> list[Path]:
         return sorted(self.pipeline_root.glob("*/*/*/gx/uncommitted/data_docs/local_site/index.html"))
 

@@ -10,6 +10,10 @@ import time
 import urllib.request
 from pathlib import Path
 
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
 import pytest
 
 os.environ.setdefault("SPARK_LOCAL_IP", "127.0.0.1")
@@ -86,3 +90,63 @@ def shared_data() -> Path:
     if not SHARED_DATA.is_dir():
         pytest.skip(f"real datasets not found at {SHARED_DATA} (CI and developer machines have ../shared/data)")
     return SHARED_DATA
+
+
+# SFT on a tiny hand-made catalog (tests/test_train.py, test_align_stage.py): the next item is the last + 1.
+N_ITEMS = 64
+
+
+@pytest.fixture(scope="session")
+def sft_data(tmp_path_factory):
+    """pages/ (train + test) and sids/ for 64 items; every user walks the catalog: the next item is the last + 1."""
+    root = tmp_path_factory.mktemp("sftdata")
+    rng = np.random.default_rng(0)
+    rows = []
+    for u in range(40):
+        step, pos, seen = 1, int(rng.integers(N_ITEMS)), []
+        for p in range(12):
+            nxt = (pos + step) % N_ITEMS
+            rows.append({"page_id": f"u{u}p{p}", "user_id": u, "session_id": f"u{u}",
+                         "page_start": pd.Timestamp("2026-10-01", tz="UTC") + pd.Timedelta(hours=p),
+                         "n_events": 4, "history_items": list(seen[-20:]), "history_ts": [], "history_intensity": [],
+                         "ordered_items": [], "carted_items": [], "clicked_items": [nxt],
+                         "exposed_items": [int(x) for x in rng.choice(N_ITEMS, 3, replace=False) if x != nxt],
+                         "split": "test" if p == 11 else "train"})
+            seen.append(nxt)
+            pos = nxt
+    (root / "pages" / "pages").mkdir(parents=True)
+    pq.write_table(pa.Table.from_pandas(pd.DataFrame(rows), preserve_index=False), root / "pages" / "pages" / "part-0.parquet")
+    (root / "sids").mkdir()
+    codes = np.stack([np.arange(N_ITEMS) // 16, (np.arange(N_ITEMS) // 4) % 4, np.arange(N_ITEMS) % 4], axis=1)
+    pq.write_table(pa.table({"item_id": np.arange(N_ITEMS), "s1": codes[:, 0], "s2": codes[:, 1], "s3": codes[:, 2]}),
+                   root / "sids" / "sid_table.parquet")
+    np.savez(root / "sids" / "codebooks.npz", level1=np.zeros((4, 2)), level2=np.zeros((4, 2)), level3=np.zeros((4, 2)))
+    return root
+
+
+def sft_cmd(data, out, mlflow_server, *extra, launcher=None):
+    base = launcher or [sys.executable, "-m", "genrec.cli"]
+    return base + ["train-sft", "--pages", str(data / "pages"), "--sids", str(data / "sids"), "--out", str(out),
+                   "model.size=tiny", "sft.micro_batch_size=8", f"run.tracking_uri={mlflow_server}",
+                   "run.experiment=tests", *extra]
+
+
+def sub_env(tmp_path):
+    env = dict(os.environ, HF_HUB_OFFLINE="1", OMP_NUM_THREADS="1")
+    env.setdefault("TORCH_EXTENSIONS_DIR", str(tmp_path / "torch_extensions"))
+    return env
+
+
+STEPS = ["sft.max_steps=300", "sft.checkpoint_every=25", "sft.log_every=25", "sft.target_types=[click]", "sft.lr=3e-3"]
+
+
+@pytest.fixture(scope="session")
+def trained(sft_data, tmp_path_factory, mlflow_server):
+    """An uninterrupted 300-step run of the CLI."""
+    out = tmp_path_factory.mktemp("whole")
+    whole = subprocess.run(sft_cmd(sft_data, out, mlflow_server, *STEPS), env=sub_env(out), capture_output=True, text=True,
+                           timeout=600)
+    assert whole.returncode == 0, whole.stderr[-3000:]
+    return out
+
+

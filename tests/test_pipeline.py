@@ -13,7 +13,8 @@ import pytest
 from pipelines.genrec_pipeline import COMPILED_PATH, compile_pipeline
 
 REPO = Path(__file__).resolve().parents[1]
-STAGES = ["ingest", "validate-events", "sessionize", "validate-pages", "embed-items", "assign-sids", "train-sft", "evaluate"]
+STAGES = ["ingest", "validate-events", "sessionize", "validate-pages", "embed-items", "assign-sids", "train-sft",
+          "train-reward", "align", "evaluate", "gate-and-register"]
 
 
 def test_compiled_yaml_is_current(tmp_path):
@@ -33,7 +34,9 @@ def demo_run(mlflow_server, tmp_path_factory):
     proc = _genrec("run", "--config", "configs/demo.yaml", f"run.work_dir={work}", f"run.tracking_uri={mlflow_server}",
                    "run.experiment=e2e", "simulator.n_users=120", "simulator.n_items=250", "simulator.days=6",
                    "model.size=tiny", "sft.max_steps=20", "sft.checkpoint_every=10", "eval.max_requests=40",
-                   "eval.sasrec.epochs=1")
+                   "eval.sasrec.epochs=1", "reward.epochs=1", "reward.max_examples=5000", "align.max_steps=6",
+                   "align.log_every=2", "registry.model_name=genrec-e2e", "gate.min_metrics={genrec/hr@10: 0.0}",
+                   "gate.max_metrics={genrec/har: 1.0}")
     return proc, work, mlflow_server
 
 
@@ -58,8 +61,14 @@ def test_local_run_succeeds_and_says_where_things_are(demo_run):
     assert next(root.glob("*/evaluate/report")).read_text().startswith("# evaluate")
     executor = json.loads(next(root.glob("*/evaluate/executor_output.json")).read_text())
     kfp_metrics = executor["artifacts"]["metrics"]["artifacts"][0]["metadata"]
-    assert {"genrec/hr@10", "popularity/ndcg@10", "genrec_unconstrained/har"} <= set(kfp_metrics)
+    assert {"genrec/hr@10", "popularity/ndcg@10", "genrec/har", "genrec_sft/r@1", "genrec/true_r@10"} <= set(kfp_metrics)
     assert next(root.glob("*/train-sft/model/model/model.safetensors"))
+    assert next(root.glob("*/align/model/model/model.safetensors"))
+    assert next(root.glob("*/train-reward/report")).read_text().startswith("# train-reward")
+    # the gate decides inside its component; the decision and the registered version are printed
+    assert next(root.glob("*/gate-and-register/report")).read_text().startswith("# gate")
+    assert re.search(r"^gate:\s+PASS", out, re.M)
+    assert re.search(r"^registered: models:/genrec-e2e/1 \(new version\); champion: 1", out, re.M)
 
 
 def test_one_parent_run_with_a_child_per_stage(demo_run):
@@ -99,8 +108,17 @@ def test_one_parent_run_with_a_child_per_stage(demo_run):
     assert {"prompt_len_merged", "prompt_len_unmerged", "tokens_per_s"} <= set(children["train-sft"].data.metrics)
     assert "model/model.safetensors" in {a.path for a in client.list_artifacts(children["train-sft"].info.run_id, "model")}
     ev = children["evaluate"].data.metrics
-    assert {"genrec/hr_at_10", "genrec/ndcg_at_50", "sasrec/hr_at_10", "popularity/hr_at_1", "genrec_unconstrained/har"} <= set(ev)
-    assert ev["genrec/har"] == 0  # trie-constrained decoding only returns items
+    assert {"genrec/hr_at_10", "genrec/ndcg_at_50", "sasrec/hr_at_10", "popularity/hr_at_1", "genrec/har",
+            "genrec_sft/hr_at_10", "genrec/r_at_1", "sasrec/true_r_at_50"} <= set(ev)
+    rw = children["train-reward"].data.metrics
+    assert 0 <= rw["test/auc"] <= 1 and 0 <= rw["test/true_preference_auc"] <= 1
+    al = client.get_metric_history(children["align"].info.run_id, "align/reward_mean")
+    assert len(al) == 3 and al[-1].step == 6
+    assert {"align/invalid_share", "align/zero_advantage_groups", "align/loss_policy", "align/loss_nll",
+            "align/reward_max"} <= set(children["align"].data.metrics)
+    assert children["gate-and-register"].data.tags["genrec.gate"] == "passed"
+    champion = client.get_model_version_by_alias("genrec-e2e", "champion")
+    assert champion.version == "1" and champion.tags["genrec.pipeline_run_id"] == parent.data.tags["genrec.pipeline_run_id"]
 
 
 def test_failing_stage_fails_the_run_with_a_clear_message(mlflow_server, tmp_path):

@@ -173,23 +173,93 @@ def train_sft(config: Optional[Path] = ConfigOpt,
         typer.echo(json.dumps(report, indent=2))
 
 
+@app.command("train-reward")
+@_friendly
+def train_reward(config: Optional[Path] = ConfigOpt,
+                 pages: Optional[Path] = typer.Option(None, help="The validated pages folder [work_dir/stages/pages]."),
+                 sids: Optional[Path] = typer.Option(None, help="The assign-sids folder [work_dir/stages/sids]."),
+                 raw: Optional[Path] = typer.Option(None, help="The ingest folder (the simulator's ground truth) "
+                                                             "[work_dir/stages/ingest]."),
+                 out: Optional[Path] = typer.Option(None, help="Output folder [work_dir/stages/reward]."),
+                 pipeline_run_id: str = RunIdOpt, overrides: Optional[List[str]] = OverridesArg):
+    """Reads the pages' exposures (engaged = 1, exposed only = 0) and the SID table; trains the SIM-style reward model;
+    writes reward_model/, calibration.csv, report.md and report.json (AUC, log loss, ECE on the test day) to OUT."""
+    from genrec.stages.train_reward import run_train_reward
+
+    cfg = _config(config, overrides)
+    out = _out(cfg, out, "reward")
+    run_train_reward(cfg, pages or _out(cfg, None, "pages"), sids or _out(cfg, None, "sids"), out,
+                     pipeline_run_id or uuid.uuid4().hex, raw or _out(cfg, None, "ingest"))
+    typer.echo((out / "report.md").read_text())
+
+
+@app.command()
+@_friendly
+def align(config: Optional[Path] = ConfigOpt,
+          sft: Optional[Path] = typer.Option(None, help="The train-sft folder [work_dir/stages/sft]."),
+          reward: Optional[Path] = typer.Option(None, help="The train-reward folder [work_dir/stages/reward]."),
+          pages: Optional[Path] = typer.Option(None, help="The validated pages folder [work_dir/stages/pages]."),
+          sids: Optional[Path] = typer.Option(None, help="The assign-sids folder [work_dir/stages/sids]."),
+          embeddings: Optional[Path] = typer.Option(None, help="The embed-items folder [work_dir/stages/embeddings]."),
+          out: Optional[Path] = typer.Option(None, help="Output folder [work_dir/stages/aligned]."),
+          pipeline_run_id: str = RunIdOpt, overrides: Optional[List[str]] = OverridesArg):
+    """Aligns the SFT model by GRPO-SR with DeepSpeed (rollouts, gated hybrid rewards, + alpha * NLL); writes model/,
+    checkpoints/ (a rerun resumes), ds_config.json and report.json to OUT. Several processes: torchrun as for train-sft."""
+    from genrec.stages.align import run_align
+
+    cfg = _config(config, overrides)
+    report = run_align(cfg, sft or _out(cfg, None, "sft"), reward or _out(cfg, None, "reward"),
+                       pages or _out(cfg, None, "pages"), sids or _out(cfg, None, "sids"),
+                       embeddings or _out(cfg, None, "embeddings"), _out(cfg, out, "aligned"),
+                       pipeline_run_id or uuid.uuid4().hex)
+    if os.environ.get("RANK", "0") == "0":
+        typer.echo(json.dumps(report, indent=2))
+
+
 @app.command()
 @_friendly
 def evaluate(config: Optional[Path] = ConfigOpt,
-             model: Optional[Path] = typer.Option(None, help="The train-sft folder (or a model folder) [work_dir/stages/sft]."),
+             model: Optional[Path] = typer.Option(None, help="The model's folder (align's or train-sft's) "
+                                                             "[work_dir/stages/aligned]."),
+             sft: Optional[Path] = typer.Option(None, help="The SFT model the evaluated one was aligned from (row "
+                                                           "genrec_sft); omit to skip."),
+             reward: Optional[Path] = typer.Option(None, help="The train-reward folder (R@K); omit to skip."),
+             raw: Optional[Path] = typer.Option(None, help="The ingest folder (true preference R@K on the simulator); "
+                                                           "omit to skip."),
              pages: Optional[Path] = typer.Option(None, help="The validated pages folder [work_dir/stages/pages]."),
              sids: Optional[Path] = typer.Option(None, help="The assign-sids folder [work_dir/stages/sids]."),
              out: Optional[Path] = typer.Option(None, help="Output folder [work_dir/stages/eval]."),
              pipeline_run_id: str = RunIdOpt, overrides: Optional[List[str]] = OverridesArg):
-    """Reads the model, the test pages and the SID table; writes HR@K / NDCG@K / Recall@K / HaR of GenRec and the
-    baselines to OUT (metrics.md, metrics.csv, metrics.json) and prints the table."""
+    """Reads the model, the test pages and the SID table; writes HR@K / NDCG@K / Recall@K / HaR (and R@K with a reward
+    model) of GenRec and the baselines to OUT (metrics.md, metrics.csv, metrics.json) and prints the table."""
     from genrec.stages.evaluate import run_evaluate
 
     cfg = _config(config, overrides)
     out = _out(cfg, out, "eval")
-    run_evaluate(cfg, model or _out(cfg, None, "sft"), pages or _out(cfg, None, "pages"), sids or _out(cfg, None, "sids"),
-                 out, pipeline_run_id or uuid.uuid4().hex)
+    run_evaluate(cfg, model or _out(cfg, None, "aligned"), pages or _out(cfg, None, "pages"),
+                 sids or _out(cfg, None, "sids"), out, pipeline_run_id or uuid.uuid4().hex, sft_dir=sft,
+                 reward_dir=reward, raw_dir=raw)
     typer.echo((out / "metrics.md").read_text())
+
+
+@app.command("gate-and-register")
+@_friendly
+def gate_and_register(config: Optional[Path] = ConfigOpt,
+                      evaluation: Optional[Path] = typer.Option(None, help="The evaluate folder [work_dir/stages/eval]."),
+                      model: Optional[Path] = typer.Option(None, help="The evaluated model's folder [work_dir/stages/aligned]."),
+                      sids: Optional[Path] = typer.Option(None, help="The assign-sids folder [work_dir/stages/sids]."),
+                      out: Optional[Path] = typer.Option(None, help="Output folder [work_dir/stages/gate]."),
+                      pipeline_run_id: str = RunIdOpt, overrides: Optional[List[str]] = OverridesArg):
+    """Applies the gate (config: gate.*) to the evaluation metrics and the champion's; registers the model in the MLflow
+    registry (alias challenger; champion when it beats the champion; rejected versions get no alias); writes
+    decision.md / .html / .json to OUT. Exit 0 either way: the decision is the output."""
+    from genrec.stages.gate_and_register import run_gate_and_register
+
+    cfg = _config(config, overrides)
+    out = _out(cfg, out, "gate")
+    run_gate_and_register(cfg, evaluation or _out(cfg, None, "eval"), model or _out(cfg, None, "aligned"),
+                          sids or _out(cfg, None, "sids"), out, pipeline_run_id or uuid.uuid4().hex)
+    typer.echo((out / "decision.md").read_text())
 
 
 @app.command()
@@ -215,6 +285,14 @@ def run(config: Optional[Path] = ConfigOpt, overrides: Optional[List[str]] = Ove
     if table:
         typer.echo("")
         typer.echo(table)
+    gate = result.gate_decision()
+    if gate:
+        d = gate["decision"]
+        typer.echo(f"gate:       {'PASS' if d['passed'] else 'FAIL'}: {d['reason']}")
+        if gate["version"]:
+            typer.echo(f"registered: models:/{gate['model_name']}/{gate['version']} "
+                       f"({'new version' if gate['new_version'] else 'same content as before: no new version'}); "
+                       f"champion: {gate['champion_version'] or 'none'}")
     typer.echo(f"MLflow run: {tracking.run_url(cfg, parent)}")
     for docs in result.data_docs():
         typer.echo(f"Data Docs:  {docs}")

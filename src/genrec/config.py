@@ -222,6 +222,78 @@ class EvalConfig(_Section):
     sasrec: SasrecConfig = Field(default_factory=SasrecConfig, description="The SASRec baseline.")
 
 
+class RewardConfig(_Section):
+    search: Literal["hard", "soft"] = Field(
+        "soft", description="General search unit: hard = history items sharing the candidate's first SID code; "
+                            "soft = the history items most similar to the candidate by item embedding (SIM, Pi et al. 2020).")
+    top_k: int = Field(20, gt=0, description="History items the general search unit passes to the exact search unit.")
+    max_history: int = Field(200, gt=0, description="Most recent history items searched (the long history).")
+    recent: int = Field(10, gt=0, description="Most recent history items mean-pooled as the short-term interest.")
+    dim: int = Field(32, gt=0, description="Item embedding size (item id + SID code embeddings).")
+    heads: int = Field(2, gt=0, description="Heads of the exact search unit's target attention.")
+    mlp: list[int] = Field([64, 32], min_length=1, description="Hidden sizes of the output MLP.")
+    epochs: int = Field(2, gt=0, description="Passes over the training exposures.")
+    max_examples: int = Field(300_000, ge=0, description="Use at most this many training exposures, a seeded subset of "
+                                                       "pages (0: all).")
+    batch_size: int = Field(512, gt=0, description="Exposures per step.")
+    lr: float = Field(2e-3, gt=0, description="Adam learning rate.")
+    weight_decay: float = Field(0.0, ge=0, description="AdamW weight decay.")
+    max_eval_examples: int = Field(200_000, ge=0, description="Most test-day exposures scored for AUC and calibration (0: all).")
+
+
+class AlignConfig(_Section):
+    group_size: int = Field(8, gt=1, description="Rollouts G per prompt (one item each, sampled from the policy).")
+    temperature: float = Field(1.0, gt=0, description="Sampling temperature of the rollouts.")
+    constrained: bool = Field(False, description="Sample rollouts inside the SID trie. False (the paper's setting): a "
+                                                 "rollout may be no item and then earns reward 0.")
+    alpha: float = Field(1.0, ge=0, description="Weight of the NLL of the page's ordered and clicked items "
+                                                "(paper eq. 8). 0: plain GRPO.")
+    gate: bool = Field(True, description="Gate the reward by relevance: r = 1[s > tau] * r_pref (paper eq. 6-7). "
+                                         "False: r = r_pref (reward hacking can show).")
+    tau: float = Field(0.5, ge=-1, le=1, description="Relevance threshold of the gate: s is the cosine similarity of the "
+                                                     "rollout item's embedding to the mean of the user's recent history.")
+    relevance_recent: int = Field(10, gt=0, description="Most recent history items averaged into the user vector of s.")
+    calibrate: bool = Field(True, description="A rollout that hits one of the page's ordered or clicked items gets the "
+                                              "group's maximum reward.")
+    kl_coef: float = Field(0.0, ge=0, description="Weight of a KL penalty to the frozen SFT model (k3 estimator, per token). "
+                                                  "0: off (the paper has none).")
+    prompts_per_step: int = Field(8, gt=0, description="Prompts per process per micro-batch (each gets G rollouts).")
+    grad_accum: int = Field(1, gt=0, description="Micro-batches per optimizer step.")
+    max_steps: int = Field(200, gt=0, description="Optimizer steps.")
+    max_prompts: int = Field(0, ge=0, description="Use at most this many training pages as prompts, a seeded subset (0: all).")
+    lr: float = Field(3e-5, gt=0, description="Peak AdamW learning rate (on the simulator, 3e-4 collapsed the policy onto "
+                                              "a few items within 150 steps).")
+    weight_decay: float = Field(0.0, ge=0, description="AdamW weight decay.")
+    warmup_ratio: float = Field(0.01, ge=0, lt=1, description="Share of steps of linear warm-up, then cosine decay.")
+    grad_clip: float = Field(1.0, ge=0, description="Gradient norm clipping (0: off).")
+    zero_stage: int = Field(0, ge=0, le=3, description="DeepSpeed ZeRO stage (0-3).")
+    precision: Literal["auto", "fp32", "bf16"] = Field("auto", description="auto: bf16 on GPU, fp32 on CPU.")
+    checkpoint_every: int = Field(50, gt=0, description="Save a resumable DeepSpeed checkpoint every N optimizer steps.")
+    keep_checkpoints: int = Field(2, gt=0, description="Checkpoints kept (the newest).")
+    log_every: int = Field(10, gt=0, description="Log rewards and loss terms every N steps.")
+
+
+class GateConfig(_Section):
+    method: str = Field("genrec", description="The row of the evaluation table the gate judges (the aligned model).")
+    min_metrics: dict[str, float] = Field(
+        {"genrec/hr@10": 0.05}, description="Lower bounds, as {'method/metric': value}; a missing metric fails the gate.")
+    max_metrics: dict[str, float] = Field(
+        {"genrec/har": 0.6}, description="Upper bounds, as {'method/metric': value}.")
+    max_regression: dict[str, float] = Field(
+        {"genrec/hr@10": 0.05, "genrec/ndcg@10": 0.05},
+        description="Largest allowed relative drop against the current champion, as {'method/metric': fraction}.")
+    promote_metric: str = Field("genrec/hr@10", description="A challenger that passes becomes champion when it is strictly "
+                                                           "better than the champion on this metric (or there is none).")
+
+
+class RegistryConfig(_Section):
+    model_name: str = Field("genrec", description="Registered model name in the MLflow model registry.")
+    enabled: bool = Field(True, description="Register the model (pass: alias challenger, maybe champion; fail: a version "
+                                            "tagged rejected). False: decide only.")
+    top_k: int = Field(10, gt=0, description="Items the registered pyfunc returns per history by default.")
+    beam_width: int = Field(20, gt=0, description="Beam width of the registered pyfunc (>= top_k).")
+
+
 class PipelineConfig(_Section):
     run: RunConfig = Field(default_factory=RunConfig, description="Run identity, seed, output folder and MLflow.")
     source: SourceConfig = Field(default_factory=SourceConfig, description="Where the logs come from.")
@@ -232,7 +304,11 @@ class PipelineConfig(_Section):
     sid: SidConfig = Field(default_factory=SidConfig, description="Semantic IDs by RQ-KMeans (assign-sids).")
     model: ModelConfig = Field(default_factory=ModelConfig, description="The GenRec model (Qwen2 backbone + Token Merger).")
     sft: SftConfig = Field(default_factory=SftConfig, description="Page-wise next-token SFT with DeepSpeed (train-sft).")
+    reward: RewardConfig = Field(default_factory=RewardConfig, description="The SIM-style reward model (train-reward).")
+    align: AlignConfig = Field(default_factory=AlignConfig, description="GRPO-SR preference alignment (align).")
     eval: EvalConfig = Field(default_factory=EvalConfig, description="Offline evaluation and baselines (evaluate).")
+    gate: GateConfig = Field(default_factory=GateConfig, description="The evaluation gate (gate-and-register).")
+    registry: RegistryConfig = Field(default_factory=RegistryConfig, description="The MLflow model registry (gate-and-register).")
 
     def to_json(self) -> str:
         """Canonical JSON of the fully resolved config (what every run records)."""

@@ -117,6 +117,7 @@ def run_url(cfg: PipelineConfig, run_id: str) -> str:
 def _flatten(tree: dict, prefix: str = "") -> dict[str, Any]:
     out: dict[str, Any] = {}
     for key, value in tree.items():
+        key = str(key).replace("@", "_at_")  # MLflow names may not hold "@" (gate keys like genrec/hr@10)
         if isinstance(value, dict):
             out.update(_flatten(value, f"{prefix}{key}."))
         else:

@@ -1,8 +1,9 @@
-"""Stage evaluate: the trained model and the test pages -> HR@K, NDCG@K, Recall@K and HaR, beside baselines.
+"""Stage evaluate: the model and the test pages -> HR@K, NDCG@K, Recall@K, HaR and R@K, beside baselines.
 
-Reads train-sft's folder (model/), validate-pages' folder (pages/, both splits: baselines train on the
-train split) and assign-sids' folder. Writes into `out_dir`: metrics.json, metrics.csv, metrics.md and
-report.json.
+Reads the model's folder (align's or train-sft's model/), validate-pages' folder (pages/, both splits:
+baselines train on the train split) and assign-sids' folder; optionally the SFT model (to show what
+alignment changed), the reward model (R@K) and ingest's folder (the simulator's true preference).
+Writes into `out_dir`: metrics.json, metrics.csv, metrics.md and report.json.
 
 Requests: the test pages with a history and at least one true item (eval.truth_types); the others are
 counted, not scored. GenRec ranks by trie-constrained beam search (every output is an item); the same
@@ -31,9 +32,9 @@ from genrec.model.vocab import SidMap
 
 
 def test_requests(pages: pd.DataFrame, truth_types: list[str], max_history: int, max_requests: int, seed: int):
-    """(histories, truths, counts) for the scorable test pages."""
-    histories, truths, counts = [], [], {"test_pages": len(pages), "no_history": 0, "no_truth": 0}
-    for page in pages.itertuples(index=False):
+    """(histories, truths, counts, scored pages) for the scorable test pages."""
+    histories, truths, kept, counts = [], [], [], {"test_pages": len(pages), "no_history": 0, "no_truth": 0}
+    for n, page in enumerate(pages.itertuples(index=False)):
         page = page._asdict()
         history = [int(i) for i in page["history_items"]][-max_history:]
         truth = set(page_items(page, truth_types))
@@ -44,11 +45,12 @@ def test_requests(pages: pd.DataFrame, truth_types: list[str], max_history: int,
         else:
             histories.append(history)
             truths.append(truth)
+            kept.append(n)
     if max_requests and len(histories) > max_requests:
         keep = np.sort(np.random.default_rng(seed).choice(len(histories), max_requests, replace=False))
-        histories, truths = [histories[i] for i in keep], [truths[i] for i in keep]
+        histories, truths, kept = [histories[i] for i in keep], [truths[i] for i in keep], [kept[i] for i in keep]
     counts["requests"] = len(histories)
-    return histories, truths, counts
+    return histories, truths, counts, pages.iloc[kept].reset_index(drop=True)
 
 
 def generate(model: GenRecModel, sid_map: SidMap, histories: list[list[int]], beam: int, constrained: bool,
@@ -67,9 +69,23 @@ def metrics_table(rows: dict[str, dict[str, float]]) -> pd.DataFrame:
     return pd.DataFrame.from_dict(rows, orient="index").rename_axis("method").reset_index()
 
 
+def _load_model(model_dir: Path, sid_map: SidMap) -> GenRecModel:
+    model = GenRecModel.load(model_dir / "model" if (model_dir / "model").is_dir() else model_dir)
+    if model.sid_fingerprint != sid_map.fingerprint():
+        raise InputDataError(f"the model in {model_dir} was trained on other semantic IDs than {sid_map.source} "
+                             f"(fingerprint {model.sid_fingerprint} vs {sid_map.fingerprint()}); evaluate with the "
+                             "SID table it was trained on, or retrain")
+    return model
+
+
 def run_evaluate(cfg: PipelineConfig, model_dir: str | Path, pages_dir: str | Path, sids_dir: str | Path,
-                 out_dir: str | Path, pipeline_run_id: str) -> dict:
-    """Score the model and the baselines on the test requests; returns {method: {metric: value}}."""
+                 out_dir: str | Path, pipeline_run_id: str, *, sft_dir: str | Path | None = None,
+                 reward_dir: str | Path | None = None, raw_dir: str | Path | None = None) -> dict:
+    """Score the model and the baselines on the test requests; returns {method: {metric: value}}.
+
+    Optional: `sft_dir`, the SFT model the evaluated one was aligned from (row genrec_sft); `reward_dir`,
+    the reward model (R@K from r_pref for every method); `raw_dir`, ingest's folder (R@K from the
+    simulator's true preference when ground_truth.npz is there)."""
     model_dir, pages_dir, sids_dir, out_dir = map(Path, (model_dir, pages_dir, sids_dir, out_dir))
     out_dir.mkdir(parents=True, exist_ok=True)
     e = cfg.eval
@@ -78,27 +94,28 @@ def run_evaluate(cfg: PipelineConfig, model_dir: str | Path, pages_dir: str | Pa
     with tracking.stage_run(cfg, "evaluate", pipeline_run_id) as track:
         track.params({"eval": e.model_dump(mode="json")})
         sid_map = SidMap.load(sids_dir)
-        model = GenRecModel.load(model_dir / "model" if (model_dir / "model").is_dir() else model_dir)
-        if model.sid_fingerprint != sid_map.fingerprint():
-            raise InputDataError(f"the model in {model_dir} was trained on other semantic IDs than {sid_map.source} "
-                                 f"(fingerprint {model.sid_fingerprint} vs {sid_map.fingerprint()}); evaluate with the "
-                                 "SID table it was trained on, or retrain")
-        histories, truths, counts = test_requests(read_split_pages(pages_dir, "test"), e.truth_types, cfg.model.max_history,
-                                                  e.max_requests, cfg.run.seed)
+        models = {"genrec": _load_model(model_dir, sid_map)}
+        if sft_dir:
+            models["genrec_sft"] = _load_model(Path(sft_dir), sid_map)
+        histories, truths, counts, scored = test_requests(read_split_pages(pages_dir, "test"), e.truth_types,
+                                                          cfg.model.max_history, e.max_requests, cfg.run.seed)
         if not histories:
             raise InputDataError(f"{pages_dir / 'pages'}: no test page has both a history and a true item of "
                                  f"{e.truth_types} ({counts})")
         rows: dict[str, dict[str, float]] = {}
-        ranked = generate(model, sid_map, histories, e.beam_width, True, e.batch_size)
-        rows["genrec"] = ranking_metrics(ranked, truths, e.ks) | {"har": hallucination_rate(ranked)}
-        free = generate(model, sid_map, histories, e.beam_width, False, e.batch_size)
-        rows["genrec_unconstrained"] = ranking_metrics(free, truths, e.ks) | {"har": hallucination_rate(free)}
+        rankings: dict[str, np.ndarray] = {}
+        for name, model in models.items():
+            rankings[name] = generate(model, sid_map, histories, e.beam_width, True, e.batch_size)
+            free = generate(model, sid_map, histories, e.beam_width, False, e.batch_size)
+            rows[name] = ranking_metrics(rankings[name], truths, e.ks) | {"har": hallucination_rate(free)}
         train = read_split_pages(pages_dir, "train") if e.baselines else None
         if "popularity" in e.baselines:
-            top = popularity_ranking(train, e.beam_width)
-            rows["popularity"] = ranking_metrics(np.tile(top, (len(histories), 1)), truths, e.ks) | {"har": 0.0}
+            rankings["popularity"] = np.tile(popularity_ranking(train, e.beam_width), (len(histories), 1))
+            rows["popularity"] = ranking_metrics(rankings["popularity"], truths, e.ks) | {"har": 0.0}
         if "sasrec" in e.baselines:
-            rows["sasrec"] = _sasrec_metrics(cfg, train, sid_map, histories, truths) | {"har": 0.0}
+            rankings["sasrec"] = _sasrec_ranking(cfg, train, sid_map, histories)
+            rows["sasrec"] = ranking_metrics(rankings["sasrec"], truths, e.ks) | {"har": 0.0}
+        _add_reward_metrics(cfg, rows, rankings, scored, sid_map, reward_dir, raw_dir)
         table = metrics_table(rows)
         table.to_csv(out_dir / "metrics.csv", index=False)
         (out_dir / "metrics.md").write_text(_markdown(table, counts, cfg))
@@ -113,8 +130,35 @@ def run_evaluate(cfg: PipelineConfig, model_dir: str | Path, pages_dir: str | Pa
     return rows
 
 
-def _sasrec_metrics(cfg: PipelineConfig, train: pd.DataFrame, sid_map: SidMap, histories, truths) -> dict[str, float]:
-    """Train SASRec on the users' training sequences and rank the full catalog for each request."""
+def _add_reward_metrics(cfg: PipelineConfig, rows: dict, rankings: dict, scored: pd.DataFrame, sid_map: SidMap,
+                        reward_dir, raw_dir) -> None:
+    """R@K by the reward model (r@K) and, on the simulator, by the true preference (true_r@K), for every method."""
+    from genrec.data.simulator import GROUND_TRUTH_FILE, GroundTruth
+    from genrec.eval.reward_metrics import reward_at_k, reward_model_values, true_preference_values
+    from genrec.reward.sim_model import SimRewardModel
+
+    if reward_dir:
+        reward_dir = Path(reward_dir)
+        reward = SimRewardModel.load(reward_dir / "reward_model" if (reward_dir / "reward_model").is_dir() else reward_dir)
+        if reward.sid_fingerprint != sid_map.fingerprint():
+            raise InputDataError(f"the reward model in {reward_dir} was trained on other semantic IDs than {sid_map.source}")
+        long_histories = [[int(i) for i in h] for h in scored["history_items"]]
+        for name, ranked in rankings.items():
+            values = reward_model_values(reward, sid_map, long_histories, ranked, cfg.reward.max_history)
+            rows[name].update(reward_at_k(values, cfg.eval.ks))
+    truth_path = Path(raw_dir) / GROUND_TRUTH_FILE if raw_dir else None
+    if truth_path is not None and truth_path.is_file() and cfg.source.kind == "simulator":
+        truth = GroundTruth.load(truth_path)
+        start = pd.Timestamp(cfg.simulator.start_date.isoformat(), tz="UTC")
+        days = (scored["page_start"] - start).dt.total_seconds().to_numpy() / 86400.0
+        users = scored["user_id"].to_numpy(np.int64)
+        for name, ranked in rankings.items():
+            values = true_preference_values(truth, users, days, ranked)
+            rows[name].update({f"true_{k}": v for k, v in reward_at_k(values, cfg.eval.ks).items()})
+
+
+def _sasrec_ranking(cfg: PipelineConfig, train: pd.DataFrame, sid_map: SidMap, histories) -> np.ndarray:
+    """Train SASRec on the users' training sequences; (N, beam_width) item ids ranked over the full catalog."""
     row_of = {int(i): r + 1 for r, i in enumerate(sid_map.item_ids)}  # 1-based rows; 0 pads
     sequences = user_sequences(train, row_of)
     if not sequences:
@@ -122,7 +166,7 @@ def _sasrec_metrics(cfg: PipelineConfig, train: pd.DataFrame, sid_map: SidMap, h
     max_len = cfg.model.max_history
     model = train_sasrec(sequences, len(sid_map.item_ids), cfg.eval.sasrec, max_len, cfg.run.seed)
     rows = sasrec_rank(model, [[row_of[i] for i in h] for h in histories], max_len, cfg.eval.beam_width)
-    return ranking_metrics(sid_map.item_ids[rows - 1], truths, cfg.eval.ks)
+    return sid_map.item_ids[rows - 1]
 
 
 def _markdown(table: pd.DataFrame, counts: dict, cfg: PipelineConfig) -> str:
@@ -130,8 +174,10 @@ def _markdown(table: pd.DataFrame, counts: dict, cfg: PipelineConfig) -> str:
     lines = ["# evaluate", "",
              f"{counts['requests']} test requests (of {counts['test_pages']} test pages; {counts['no_history']} without "
              f"history, {counts['no_truth']} without a true item of {cfg.eval.truth_types}). Beam width "
-             f"{cfg.eval.beam_width}. `genrec`: trie-constrained beam search; `genrec_unconstrained`: the same without "
-             "the trie (HaR = share of generated SIDs that are no item).", "",
+             f"{cfg.eval.beam_width}. GenRec rows rank by trie-constrained beam search; their `har` is the share of "
+             "SIDs that are no item when the same beams run without the trie. `r@K`: the highest reward-model "
+             "score among the top K (mean over requests); `true_r@K`: the same with the simulator's true preference.",
+             "",
              "| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
     for row in table.itertuples(index=False):
         lines.append("| " + " | ".join(f"{v:.4f}" if isinstance(v, float) else str(v) for v in row) + " |")

@@ -159,6 +159,7 @@ def run_loop(model: torch.nn.Module, loss_fn: Callable, make_batch: Callable[[np
     dtype = torch.bfloat16 if use_bf16(cfg.precision) else None
     history: list[dict] = []
     step, window_loss, window_tokens, t0, last_loss = start, [], 0, time.time(), float("nan")
+    window_stats: list[dict] = []
     bar = tqdm(total=total, initial=start, desc=desc, unit="step", disable=rank != 0)
     batches_of: tuple[int, list] = (-1, [])
     while step < total:
@@ -173,7 +174,9 @@ def run_loop(model: torch.nn.Module, loss_fn: Callable, make_batch: Callable[[np
             batch = {n: t.to(device) for n, t in make_batch(indices).items()}
             window_tokens += count_tokens(batch)
             with torch.autocast(device.type, dtype=dtype, enabled=dtype is not None):
-                loss = engine(batch)
+                out = engine(batch)
+            loss, stats = out if isinstance(out, tuple) else (out, {})
+            window_stats.append(stats)
             engine.backward(loss)
             engine.step()
             window_loss.append(float(loss.detach()))
@@ -185,12 +188,13 @@ def run_loop(model: torch.nn.Module, loss_fn: Callable, make_batch: Callable[[np
             torch.distributed.all_reduce(tokens)
             last_loss = float(np.mean(window_loss)) if window_loss else float("nan")
             row = {"loss": last_loss, "lr": scheduler.get_last_lr()[0], "tokens_per_s": float(tokens) / elapsed,
-                   "epoch": epoch + (in_epoch + 1) / steps_per_epoch}
+                   "epoch": epoch + (in_epoch + 1) / steps_per_epoch,
+                   **{k: float(np.mean([s[k] for s in window_stats if k in s])) for k in window_stats[-1]}}
             history.append({"step": step, **row})
             if rank == 0:
                 on_log(step, row)
                 bar.set_postfix(loss=f"{last_loss:.3f}")
-            window_loss, window_tokens, t0 = [], 0, time.time()
+            window_loss, window_stats, window_tokens, t0 = [], [], 0, time.time()
         if step % cfg.checkpoint_every == 0 and step < total:
             engine.save_checkpoint(str(ckpt_dir), tag=f"step-{step}", client_state={"step": step})
             if rank == 0:

@@ -1,0 +1,62 @@
+"""The GRPO-SR objective (paper eq. 8) and the log-probabilities it needs.
+
+    L = - mean_i mean_t [ pi(y_i,t) / sg(pi(y_i,t)) ] * A_i  +  alpha * NLL(page's engaged items)  [+ beta * KL]
+
+The ratio equals 1 in value; its gradient is grad log pi, so the first term is the group-relative
+policy gradient, averaged over each rollout's tokens and then over the rollouts of all groups.
+alpha = 0 gives plain GRPO. The optional KL to the frozen SFT model uses the k3 estimator per token
+(exp(ref - logp) - (ref - logp) - 1, unbiased and non-negative).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from genrec.model.genrec_model import GenRecModel
+from genrec.model.samples import collate, encode_prompt
+from genrec.model.vocab import SidVocab
+
+
+def rollout_batch(history_codes: list[np.ndarray], codes: np.ndarray, vocab: SidVocab, token_merger: bool) -> dict:
+    """Prompt + rollout SID as training sequences: N * G rows (request-major), labels on the L rollout tokens."""
+    encoded = []
+    for r, hist in enumerate(history_codes):
+        p_ids, p_item = encode_prompt(hist, vocab, token_merger)
+        for g in range(codes.shape[1]):
+            target = vocab.code_tokens(codes[r, g])
+            ids = np.concatenate([p_ids, np.repeat(target[:, None], vocab.levels, axis=1)])
+            is_item = np.concatenate([p_item, np.zeros(len(target), bool)])
+            labels = np.concatenate([np.full(len(p_ids), -100, np.int64), target])
+            encoded.append((ids, is_item, labels))
+    return collate(encoded, vocab.pad)
+
+
+def token_logprobs(model: GenRecModel, batch: dict, levels: int) -> torch.Tensor:
+    """(M, L) log-probabilities of each row's L labelled tokens under `model` (with gradient)."""
+    logits = model(batch["ids"], batch["is_item"], batch["attention_mask"]).logits[:, :-1].float()
+    labels = batch["labels"][:, 1:]
+    mask = labels != -100
+    logp = torch.log_softmax(logits, dim=-1).gather(-1, labels.clamp(min=0).unsqueeze(-1)).squeeze(-1)
+    return logp[mask].view(len(labels), levels)
+
+
+def grpo_sr_loss(token_logp: torch.Tensor, advantages: torch.Tensor, nll: torch.Tensor | None, alpha: float,
+                 ref_logp: torch.Tensor | None = None, kl_coef: float = 0.0) -> tuple[torch.Tensor, dict[str, float]]:
+    """The loss and its terms. token_logp (M, L); advantages (M,); nll: the NLL of the engaged items (or None)."""
+    ratio = torch.exp(token_logp - token_logp.detach())
+    policy = -(ratio.mean(dim=1) * advantages).mean()
+    loss, terms = policy, {"loss_policy": float(policy.detach())}
+    if alpha > 0:
+        if nll is None:
+            raise ValueError("alpha > 0 needs the NLL of the page's engaged items")
+        loss = loss + alpha * nll
+        terms["loss_nll"] = float(nll.detach())
+    if kl_coef > 0:
+        if ref_logp is None:
+            raise ValueError("kl_coef > 0 needs the reference model's log-probabilities")
+        d = ref_logp - token_logp
+        kl = (torch.exp(d) - d - 1).mean()
+        loss = loss + kl_coef * kl
+        terms["loss_kl"] = float(kl.detach())
+    return loss, terms

@@ -1,0 +1,1 @@
+"""The evaluation gate and the MLflow model registry: decide, register, promote."""

@@ -1,0 +1,61 @@
+"""Reward-model examples from pages: every item a page showed, with label 1 if the user ordered, carted or
+clicked it and 0 if it was only exposed. The page's history (what happened before the page began) is the
+user's long history; pages without history are counted and skipped.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import date, datetime, timezone
+
+import numpy as np
+import pandas as pd
+import torch
+
+from genrec.model.samples import GROUP_COLUMNS
+from genrec.model.vocab import SidMap
+from genrec.reward.sim_model import history_rows
+
+POSITIVE_TYPES = ("order", "cart", "click")
+
+
+@dataclass
+class Exposures:
+    history: torch.Tensor  # (pages, H) 1-based item rows, left-padded
+    page: np.ndarray  # (E,) index into history
+    item: np.ndarray  # (E,) item ids
+    row: np.ndarray  # (E,) 1-based item rows
+    label: np.ndarray  # (E,) 1.0 engaged, 0.0 exposed only
+    user: np.ndarray  # (pages,) user ids
+    day: np.ndarray  # (pages,) days since period start (float), for the simulator's truth
+    skipped_no_history: int
+
+    def __len__(self) -> int:
+        return len(self.label)
+
+
+def build_exposures(pages: pd.DataFrame, sid_map: SidMap, max_history: int, max_examples: int, seed: int,
+                    period_start: date | None = None) -> Exposures:
+    """Labelled exposures of `pages`; at most about `max_examples`, by a seeded subset of whole pages (0: all)."""
+    has_history = pages["history_items"].map(len) > 0
+    skipped = int((~has_history).sum())
+    pages = pages[has_history]
+    sizes = sum(pages[GROUP_COLUMNS[t]].map(len) for t in GROUP_COLUMNS).to_numpy()
+    if max_examples and sizes.sum() > max_examples:
+        order = np.random.default_rng(seed).permutation(len(pages))
+        keep = np.sort(order[:max(1, int(np.searchsorted(np.cumsum(sizes[order]), max_examples)))])
+        pages, sizes = pages.iloc[keep], sizes[keep]
+    items, labels = [], []
+    for page in pages.itertuples(index=False):
+        page = page._asdict()
+        for t, col in GROUP_COLUMNS.items():
+            items.extend(int(i) for i in page[col])
+            labels.extend([1.0 if t in POSITIVE_TYPES else 0.0] * len(page[col]))
+    item = np.asarray(items, dtype=np.int64)
+    hist = history_rows([list(h) for h in pages["history_items"]], sid_map, max_history, "a page history")
+    start = datetime(period_start.year, period_start.month, period_start.day, tzinfo=timezone.utc) if period_start else None
+    day = ((pages["page_start"] - pd.Timestamp(start)).dt.total_seconds().to_numpy() / 86400.0 if start is not None
+           else np.zeros(len(pages)))
+    return Exposures(hist, np.repeat(np.arange(len(pages)), sizes), item,
+                     sid_map.rows(item, "the pages' exposures") + 1, np.asarray(labels, np.float32),
+                     pages["user_id"].to_numpy(np.int64), day, skipped)

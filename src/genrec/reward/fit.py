@@ -1,0 +1,76 @@
+"""Training and measuring the reward model: binary cross-entropy on labelled exposures; AUC, log loss and
+calibration on held-out exposures."""
+
+from __future__ import annotations
+
+from typing import Callable
+
+import numpy as np
+import torch
+from sklearn.metrics import log_loss, roc_auc_score
+from tqdm import tqdm
+
+from genrec.config import RewardConfig
+from genrec.reward.exposures import Exposures
+from genrec.reward.sim_model import SimRewardModel
+
+
+def train_reward_model(model: SimRewardModel, data: Exposures, cfg: RewardConfig, seed: int,
+                       on_log: Callable[[int, dict], None] = lambda step, row: None) -> list[dict]:
+    """Fit `model` in place; returns the logged rows (step, loss)."""
+    torch.manual_seed(seed)
+    opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    label = torch.from_numpy(data.label)
+    row = torch.from_numpy(data.row)
+    page = torch.from_numpy(data.page)
+    history, step, rows, window = data.history, 0, [], []
+    steps_per_epoch = (len(data) + cfg.batch_size - 1) // cfg.batch_size
+    bar = tqdm(total=cfg.epochs * steps_per_epoch, desc="train-reward", unit="step")
+    model.train()
+    for epoch in range(cfg.epochs):
+        order = torch.from_numpy(np.random.default_rng([seed, epoch]).permutation(len(data)))
+        for lo in range(0, len(data), cfg.batch_size):
+            idx = order[lo:lo + cfg.batch_size]
+            logits = model(history[page[idx]], row[idx])
+            loss = torch.nn.functional.binary_cross_entropy_with_logits(logits, label[idx])
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+            step += 1
+            window.append(float(loss.detach()))
+            bar.update(1)
+            if step % 50 == 0 or step == cfg.epochs * steps_per_epoch:
+                rows.append({"step": step, "loss": float(np.mean(window)), "epoch": epoch + lo / len(data)})
+                on_log(step, rows[-1])
+                bar.set_postfix(loss=f"{rows[-1]['loss']:.4f}")
+                window = []
+    bar.close()
+    return rows
+
+
+def predict(model: SimRewardModel, data: Exposures) -> np.ndarray:
+    """r_pref of every exposure of `data`."""
+    return model.score(data.history[torch.from_numpy(data.page)], torch.from_numpy(data.row))
+
+
+def calibration_table(prob: np.ndarray, label: np.ndarray, bins: int = 10) -> list[dict]:
+    """Per equal-width bin of predicted probability: count, mean prediction, observed rate."""
+    edges = np.linspace(0, 1, bins + 1)
+    which = np.clip(np.digitize(prob, edges[1:-1]), 0, bins - 1)
+    out = []
+    for b in range(bins):
+        m = which == b
+        if m.any():
+            out.append({"bin": f"{edges[b]:.1f}-{edges[b + 1]:.1f}", "n": int(m.sum()),
+                        "mean_pred": float(prob[m].mean()), "observed": float(label[m].mean())})
+    return out
+
+
+def classification_metrics(prob: np.ndarray, label: np.ndarray) -> dict[str, float]:
+    """AUC, log loss, mean prediction vs observed rate and the expected calibration error (10 bins)."""
+    if len(np.unique(label)) < 2:
+        raise ValueError(f"AUC needs both labels among {len(label)} exposures (positives: {int(label.sum())})")
+    table = calibration_table(prob, label)
+    ece = sum(r["n"] * abs(r["mean_pred"] - r["observed"]) for r in table) / len(label)
+    return {"auc": float(roc_auc_score(label, prob)), "log_loss": float(log_loss(label, np.clip(prob, 1e-7, 1 - 1e-7))),
+            "mean_pred": float(prob.mean()), "positive_rate": float(label.mean()), "ece": float(ece)}

@@ -1,0 +1,137 @@
+"""GRPO-SR pieces on hand-made inputs: the gated, calibrated reward; group advantages; the loss against a direct
+computation; zero policy gradient for an all-equal group; rollouts; R@K; the reward model's search and save/load."""
+
+import numpy as np
+import pytest
+import torch
+
+from genrec.align.grpo_loss import grpo_sr_loss, rollout_batch, token_logprobs
+from genrec.align.rewards import ItemEmbeddings, group_advantages, hybrid_rewards
+from genrec.align.rollouts import sample_rollouts
+from genrec.eval.reward_metrics import reward_at_k
+from genrec.model.genrec_model import build_model
+from genrec.model.vocab import SidMap
+from genrec.reward.sim_model import SimRewardModel
+
+
+def test_hybrid_reward_gates_zeroes_invalid_and_calibrates_hits():
+    r_pref = np.array([[0.9, 0.5, 0.2, 0.7], [0.1, 0.2, 0.3, 0.4]])
+    relevance = np.array([[0.1, 0.8, 0.9, 0.9], [0.9, 0.9, 0.9, 0.9]])
+    valid = np.array([[True, True, True, False], [True, True, True, True]])
+    hits = np.array([[False, False, True, False], [True, False, False, False]])
+    r = hybrid_rewards(r_pref, relevance, valid, hits, tau=0.5, gate=True, calibrate=True)
+    # group 0: 0.9 is gated (relevance 0.1), the invalid 4th earns 0, the hit gets the group max (0.5 > own 0.2)
+    np.testing.assert_allclose(r[0], [0.0, 0.5, 0.5, 0.0])
+    # group 1: the hit gets the group max 0.4 (above its own 0.1)
+    np.testing.assert_allclose(r[1], [0.4, 0.2, 0.3, 0.4])
+    no_gate = hybrid_rewards(r_pref, relevance, valid, hits, tau=0.5, gate=False, calibrate=False)
+    np.testing.assert_allclose(no_gate[0], [0.9, 0.5, 0.2, 0.0])
+    # a hit whose own r_pref is the best keeps it even when the gate zeroes everything else
+    only = hybrid_rewards(np.array([[0.8, 0.3]]), np.array([[0.0, 0.0]]), np.ones((1, 2), bool),
+                          np.array([[True, False]]), tau=0.5, gate=True, calibrate=True)
+    np.testing.assert_allclose(only, [[0.8, 0.0]])
+
+
+def test_group_advantages_are_standardised_and_zero_for_equal_rewards():
+    a = group_advantages(np.array([[1.0, 2.0, 3.0, 6.0], [0.5, 0.5, 0.5, 0.5]]))
+    np.testing.assert_allclose(a[0].mean(), 0, atol=1e-12)
+    np.testing.assert_allclose(a[0].std(), 1, atol=1e-9)
+    np.testing.assert_allclose(a[0], (np.array([1, 2, 3, 6]) - 3) / np.std([1, 2, 3, 6]))
+    assert (a[1] == 0).all()
+
+
+def test_grpo_sr_loss_matches_a_direct_computation():
+    torch.manual_seed(0)
+    logits = torch.randn(6, 3, 5, requires_grad=True)
+    labels = torch.randint(0, 5, (6, 3))
+    adv = torch.randn(6)
+    nll = torch.tensor(1.7, requires_grad=True)
+    logp = torch.log_softmax(logits, -1).gather(-1, labels.unsqueeze(-1)).squeeze(-1)
+    loss, terms = grpo_sr_loss(logp, adv, nll, alpha=0.3)
+    loss.backward()
+    ours = logits.grad.clone(), nll.grad.clone()
+    logits.grad, nll.grad = None, None
+    # direct: the ratio is 1 in value, so the policy term is -mean_i(A_i) and its gradient is REINFORCE's
+    logp2 = torch.log_softmax(logits, -1).gather(-1, labels.unsqueeze(-1)).squeeze(-1)
+    direct = -(adv * logp2.mean(1)).mean() + 0.3 * nll
+    direct.backward()
+    assert terms["loss_policy"] == pytest.approx(float(-adv.mean()), abs=1e-6)
+    assert terms["loss_nll"] == pytest.approx(1.7)
+    assert float(loss.detach()) == pytest.approx(float(-adv.mean() + 0.3 * 1.7), abs=1e-6)
+    torch.testing.assert_close(ours[0], logits.grad)
+    torch.testing.assert_close(ours[1], nll.grad)
+    # the KL term (k3) is zero when the policy is the reference and positive otherwise
+    _, t = grpo_sr_loss(logp, adv, None, 0.0, logp.detach(), kl_coef=0.1)
+    assert t["loss_kl"] == pytest.approx(0.0, abs=1e-7)
+    _, t = grpo_sr_loss(logp, adv, None, 0.0, logp.detach() - 0.5, kl_coef=0.1)
+    assert t["loss_kl"] > 0.05
+
+
+@pytest.fixture(scope="module")
+def tiny():
+    codes = np.stack([np.arange(64) // 16, (np.arange(64) // 4) % 4, np.arange(64) % 4], axis=1)
+    sid_map = SidMap(np.arange(100, 164), codes, (4, 4, 4))
+    torch.manual_seed(0)
+    return sid_map, build_model("tiny", "", sid_map.sizes, True, sid_map.fingerprint())
+
+
+def test_an_all_equal_reward_group_gives_zero_policy_gradient(tiny):
+    sid_map, model = tiny
+    hist = [sid_map.item_codes([100, 101, 102]), sid_map.item_codes([140])]
+    codes, items = sample_rollouts(model, hist, sid_map, 4, 1.0, True, _masks(sid_map),
+                                   torch.Generator().manual_seed(1))
+    batch = rollout_batch(hist, codes, model.vocab, True)
+    model.zero_grad()
+    logp = token_logprobs(model, batch, 3)
+    adv = torch.from_numpy(group_advantages(np.full((2, 4), 0.37)).reshape(-1)).float()
+    loss, _ = grpo_sr_loss(logp, adv, None, alpha=0.0)
+    loss.backward()
+    assert all(p.grad is None or float(p.grad.abs().max()) == 0.0 for p in model.parameters())
+    # and a group with different rewards does move the policy
+    model.zero_grad()
+    adv = torch.from_numpy(group_advantages(np.array([[0.1, 0.2, 0.3, 0.9]] * 2)).reshape(-1)).float()
+    loss, _ = grpo_sr_loss(token_logprobs(model, batch, 3), adv, None, alpha=0.0)
+    loss.backward()
+    assert max(float(p.grad.abs().max()) for p in model.parameters() if p.grad is not None) > 0
+
+
+def _masks(sid_map):
+    from genrec.model.beam_search import PrefixMasks
+
+    return PrefixMasks(sid_map.trie())
+
+
+def test_rollouts_are_items_when_constrained_and_replay_from_the_seed(tiny):
+    sid_map, model = tiny
+    small = SidMap(sid_map.item_ids[::5], sid_map.codes[::5], sid_map.sizes)  # a sparse catalog: most SIDs are no item
+    hist = [small.item_codes([100, 105]), small.item_codes([110])]
+    codes, items = sample_rollouts(model, hist, small, 16, 1.0, True, _masks(small), torch.Generator().manual_seed(3))
+    assert codes.shape == (2, 16, 3) and (items >= 0).all()
+    again, _ = sample_rollouts(model, hist, small, 16, 1.0, True, _masks(small), torch.Generator().manual_seed(3))
+    np.testing.assert_array_equal(codes, again)
+    _, free = sample_rollouts(model, hist, small, 64, 1.0, False, None, torch.Generator().manual_seed(3))
+    assert (free == -1).any(), "free sampling over a sparse catalog should produce SIDs that are no item"
+
+
+def test_reward_at_k_and_relevance():
+    values = np.array([[0.1, 0.9, 0.3], [0.5, 0.0, 0.2]])
+    assert reward_at_k(values, [1, 2, 3]) == pytest.approx({"r@1": 0.3, "r@2": 0.7, "r@3": 0.7})
+    emb = ItemEmbeddings(np.array([7, 8, 9]), np.array([[1.0, 0.0], [0.0, 2.0], [1.0, 1.0]]))
+    rel = emb.relevance([[7, 7], [8]], np.array([[9, -1], [7, 8]]), recent=5)
+    np.testing.assert_allclose(rel, [[np.sqrt(0.5), -1.0], [0.0, 1.0]], atol=1e-6)
+
+
+def test_reward_model_hard_search_save_and_load(tiny, tmp_path):
+    sid_map, _ = tiny
+    torch.manual_seed(0)
+    model = SimRewardModel(sid_map.item_ids, sid_map.codes, sid_map.sizes, "hard", 3, 2, 8, 2, [8], sid_map.fingerprint())
+    history = torch.tensor([[0, 1, 17, 2, 33, 3]])  # rows: 1-3 share level-1 code 0 with row 4; 17, 33 do not
+    cand = torch.tensor([4])
+    h, c = model.item_vectors(history), model.item_vectors(cand)
+    idx, picked = model.search(history, cand, h, c)
+    assert sorted(history[0, idx[0][picked[0]]].tolist()) == [1, 2, 3]
+    model.save(tmp_path / "rm")
+    loaded = SimRewardModel.load(tmp_path / "rm")
+    hist = torch.tensor([[0, 1, 2, 3], [5, 6, 7, 8]])
+    np.testing.assert_allclose(model.score(hist, torch.tensor([4, 0])), loaded.score(hist, torch.tensor([4, 0])))
+    assert loaded.score(hist, torch.tensor([4, 0]))[1] == 0.0  # no item scores 0
