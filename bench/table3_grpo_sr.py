@@ -71,11 +71,12 @@ def main() -> None:
         metrics = json.loads((ev / "metrics.json").read_text())
         rows.setdefault("sft", metrics["genrec_sft"])
         rows[name] = metrics["genrec"]
-    lines = ["| variant | " + " | ".join(COLUMNS) + " | final reward_mean | final invalid | final zero-adv groups |",
-             "|" + "---|" * (len(COLUMNS) + 4)]
+    lines = ["| variant | " + " | ".join(COLUMNS) + " | final reward_mean | final invalid | final gated | final hits "
+             "| final zero-adv groups |", "|" + "---|" * (len(COLUMNS) + 6)]
     for name, r in rows.items():
         rep = reports.get(name, {})
-        extra = [rep.get("final_reward_mean"), rep.get("final_invalid_share"), rep.get("final_zero_advantage_groups")]
+        extra = [rep.get(f"final_{k}") for k in ("reward_mean", "invalid_share", "gated_share", "hit_share",
+                                                 "zero_advantage_groups")]
         lines.append(f"| {name} | " + " | ".join(f"{r.get(c, float('nan')):.4f}" for c in COLUMNS) + " | "
                      + " | ".join("-" if v is None else f"{v:.3f}" for v in extra) + " |")
     table = "\n".join(lines)
