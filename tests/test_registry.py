@@ -3,6 +3,7 @@ rerun without a duplicate version, a better challenger promoted, a failing model
 loaded back as a pyfunc that returns items for a history."""
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -95,6 +96,10 @@ def test_gate_and_register_decisions_in_the_registry(model_and_sids, make_cfg, t
     assert client.get_model_version_by_alias("genrec-test-registry", "challenger").version == "2"
 
     loaded = mlflow.pyfunc.load_model("models:/genrec-test-registry@champion")
+    local = mlflow.artifacts.download_artifacts("models:/genrec-test-registry@champion")
+    files = {p.relative_to(local).as_posix() for p in Path(local).rglob("*") if p.is_file()}
+    assert {"artifacts/config.yaml", "artifacts/serving.json", "artifacts/sids/sid_table.parquet",
+            "artifacts/model/model.safetensors"} <= files, files
     out = loaded.predict(pd.DataFrame({"history": [[1, 2, 3], [40]]}))
     assert list(out.columns) == ["items", "scores"] and len(out) == 2
     items = np.array(out["items"].tolist())

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import shutil
 import tempfile
 from pathlib import Path
 
@@ -72,8 +73,9 @@ def version_metrics(mv) -> dict[str, float]:
     return json.loads(mv.tags.get(METRICS_TAG, "{}"))
 
 
-def log_and_register(name: str, model_dir: Path, sids_dir: Path, serving: dict, tags: dict[str, str]):
-    """Log the pyfunc (models-from-code: nothing pickled) in the active run and register it as a new version."""
+def log_and_register(name: str, model_dir: Path, sids_dir: Path, serving: dict, tags: dict[str, str], config_yaml: str):
+    """Log the pyfunc (models-from-code: nothing pickled) in the active run and register it as a new version.
+    Inside: the model folder, the SID table, serving.json and the pipeline's resolved config.yaml."""
     import mlflow
     import pandas as pd
     from mlflow.models import infer_signature
@@ -83,6 +85,10 @@ def log_and_register(name: str, model_dir: Path, sids_dir: Path, serving: dict, 
     with tempfile.TemporaryDirectory() as tmp:
         serving_path = Path(tmp) / "serving.json"
         serving_path.write_text(json.dumps(serving, indent=2))
+        config_path = Path(tmp) / "config.yaml"
+        config_path.write_text(config_yaml)
+        model_copy = Path(tmp) / "model"  # a stable name inside the registered model, whatever the source folder
+        shutil.copytree(model_dir, model_copy)
         sids = Path(tmp) / "sids"
         sids.mkdir()
         for f in ("sid_table.parquet", "codebooks.npz"):
@@ -91,7 +97,8 @@ def log_and_register(name: str, model_dir: Path, sids_dir: Path, serving: dict, 
         example_out = pd.DataFrame({"items": [[0] * serving["top_k"]], "scores": [[0.0] * serving["top_k"]]})
         info = mlflow.pyfunc.log_model(
             name="recommender", python_model=str(ENTRY),
-            artifacts={"model": str(model_dir), "sids": str(sids), "serving": str(serving_path)},
+            artifacts={"model": str(model_copy), "sids": str(sids), "serving": str(serving_path),
+                       "config": str(config_path)},
             code_paths=[str(Path(genrec.__file__).parent)],
             pip_requirements=["torch", "transformers", "safetensors", "numpy", "pandas", "pyarrow", "pydantic", "pyyaml"],
             signature=infer_signature(example_in, example_out, params={"k": serving["top_k"]}))

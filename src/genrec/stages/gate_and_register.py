@@ -56,7 +56,8 @@ def run_gate_and_register(cfg: PipelineConfig, eval_dir: str | Path, model_dir: 
             tags = {reg.GATE_TAG: "passed" if decision.passed else "rejected", "genrec.reason": decision.reason[:4000],
                     reg.METRICS_TAG: json.dumps(metrics), tracking.PIPELINE_TAG: pipeline_run_id}
             if existing is None:
-                mv = reg.log_and_register(name, model_dir, sids_dir, serving, {reg.HASH_TAG: digest, **tags})
+                mv = reg.log_and_register(name, model_dir, sids_dir, serving, {reg.HASH_TAG: digest, **tags},
+                                          cfg.to_yaml())
                 result["new_version"] = True
             else:
                 mv = existing
