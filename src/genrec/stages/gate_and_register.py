@@ -64,6 +64,7 @@ def run_gate_and_register(cfg: PipelineConfig, eval_dir: str | Path, model_dir: 
                 if existing.tags.get(reg.GATE_TAG) == "passed" and not decision.passed:
                     tags[reg.GATE_TAG] = "passed"  # a version that passed once keeps its record; this run is rejected
                     decision.reason += f" (version {mv.version} passed an earlier gate; its aliases are left as they are)"
+            tags["genrec.reason"] = decision.reason[:4000]
             reg.apply_decision(name, mv.version, decision.passed, decision.promote, tags)
             result["version"] = str(mv.version)
             new_champ = reg.champion(name)
