@@ -100,8 +100,9 @@ class GenRecModel(nn.Module):
 
     @classmethod
     def load(cls, model_dir: str | Path) -> "GenRecModel":
-        """Rebuild from genrec_model.json and read the tensors (safetensors; nothing unpickled)."""
-        model_dir = Path(model_dir)
+        """Rebuild from genrec_model.json and read the tensors (safetensors; nothing unpickled).
+        `model_dir` is the model folder or a stage folder holding it as model/ (train-sft's, align's)."""
+        model_dir = model_folder(model_dir)
         cfg_path, weights = model_dir / CONFIG_FILE, model_dir / MODEL_FILE
         if not cfg_path.is_file() or not weights.is_file():
             raise ConfigError(f"{model_dir}: not a genrec model folder (expected {CONFIG_FILE} and {MODEL_FILE}; "
@@ -112,6 +113,12 @@ class GenRecModel(nn.Module):
         model = cls(lm, SidVocab.from_dict(meta["vocab"]), meta["token_merger"], meta.get("sid_fingerprint", ""))
         load_model(model, str(weights))
         return model.eval()
+
+
+def model_folder(path: str | Path) -> Path:
+    """The model folder of a train-sft / align output folder (its model/), or `path` itself."""
+    path = Path(path)
+    return path / "model" if (path / "model").is_dir() else path
 
 
 def build_model(size: str, pretrained_path: str, vocab_sizes: tuple[int, ...], token_merger: bool,

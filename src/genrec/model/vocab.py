@@ -124,6 +124,12 @@ class SidMap:
         h.update(self.codes[order].tobytes())
         return h.hexdigest()[:16]
 
+    def require_fingerprint(self, fingerprint: str, what: str) -> None:
+        """Refuse a model trained on another SID table (`what` names the model and where it came from)."""
+        if fingerprint != self.fingerprint():
+            raise InputDataError(f"{what} was trained on other semantic IDs than {self.source} (fingerprint "
+                                 f"{fingerprint} vs {self.fingerprint()}); use the SID table it was trained on, or retrain")
+
     def rows(self, items, where: str = "") -> np.ndarray:
         """Row numbers of `items`; unknown items are an error naming them (the SID map must cover the catalog)."""
         out = [self._row.get(int(i), -1) for i in items]

@@ -114,8 +114,10 @@ class SimRewardModel(nn.Module):
 
     @classmethod
     def load(cls, model_dir: str | Path) -> "SimRewardModel":
-        """Rebuild from reward_model.json and the safetensors weights."""
+        """Rebuild from reward_model.json and the safetensors weights; `model_dir` may be train-reward's folder."""
         model_dir = Path(model_dir)
+        if (model_dir / "reward_model").is_dir():
+            model_dir = model_dir / "reward_model"
         if not (model_dir / CONFIG_FILE).is_file() or not (model_dir / WEIGHTS_FILE).is_file():
             raise ConfigError(f"{model_dir}: not a reward model folder (expected {CONFIG_FILE} and {WEIGHTS_FILE}; "
                               "run train-reward first)")

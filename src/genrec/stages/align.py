@@ -44,12 +44,9 @@ def loop_config(cfg: PipelineConfig) -> LoopConfig:
 
 
 def _load_checked(sft_dir: Path, reward_dir: Path, sid_map: SidMap) -> tuple[GenRecModel, SimRewardModel]:
-    policy = GenRecModel.load(sft_dir / "model" if (sft_dir / "model").is_dir() else sft_dir)
-    reward = SimRewardModel.load(reward_dir / "reward_model" if (reward_dir / "reward_model").is_dir() else reward_dir)
-    for name, fp, where in (("model", policy.sid_fingerprint, sft_dir), ("reward model", reward.sid_fingerprint, reward_dir)):
-        if fp != sid_map.fingerprint():
-            raise InputDataError(f"the {name} in {where} was trained on other semantic IDs than {sid_map.source} "
-                                 f"(fingerprint {fp} vs {sid_map.fingerprint()}); retrain it on this SID table")
+    policy, reward = GenRecModel.load(sft_dir), SimRewardModel.load(reward_dir)
+    sid_map.require_fingerprint(policy.sid_fingerprint, f"the model in {sft_dir}")
+    sid_map.require_fingerprint(reward.sid_fingerprint, f"the reward model in {reward_dir}")
     return policy, reward
 
 
@@ -73,7 +70,7 @@ def run_align(cfg: PipelineConfig, sft_dir: str | Path, reward_dir: str | Path, 
     reward.to(device)
     reference = None
     if a.kl_coef > 0:
-        reference = GenRecModel.load(sft_dir / "model" if (sft_dir / "model").is_dir() else sft_dir).to(device)
+        reference = GenRecModel.load(sft_dir).to(device)
         reference.requires_grad_(False)
     emb_ids, emb_vec = embeddings_dir / "item_ids.npy", embeddings_dir / "embeddings.npy"
     if not emb_ids.is_file() or not emb_vec.is_file():

@@ -70,11 +70,8 @@ def metrics_table(rows: dict[str, dict[str, float]]) -> pd.DataFrame:
 
 
 def _load_model(model_dir: Path, sid_map: SidMap) -> GenRecModel:
-    model = GenRecModel.load(model_dir / "model" if (model_dir / "model").is_dir() else model_dir)
-    if model.sid_fingerprint != sid_map.fingerprint():
-        raise InputDataError(f"the model in {model_dir} was trained on other semantic IDs than {sid_map.source} "
-                             f"(fingerprint {model.sid_fingerprint} vs {sid_map.fingerprint()}); evaluate with the "
-                             "SID table it was trained on, or retrain")
+    model = GenRecModel.load(model_dir)
+    sid_map.require_fingerprint(model.sid_fingerprint, f"the model in {model_dir}")
     return model
 
 
@@ -138,10 +135,8 @@ def _add_reward_metrics(cfg: PipelineConfig, rows: dict, rankings: dict, scored:
     from genrec.reward.sim_model import SimRewardModel
 
     if reward_dir:
-        reward_dir = Path(reward_dir)
-        reward = SimRewardModel.load(reward_dir / "reward_model" if (reward_dir / "reward_model").is_dir() else reward_dir)
-        if reward.sid_fingerprint != sid_map.fingerprint():
-            raise InputDataError(f"the reward model in {reward_dir} was trained on other semantic IDs than {sid_map.source}")
+        reward = SimRewardModel.load(reward_dir)
+        sid_map.require_fingerprint(reward.sid_fingerprint, f"the reward model in {reward_dir}")
         long_histories = [[int(i) for i in h] for h in scored["history_items"]]
         for name, ranked in rankings.items():
             values = reward_model_values(reward, sid_map, long_histories, ranked, cfg.reward.max_history)

@@ -22,6 +22,7 @@ from pathlib import Path
 from genrec import tracking
 from genrec.config import PipelineConfig
 from genrec.errors import InputDataError
+from genrec.model.genrec_model import model_folder
 from genrec.registry import mlflow_registry as reg
 from genrec.registry.gate import decide, decision_html, decision_markdown, flatten_metrics
 
@@ -30,7 +31,7 @@ def run_gate_and_register(cfg: PipelineConfig, eval_dir: str | Path, model_dir: 
                           out_dir: str | Path, pipeline_run_id: str) -> dict:
     """Decide and register; returns the decision (also decision.json) with the registered version."""
     eval_dir, model_dir, sids_dir, out_dir = map(Path, (eval_dir, model_dir, sids_dir, out_dir))
-    model_dir = model_dir / "model" if (model_dir / "model").is_dir() else model_dir
+    model_dir = model_folder(model_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     if not (eval_dir / "metrics.json").is_file():
         raise InputDataError(f"{eval_dir / 'metrics.json'} not found (run evaluate first)")
