@@ -90,6 +90,20 @@ class SimulatedLogs:
     period_end: datetime
 
 
+def load_truth(raw_dir: str | Path | None) -> GroundTruth | None:
+    """The simulator's ground truth from ingest's folder, or None when the logs did not come from the simulator."""
+    path = Path(raw_dir) / GROUND_TRUTH_FILE if raw_dir else None
+    return GroundTruth.load(path) if path is not None and path.is_file() else None
+
+
+def days_since_start(timestamps, start_date) -> np.ndarray:
+    """Days (float) from the simulated period's first midnight (UTC) to each timestamp: the truth's `day`."""
+    import pandas as pd
+
+    start = pd.Timestamp(start_date.isoformat(), tz="UTC")
+    return (pd.Series(timestamps) - start).dt.total_seconds().to_numpy() / 86400.0
+
+
 def _unit(x: np.ndarray) -> np.ndarray:
     return x / (np.linalg.norm(x, axis=-1, keepdims=True) + 1e-9)
 

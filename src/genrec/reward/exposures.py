@@ -6,7 +6,6 @@ user's long history; pages without history are counted and skipped.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from datetime import date, datetime, timezone
 
 import numpy as np
 import pandas as pd
@@ -27,15 +26,14 @@ class Exposures:
     row: np.ndarray  # (E,) 1-based item rows
     label: np.ndarray  # (E,) 1.0 engaged, 0.0 exposed only
     user: np.ndarray  # (pages,) user ids
-    day: np.ndarray  # (pages,) days since period start (float), for the simulator's truth
+    page_start: np.ndarray  # (pages,) when each page began (for the simulator's truth)
     skipped_no_history: int
 
     def __len__(self) -> int:
         return len(self.label)
 
 
-def build_exposures(pages: pd.DataFrame, sid_map: SidMap, max_history: int, max_examples: int, seed: int,
-                    period_start: date | None = None) -> Exposures:
+def build_exposures(pages: pd.DataFrame, sid_map: SidMap, max_history: int, max_examples: int, seed: int) -> Exposures:
     """Labelled exposures of `pages`; at most about `max_examples`, by a seeded subset of whole pages (0: all)."""
     has_history = pages["history_items"].map(len) > 0
     skipped = int((~has_history).sum())
@@ -53,9 +51,6 @@ def build_exposures(pages: pd.DataFrame, sid_map: SidMap, max_history: int, max_
             labels.extend([1.0 if t in POSITIVE_TYPES else 0.0] * len(page[col]))
     item = np.asarray(items, dtype=np.int64)
     hist = history_rows([list(h) for h in pages["history_items"]], sid_map, max_history, "a page history")
-    start = datetime(period_start.year, period_start.month, period_start.day, tzinfo=timezone.utc) if period_start else None
-    day = ((pages["page_start"] - pd.Timestamp(start)).dt.total_seconds().to_numpy() / 86400.0 if start is not None
-           else np.zeros(len(pages)))
     return Exposures(hist, np.repeat(np.arange(len(pages)), sizes), item,
                      sid_map.rows(item, "the pages' exposures") + 1, np.asarray(labels, np.float32),
-                     pages["user_id"].to_numpy(np.int64), day, skipped)
+                     pages["user_id"].to_numpy(np.int64), pages["page_start"].to_numpy(), skipped)

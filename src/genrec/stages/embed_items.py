@@ -99,12 +99,11 @@ def _truth_correlation(raw_dir: Path, item_ids: np.ndarray, embs: dict[str, np.n
     """Simulator only: Spearman correlation of embedding similarity with the true latent item similarity."""
     from scipy.stats import spearmanr
 
-    from genrec.data.simulator import GROUND_TRUTH_FILE, GroundTruth
+    from genrec.data.simulator import load_truth
 
-    path = raw_dir / GROUND_TRUTH_FILE
-    if not path.is_file():
+    truth = load_truth(raw_dir)
+    if truth is None:
         return {}
-    truth = GroundTruth.load(path)
     v = truth.item_vec[item_ids]
     v = v / np.linalg.norm(v, axis=1, keepdims=True)
     rng = np.random.default_rng(seed)

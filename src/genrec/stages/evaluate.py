@@ -130,7 +130,7 @@ def run_evaluate(cfg: PipelineConfig, model_dir: str | Path, pages_dir: str | Pa
 def _add_reward_metrics(cfg: PipelineConfig, rows: dict, rankings: dict, scored: pd.DataFrame, sid_map: SidMap,
                         reward_dir, raw_dir) -> None:
     """R@K by the reward model (r@K) and, on the simulator, by the true preference (true_r@K), for every method."""
-    from genrec.data.simulator import GROUND_TRUTH_FILE, GroundTruth
+    from genrec.data.simulator import days_since_start, load_truth
     from genrec.eval.reward_metrics import reward_at_k, reward_model_values, true_preference_values
     from genrec.reward.sim_model import SimRewardModel
 
@@ -141,11 +141,9 @@ def _add_reward_metrics(cfg: PipelineConfig, rows: dict, rankings: dict, scored:
         for name, ranked in rankings.items():
             values = reward_model_values(reward, sid_map, long_histories, ranked, cfg.reward.max_history)
             rows[name].update(reward_at_k(values, cfg.eval.ks))
-    truth_path = Path(raw_dir) / GROUND_TRUTH_FILE if raw_dir else None
-    if truth_path is not None and truth_path.is_file() and cfg.source.kind == "simulator":
-        truth = GroundTruth.load(truth_path)
-        start = pd.Timestamp(cfg.simulator.start_date.isoformat(), tz="UTC")
-        days = (scored["page_start"] - start).dt.total_seconds().to_numpy() / 86400.0
+    truth = load_truth(raw_dir) if cfg.source.kind == "simulator" else None
+    if truth is not None:
+        days = days_since_start(scored["page_start"], cfg.simulator.start_date)
         users = scored["user_id"].to_numpy(np.int64)
         for name, ranked in rankings.items():
             values = true_preference_values(truth, users, days, ranked)

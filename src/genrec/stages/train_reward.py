@@ -36,10 +36,9 @@ def run_train_reward(cfg: PipelineConfig, pages_dir: str | Path, sids_dir: str |
     out_dir.mkdir(parents=True, exist_ok=True)
     r = cfg.reward
     sid_map = SidMap.load(sids_dir)
-    start = cfg.simulator.start_date if cfg.source.kind == "simulator" else None
-    train = build_exposures(read_split_pages(pages_dir, "train"), sid_map, r.max_history, r.max_examples, cfg.run.seed, start)
+    train = build_exposures(read_split_pages(pages_dir, "train"), sid_map, r.max_history, r.max_examples, cfg.run.seed)
     test = build_exposures(read_split_pages(pages_dir, "test"), sid_map, r.max_history, r.max_eval_examples,
-                           cfg.run.seed + 1, start)
+                           cfg.run.seed + 1)
     for name, data in (("train", train), ("test", test)):
         if len(data) == 0 or len(np.unique(data.label)) < 2:
             raise InputDataError(f"{pages_dir / 'pages'}: the {name} split has {len(data)} exposures with history "
@@ -56,7 +55,7 @@ def run_train_reward(cfg: PipelineConfig, pages_dir: str | Path, sids_dir: str |
                   "test_exposures": len(test), "skipped_no_history": train.skipped_no_history + test.skipped_no_history,
                   "final_train_loss": rows[-1]["loss"] if rows else float("nan"),
                   "test": classification_metrics(prob, test.label)}
-        truth = _truth_auc(raw_dir, test)
+        truth = _truth_auc(cfg, raw_dir, test)
         if truth is not None:
             report["test"]["true_preference_auc"] = truth
         calib = pd.DataFrame(calibration_table(prob, test.label))
@@ -72,15 +71,15 @@ def run_train_reward(cfg: PipelineConfig, pages_dir: str | Path, sids_dir: str |
     return report
 
 
-def _truth_auc(raw_dir, test) -> float | None:
+def _truth_auc(cfg: PipelineConfig, raw_dir, test) -> float | None:
     """AUC of the simulator's true preference on the test exposures, when ground_truth.npz is there."""
-    from genrec.data.simulator import GROUND_TRUTH_FILE, GroundTruth
+    from genrec.data.simulator import days_since_start, load_truth
 
-    path = Path(raw_dir) / GROUND_TRUTH_FILE if raw_dir else None
-    if path is None or not path.is_file():
+    truth = load_truth(raw_dir) if cfg.source.kind == "simulator" else None
+    if truth is None:
         return None
-    truth = GroundTruth.load(path)
-    p = truth.click_probability(test.user[test.page], test.item, test.day[test.page])
+    day = days_since_start(test.page_start, cfg.simulator.start_date)
+    p = truth.click_probability(test.user[test.page], test.item, day[test.page])
     return classification_metrics(p, test.label)["auc"]
 
 
