@@ -19,10 +19,9 @@ from __future__ import annotations
 
 import argparse
 import json
-import subprocess
-import sys
-import time
 from pathlib import Path
+
+from genrec_cli import genrec  # bench/ is on sys.path when a script here runs
 
 VARIANTS = {
     "grpo": ["align.alpha=0", "align.gate=true"],
@@ -31,12 +30,6 @@ VARIANTS = {
     "grpo_sr_wo_gate": ["align.gate=false"],
 }
 COLUMNS = ["r@1", "r@10", "r@50", "true_r@1", "true_r@10", "true_r@50", "hr@1", "hr@10", "hr@50", "har"]
-
-
-def genrec(*args: str) -> float:
-    t = time.time()
-    subprocess.run([sys.executable, "-m", "genrec.cli", *args], check=True, stdout=subprocess.DEVNULL)
-    return time.time() - t
 
 
 def main() -> None:
