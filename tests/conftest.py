@@ -150,3 +150,15 @@ def trained(sft_data, tmp_path_factory, mlflow_server):
     return out
 
 
+
+
+def kill_at_first_checkpoint(cmd: list[str], ckpt_dir: Path, env: dict) -> None:
+    """Start a training command and SIGKILL it as soon as it has written its first resumable checkpoint."""
+    import signal
+
+    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 300
+    while not (ckpt_dir / "latest").exists() and proc.poll() is None and time.time() < deadline:
+        time.sleep(0.02)
+    proc.send_signal(signal.SIGKILL)
+    assert proc.wait() == -signal.SIGKILL, "the run ended before it could be killed"

@@ -2,16 +2,14 @@
 the reward model learns the rule, and a killed GRPO-SR run resumes to the same model as an uninterrupted one."""
 
 import json
-import signal
 import subprocess
 import sys
-import time
 
 import numpy as np
 import pytest
 from safetensors.numpy import load_file
 
-from conftest import N_ITEMS, sub_env
+from conftest import N_ITEMS, kill_at_first_checkpoint, sub_env
 
 ALIGN = ["align.max_steps=30", "align.checkpoint_every=5", "align.log_every=5", "align.prompts_per_step=4",
          "align.group_size=4", "align.tau=0.0", "align.lr=1e-3", "model.max_history=20"]
@@ -59,14 +57,8 @@ def test_a_killed_align_run_resumes_to_the_same_model(sft_data, trained, reward_
     whole = subprocess.run(_align_cmd(sft_data, trained, reward, embeddings, tmp_path / "whole", mlflow_server),
                            env=sub_env(tmp_path), capture_output=True, text=True, timeout=600)
     assert whole.returncode == 0, whole.stderr[-3000:]
-    proc = subprocess.Popen(_align_cmd(sft_data, trained, reward, embeddings, tmp_path / "killed", mlflow_server),
-                            env=sub_env(tmp_path), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    latest = tmp_path / "killed" / "checkpoints" / "latest"
-    deadline = time.time() + 300
-    while not latest.exists() and proc.poll() is None and time.time() < deadline:
-        time.sleep(0.02)
-    proc.send_signal(signal.SIGKILL)
-    assert proc.wait() == -signal.SIGKILL, "the run ended before it could be killed"
+    kill_at_first_checkpoint(_align_cmd(sft_data, trained, reward, embeddings, tmp_path / "killed", mlflow_server),
+                             tmp_path / "killed" / "checkpoints", sub_env(tmp_path))
     resumed = subprocess.run(_align_cmd(sft_data, trained, reward, embeddings, tmp_path / "killed", mlflow_server),
                              env=sub_env(tmp_path), capture_output=True, text=True, timeout=600)
     assert resumed.returncode == 0, resumed.stderr[-3000:]

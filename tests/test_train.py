@@ -2,10 +2,8 @@
 outputs and errors. The data is a tiny hand-made catalog where the next (clicked) item follows from the last one."""
 
 import json
-import signal
 import subprocess
 import sys
-import time
 
 import numpy as np
 import pyarrow as pa
@@ -13,19 +11,13 @@ import pyarrow.parquet as pq
 import pytest
 from safetensors.numpy import load_file
 
-from conftest import STEPS, sft_cmd as _cmd, sub_env as _env
+from conftest import STEPS, kill_at_first_checkpoint, sft_cmd as _cmd, sub_env as _env
 
 
 def test_a_killed_run_resumes_to_the_same_model(sft_data, trained, tmp_path, mlflow_server):
     steps = STEPS
-    proc = subprocess.Popen(_cmd(sft_data, tmp_path / "killed", mlflow_server, *steps), env=_env(tmp_path),
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    latest = tmp_path / "killed" / "checkpoints" / "latest"
-    deadline = time.time() + 300
-    while not latest.exists() and proc.poll() is None and time.time() < deadline:
-        time.sleep(0.02)
-    proc.send_signal(signal.SIGKILL)
-    assert proc.wait() == -signal.SIGKILL, "the run ended before it could be killed"
+    kill_at_first_checkpoint(_cmd(sft_data, tmp_path / "killed", mlflow_server, *steps), tmp_path / "killed" / "checkpoints",
+                             _env(tmp_path))
     assert not (tmp_path / "killed" / "model").exists()
     resumed = subprocess.run(_cmd(sft_data, tmp_path / "killed", mlflow_server, *steps), env=_env(tmp_path),
                              capture_output=True, text=True, timeout=600)
