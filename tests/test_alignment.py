@@ -119,6 +119,10 @@ def test_reward_at_k_and_relevance():
     emb = ItemEmbeddings(np.array([7, 8, 9]), np.array([[1.0, 0.0], [0.0, 2.0], [1.0, 1.0]]))
     rel = emb.relevance([[7, 7], [8]], np.array([[9, -1], [7, 8]]), recent=5)
     np.testing.assert_allclose(rel, [[np.sqrt(0.5), -1.0], [0.0, 1.0]], atol=1e-6)
+    from genrec.errors import InputDataError
+
+    with pytest.raises(InputDataError, match=r"no embedding \(first: \[99\]\)"):
+        emb.relevance([[7, 99]], np.array([[8]]), recent=5)
 
 
 def test_reward_model_hard_search_save_and_load(tiny, tmp_path):

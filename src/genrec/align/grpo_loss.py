@@ -14,7 +14,7 @@ import numpy as np
 import torch
 
 from genrec.model.genrec_model import GenRecModel
-from genrec.model.samples import collate, encode_prompt
+from genrec.model.samples import collate, encode_prompt, join_prompt_target
 from genrec.model.vocab import SidVocab
 
 
@@ -23,12 +23,8 @@ def rollout_batch(history_codes: list[np.ndarray], codes: np.ndarray, vocab: Sid
     encoded = []
     for r, hist in enumerate(history_codes):
         p_ids, p_item = encode_prompt(hist, vocab, token_merger)
-        for g in range(codes.shape[1]):
-            target = vocab.code_tokens(codes[r, g])
-            ids = np.concatenate([p_ids, np.repeat(target[:, None], vocab.levels, axis=1)])
-            is_item = np.concatenate([p_item, np.zeros(len(target), bool)])
-            labels = np.concatenate([np.full(len(p_ids), -100, np.int64), target])
-            encoded.append((ids, is_item, labels))
+        for g in range(codes.shape[1]):  # the codes may be no item: encoded from codes, not item ids
+            encoded.append(join_prompt_target(p_ids, p_item, vocab.code_tokens(codes[r, g]), vocab.levels))
     return collate(encoded, vocab.pad)
 
 

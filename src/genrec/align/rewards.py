@@ -14,6 +14,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from genrec.errors import InputDataError
+
 
 class ItemEmbeddings:
     """Unit-normalised item vectors by item id (embed-items' embeddings.npy + item_ids.npy)."""
@@ -24,21 +26,24 @@ class ItemEmbeddings:
         self._row = {int(i): r for r, i in enumerate(item_ids)}
 
     def rows(self, items) -> np.ndarray:
-        return np.asarray([self._row.get(int(i), -1) for i in items], dtype=np.int64)
+        """Rows of `items`; an item without a vector is an error (embed-items must cover the SID table's items)."""
+        out = np.asarray([self._row.get(int(i), -1) for i in items], dtype=np.int64)
+        if (out < 0).any():
+            missing = sorted({int(i) for i, r in zip(items, out) if r < 0})
+            raise InputDataError(f"{len(missing)} items have no embedding (first: {missing[:10]}); the embeddings and "
+                                 "the SID table come from different runs of embed-items / assign-sids")
+        return out
 
     def relevance(self, histories: list[list[int]], items: np.ndarray, recent: int) -> np.ndarray:
         """(N, G) cosine of each item to the mean of its request's last `recent` history items; -1 for no item."""
         out = np.full(items.shape, -1.0, dtype=np.float32)
         for r, hist in enumerate(histories):
-            hrows = self.rows(hist[-recent:])
-            hrows = hrows[hrows >= 0]
-            if len(hrows) == 0:
+            if len(hist) == 0:
                 continue
-            user = self.vectors[hrows].mean(0)
+            user = self.vectors[self.rows(hist[-recent:])].mean(0)
             user /= max(float(np.linalg.norm(user)), 1e-12)
-            irows = self.rows(items[r])
-            ok = (items[r] >= 0) & (irows >= 0)
-            out[r, ok] = self.vectors[irows[ok]] @ user
+            ok = items[r] >= 0
+            out[r, ok] = self.vectors[self.rows(items[r][ok])] @ user
         return out
 
 

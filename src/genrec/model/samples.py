@@ -101,16 +101,20 @@ def encode_target(target_codes: np.ndarray, vocab: SidVocab) -> np.ndarray:
     return np.concatenate([tokens, ends], axis=1).reshape(-1)
 
 
+def join_prompt_target(p_ids: np.ndarray, p_item: np.ndarray, target: np.ndarray, levels: int):
+    """An encoded prompt followed by target token ids: (ids (T, L), is_item (T,), labels (T,), -100 on the prompt)."""
+    ids = np.concatenate([p_ids, np.repeat(target[:, None], levels, axis=1)])
+    is_item = np.concatenate([p_item, np.zeros(len(target), bool)])
+    labels = np.concatenate([np.full(len(p_ids), -100, dtype=np.int64), target])
+    return ids, is_item, labels
+
+
 def encode_sample(sample: Sample, sid_map: SidMap, vocab: SidVocab, token_merger: bool):
     """(ids (T, L), is_item (T,), labels (T,)) for one sample; unknown items raise naming the page."""
     p_ids, p_item = encode_prompt(sid_map.item_codes(sample.history, f"the history of page {sample.page_id}"), vocab,
                                   token_merger)
     target = encode_target(sid_map.item_codes(sample.target, f"the target of page {sample.page_id}"), vocab)
-    t_ids = np.repeat(target[:, None], vocab.levels, axis=1)
-    ids = np.concatenate([p_ids, t_ids])
-    is_item = np.concatenate([p_item, np.zeros(len(target), bool)])
-    labels = np.concatenate([np.full(len(p_ids), -100, dtype=np.int64), target])
-    return ids, is_item, labels
+    return join_prompt_target(p_ids, p_item, target, vocab.levels)
 
 
 def collate(encoded: list[tuple[np.ndarray, np.ndarray, np.ndarray]], pad: int):

@@ -104,7 +104,7 @@ def run_align(cfg: PipelineConfig, sft_dir: str | Path, reward_dir: str | Path, 
         r_pref = reward.score(reward_hist[idx].repeat_interleave(G, dim=0).to(device),
                               torch.from_numpy(rows.reshape(-1)).to(device)).reshape(items.shape)
         relevance = embeddings.relevance([samples[i].history for i in idx], items, a.relevance_recent)
-        hits = np.array([[int(it) in set(samples[i].target) for it in row] for i, row in zip(idx, items)])
+        hits = np.stack([np.isin(row, samples[i].target) for i, row in zip(idx, items)])
         rewards = hybrid_rewards(r_pref, relevance, valid, hits, a.tau, a.gate, a.calibrate)
         adv = torch.from_numpy(group_advantages(rewards).reshape(-1)).float().to(device)
         rb = {k: v.to(device) for k, v in rollout_batch([hist_codes[i] for i in idx], codes, policy.vocab,
