@@ -5,7 +5,7 @@ import pytest
 
 from genrec.config import SimulatorConfig
 from genrec.data import catalog
-from genrec.data.simulator import GroundTruth, simulate
+from genrec.data.simulator import GroundTruth, logging_policy, simulate
 
 
 @pytest.fixture(scope="module")
@@ -97,6 +97,29 @@ def test_interest_drifts_and_truth_roundtrips(logs, tmp_path):
     t.save(path)
     back = GroundTruth.load(path)
     assert np.allclose(back.click_probability(users, users, 5), t.click_probability(users, users, 5))
+
+
+def test_logging_policy_is_the_one_that_served_the_pages():
+    # With no popular slots every exposure must come from the user's pool of that week.
+    cfg = SimulatorConfig(n_users=80, n_items=300, days=14, popular_share=0.0)
+    ev = simulate(cfg, seed=5, progress=False).events.to_pandas()
+    policy = logging_policy(cfg, seed=5)
+    exposed = ev[ev.event_type == "expose"]
+    weeks = ((exposed["ts"] - exposed["ts"].min()).dt.days.to_numpy() // 7).clip(max=len(policy.pools) - 1)
+    in_pool = [i in set(policy.pools[w, u]) for w, u, i in zip(weeks, exposed.user_id, exposed.item_id)]
+    assert np.all(in_pool)
+    p = policy.exposure_probability(exposed.user_id.to_numpy()[:50], weeks[:50] * 7)
+    assert p.shape == (50, 300) and np.allclose(p.sum(1), cfg.page_size, rtol=0.1)
+
+
+def test_system_errors_persist_from_week_to_week():
+    def overlap(persistence):
+        pools = logging_policy(SimulatorConfig(n_users=100, n_items=2000, days=14,
+                                               system_noise_persistence=persistence), seed=1).pools
+        return np.mean([len(set(pools[0, u]) & set(pools[1, u])) for u in range(100)]) / pools.shape[2]
+
+    fresh, kept = overlap(0.0), overlap(0.9)
+    assert fresh < 0.3 and kept > 0.5
 
 
 def test_users_have_several_interests(logs, ev):

@@ -63,6 +63,13 @@ class SimulatorConfig(_Section):
     zipf_exponent: float = Field(1.0, ge=0, description="Exponent of the Zipf-like item popularity.")
     popular_share: float = Field(0.35, ge=0, le=1, description="Share of a page the existing system fills with popular items; the rest is personalised.")
     system_noise: float = Field(0.5, ge=0, description="Noise of the existing system's personalised scores (0: it knows the truth).")
+    system_noise_persistence: float = Field(
+        0.9, ge=0, le=1, description="Share of the system's score noise (as variance) that stays the same at its weekly "
+                                     "refresh: a real system's errors about a user persist. 0: every week's pool is redrawn "
+                                     "independently (consecutive pools then share ~7% of their items).")
+    pool_rank_decay: float = Field(
+        1.0, ge=0, description="How strongly the system favours its best-scored candidates: a personalised slot shows "
+                               "the pool's item of rank r with probability ~ (r + 1) ** -pool_rank_decay (0: uniform).")
     drift: float = Field(0.3, ge=0, le=1, description="How far each user's interest moves toward a new interest over the month.")
     ctr_bias: float = Field(-3.2, description="Logit offset of the click probability; sets the overall click-through rate.")
     preference_scale: float = Field(2.5, gt=0, description="Weight of latent affinity in the click logit.")

@@ -2,7 +2,8 @@
 
 The story of one request: a user who is active that day opens the feed at an hour drawn from a
 diurnal profile; the existing system fills a page with a mix of popular items and items it believes
-the user likes (a noisy estimate); the user examines position k with probability (k+1)^-decay and
+the user likes (a noisy estimate whose error mostly persists from week to week, its best guesses shown
+most often); the user examines position k with probability (k+1)^-decay and
 clicks an examined item with her true preference p(u, i, day); carts follow clicks, orders follow
 carts. Users page through several requests per session, and their interests drift slowly over the
 month. The true preference of any user-item pair on any day is saved (ground_truth.npz) so that
@@ -176,16 +177,34 @@ def _build_users(cfg: SimulatorConfig, rng: np.random.Generator, leaf_c, leaf_we
 
 
 def _system_pools(cfg, rng, truth: GroundTruth, n_weeks: int) -> np.ndarray:
-    """The existing system's personalised candidates: top items by a noisy score, refreshed weekly."""
+    """The existing system's personalised candidates: top items by a noisy score, refreshed weekly.
+
+    The noise has a persistent part (the same every week, drawn per user chunk from a fixed seed so
+    that no (users x items) matrix is kept) and a fresh part; the pool moves with the user's drift.
+    """
     pool = np.zeros((n_weeks, cfg.n_users, min(POOL_SIZE, cfg.n_items)), dtype=np.int64)
     iv = _unit(truth.item_vec).astype(np.float32)
     chunk = max(1, 2_000_000 // cfg.n_items)
+    persistent_seed = int(rng.integers(2**62))
+    keep = np.float32(np.sqrt(cfg.system_noise_persistence))
+    fresh = np.float32(np.sqrt(1.0 - cfg.system_noise_persistence))
     for w in range(n_weeks):
         uv = _unit(truth.user_vectors(np.arange(cfg.n_users), w * 7)).astype(np.float32)
         for lo in range(0, cfg.n_users, chunk):
-            s = uv[lo : lo + chunk] @ iv.T + cfg.system_noise * rng.standard_normal((len(uv[lo : lo + chunk]), cfg.n_items), dtype=np.float32)
-            pool[w, lo : lo + chunk] = np.argpartition(-s, pool.shape[2] - 1, axis=1)[:, : pool.shape[2]]
+            shape = (len(uv[lo : lo + chunk]), cfg.n_items)
+            noise = (keep * np.random.default_rng([persistent_seed, lo]).standard_normal(shape, dtype=np.float32)
+                     + fresh * rng.standard_normal(shape, dtype=np.float32))
+            s = uv[lo : lo + chunk] @ iv.T + cfg.system_noise * noise
+            top = np.argpartition(-s, pool.shape[2] - 1, axis=1)[:, : pool.shape[2]]
+            # Best first: the page draws the pool's items by rank (pool_rank_weights).
+            pool[w, lo : lo + chunk] = np.take_along_axis(top, np.argsort(-np.take_along_axis(s, top, 1), 1), 1)
     return pool
+
+
+def pool_rank_weights(pool_size: int, decay: float) -> np.ndarray:
+    """P(a personalised slot shows the pool's item of rank r) ~ (r + 1) ** -decay (0: uniform)."""
+    w = (np.arange(pool_size) + 1.0) ** -decay
+    return w / w.sum()
 
 
 def _first_unique(cands: np.ndarray, keep_n: int) -> tuple[np.ndarray, np.ndarray]:
@@ -202,16 +221,53 @@ def _first_unique(cands: np.ndarray, keep_n: int) -> tuple[np.ndarray, np.ndarra
     return keep, pos
 
 
-def simulate(cfg: SimulatorConfig, seed: int, progress: bool = True) -> SimulatedLogs:
-    """Simulate the logs: events and items in the canonical schema, plus the ground truth."""
+@dataclass
+class LoggingPolicy:
+    """The existing system that served the logged pages: each slot popular or from the user's weekly pool."""
+
+    pools: np.ndarray  # (weeks, n_users, pool size) personalised candidates, best first, refreshed weekly
+    rank_weights: np.ndarray  # (pool size,) P(a personalised slot shows the pool's item of each rank)
+    popularity: np.ndarray  # (n_items,) distribution the popular slots are drawn from
+    popular_share: float
+    page_size: int
+
+    def exposure_probability(self, user_ids: np.ndarray, days: np.ndarray) -> np.ndarray:
+        """(N, n_items): approximate P(item is on the page) for requests of these users on these days.
+
+        Each of ~page_size slots shows item i with q_i = share * pop_i + (1 - share) * w(rank of i in the pool)
+        (the de-duplication of the real draw is ignored).
+        """
+        weeks = np.minimum(np.asarray(days, dtype=np.int64) // 7, len(self.pools) - 1)
+        from_pool = np.zeros((len(weeks), len(self.popularity)))
+        np.put_along_axis(from_pool, self.pools[weeks, np.asarray(user_ids)],
+                          np.broadcast_to(self.rank_weights, (len(weeks), len(self.rank_weights))), axis=1)
+        q = self.popular_share * self.popularity[None, :] + (1 - self.popular_share) * from_pool
+        return 1.0 - (1.0 - q) ** self.page_size
+
+
+def _world(cfg: SimulatorConfig, seed: int):
+    """Catalog, users, truth and the existing system: everything drawn before the first request."""
     rng = np.random.default_rng(seed)
     leaves, leaf_c, leaf_weight, item_leaf, item_brand, item_vec, pop, logpop_z, items = _build_catalog(cfg, rng)
     u_start, u_end, activity, hour_shift = _build_users(cfg, rng, leaf_c, leaf_weight)
     truth = GroundTruth(u_start.astype(np.float32), u_end.astype(np.float32), item_vec.astype(np.float32),
                         logpop_z.astype(np.float32), item_leaf.astype(np.int32), cfg.days,
                         cfg.preference_scale, cfg.popularity_scale, cfg.ctr_bias)
-    n_weeks = (cfg.days + 6) // 7
-    pools = _system_pools(cfg, rng, truth, n_weeks)
+    pools = _system_pools(cfg, rng, truth, (cfg.days + 6) // 7)
+    policy = LoggingPolicy(pools, pool_rank_weights(pools.shape[2], cfg.pool_rank_decay), pop, cfg.popular_share,
+                           cfg.page_size)
+    return rng, items, truth, policy, activity, hour_shift
+
+
+def logging_policy(cfg: SimulatorConfig, seed: int) -> LoggingPolicy:
+    """The existing system of the logs `simulate(cfg, seed)` writes, re-derived (for headroom analyses)."""
+    return _world(cfg, seed)[3]
+
+
+def simulate(cfg: SimulatorConfig, seed: int, progress: bool = True) -> SimulatedLogs:
+    """Simulate the logs: events and items in the canonical schema, plus the ground truth."""
+    rng, items, truth, policy, activity, hour_shift = _world(cfg, seed)
+    pools, pop, weights = policy.pools, policy.popularity, policy.rank_weights
 
     # Active user-days (weekends a little busier), then requests per active user-day.
     period_start = datetime(cfg.start_date.year, cfg.start_date.month, cfg.start_date.day, tzinfo=timezone.utc)
@@ -238,7 +294,7 @@ def simulate(cfg: SimulatorConfig, seed: int, progress: bool = True) -> Simulate
     csum = np.cumsum(gaps)
     req_ts = sess_start[session_idx] + csum - csum[new_session][session_idx]
 
-    events = _simulate_requests(cfg, rng, truth, pools, pop, req_user, req_day, req_ts, progress)
+    events = _simulate_requests(cfg, rng, truth, pools, weights, pop, req_user, req_day, req_ts, progress)
     period_end_us = cfg.days * US_PER_DAY
     events["ts"] = np.minimum(events["ts"], period_end_us - 1)
     order = np.lexsort((events["tie"], events["ts"]))
@@ -262,7 +318,7 @@ def simulate(cfg: SimulatorConfig, seed: int, progress: bool = True) -> Simulate
     return SimulatedLogs(table, items_table, truth, period_start, period_end)
 
 
-def _simulate_requests(cfg, rng, truth, pools, pop, req_user, req_day, req_ts, progress) -> dict[str, np.ndarray]:
+def _simulate_requests(cfg, rng, truth, pools, weights, pop, req_user, req_day, req_ts, progress) -> dict[str, np.ndarray]:
     """Pages, exposures, clicks, carts and orders for every request, in chunks to bound memory."""
     P = cfg.page_size
     examine = (np.arange(P) + 1.0) ** -cfg.position_decay
@@ -277,7 +333,7 @@ def _simulate_requests(cfg, rng, truth, pools, pop, req_user, req_day, req_ts, p
         is_pop = rng.random((m, 2 * P)) < cfg.popular_share
         pop_draw = rng.choice(len(pop), size=(m, 2 * P), p=pop)
         pool = pools[np.minimum(days // 7, len(pools) - 1), users]
-        pers_draw = np.take_along_axis(pool, rng.integers(0, pool.shape[1], (m, 2 * P)), axis=1)
+        pers_draw = np.take_along_axis(pool, rng.choice(pool.shape[1], size=(m, 2 * P), p=weights), axis=1)
         cands = np.where(is_pop, pop_draw, pers_draw)
         keep, pos = _first_unique(cands, P)
         rows, cols = np.nonzero(keep)
