@@ -4,7 +4,8 @@ The test pages were served by the simulator's existing system (popular slots plu
 personalised candidates), and the ground truth is what the user clicked on them. So a ranking can only
 beat most-popular where the page's exposures are predictable. This script simulates the month for each
 value of `simulator.system_noise_persistence` (how much of the system's error about a user survives its
-weekly refresh) and scores, on the last day's requests with a click (the evaluate stage's requests):
+weekly refresh) and scores, on the last day's requests with a click (as the evaluate stage's requests,
+except that pages without a history are kept):
 
   popularity           clicks on the earlier days, most first (the evaluate baseline)
   recent clicks        the user's last 50 clicked items, newest first, after the 3 most popular and before
@@ -24,10 +25,9 @@ import argparse
 from pathlib import Path
 
 import numpy as np
-import pandas as pd
 
 from genrec.config import load_config
-from genrec.data.simulator import logging_policy, simulate
+from genrec.data.simulator import days_since_start, logging_policy, simulate
 from genrec.eval.metrics import ranking_metrics
 
 KS = [1, 10, 50]
@@ -39,7 +39,7 @@ def headroom(cfg, seed: int) -> tuple[dict[str, dict[str, float]], float, int]:
     logs = simulate(sc, seed, progress=False)
     policy = logging_policy(sc, seed)
     ev = logs.events.to_pandas()
-    ev["day"] = (ev["ts"] - pd.Timestamp(logs.period_start)).dt.days
+    ev["day"] = np.floor(days_since_start(ev["ts"], sc.start_date)).astype(int)
     clicks = ev[ev.event_type == "click"]
     last = sc.days - 1
     test = clicks[clicks.day == last].groupby("request_id").agg(user=("user_id", "first"), ts=("ts", "first"),

@@ -231,16 +231,20 @@ class LoggingPolicy:
     popular_share: float
     page_size: int
 
+    def user_pools(self, user_ids: np.ndarray, days: np.ndarray) -> np.ndarray:
+        """(N, pool size): each request's pool (that user's, of that day's week), best first."""
+        weeks = np.minimum(np.asarray(days, dtype=np.int64) // 7, len(self.pools) - 1)
+        return self.pools[weeks, np.asarray(user_ids)]
+
     def exposure_probability(self, user_ids: np.ndarray, days: np.ndarray) -> np.ndarray:
         """(N, n_items): approximate P(item is on the page) for requests of these users on these days.
 
         Each of ~page_size slots shows item i with q_i = share * pop_i + (1 - share) * w(rank of i in the pool)
         (the de-duplication of the real draw is ignored).
         """
-        weeks = np.minimum(np.asarray(days, dtype=np.int64) // 7, len(self.pools) - 1)
-        from_pool = np.zeros((len(weeks), len(self.popularity)))
-        np.put_along_axis(from_pool, self.pools[weeks, np.asarray(user_ids)],
-                          np.broadcast_to(self.rank_weights, (len(weeks), len(self.rank_weights))), axis=1)
+        pools = self.user_pools(user_ids, days)
+        from_pool = np.zeros((len(pools), len(self.popularity)))
+        np.put_along_axis(from_pool, pools, np.broadcast_to(self.rank_weights, pools.shape), axis=1)
         q = self.popular_share * self.popularity[None, :] + (1 - self.popular_share) * from_pool
         return 1.0 - (1.0 - q) ** self.page_size
 
@@ -261,13 +265,13 @@ def _world(cfg: SimulatorConfig, seed: int):
 
 def logging_policy(cfg: SimulatorConfig, seed: int) -> LoggingPolicy:
     """The existing system of the logs `simulate(cfg, seed)` writes, re-derived (for headroom analyses)."""
-    return _world(cfg, seed)[3]
+    _, _, _, policy, _, _ = _world(cfg, seed)
+    return policy
 
 
 def simulate(cfg: SimulatorConfig, seed: int, progress: bool = True) -> SimulatedLogs:
     """Simulate the logs: events and items in the canonical schema, plus the ground truth."""
     rng, items, truth, policy, activity, hour_shift = _world(cfg, seed)
-    pools, pop, weights = policy.pools, policy.popularity, policy.rank_weights
 
     # Active user-days (weekends a little busier), then requests per active user-day.
     period_start = datetime(cfg.start_date.year, cfg.start_date.month, cfg.start_date.day, tzinfo=timezone.utc)
@@ -294,7 +298,7 @@ def simulate(cfg: SimulatorConfig, seed: int, progress: bool = True) -> Simulate
     csum = np.cumsum(gaps)
     req_ts = sess_start[session_idx] + csum - csum[new_session][session_idx]
 
-    events = _simulate_requests(cfg, rng, truth, pools, weights, pop, req_user, req_day, req_ts, progress)
+    events = _simulate_requests(cfg, rng, truth, policy, req_user, req_day, req_ts, progress)
     period_end_us = cfg.days * US_PER_DAY
     events["ts"] = np.minimum(events["ts"], period_end_us - 1)
     order = np.lexsort((events["tie"], events["ts"]))
@@ -318,7 +322,7 @@ def simulate(cfg: SimulatorConfig, seed: int, progress: bool = True) -> Simulate
     return SimulatedLogs(table, items_table, truth, period_start, period_end)
 
 
-def _simulate_requests(cfg, rng, truth, pools, weights, pop, req_user, req_day, req_ts, progress) -> dict[str, np.ndarray]:
+def _simulate_requests(cfg, rng, truth, policy: LoggingPolicy, req_user, req_day, req_ts, progress) -> dict[str, np.ndarray]:
     """Pages, exposures, clicks, carts and orders for every request, in chunks to bound memory."""
     P = cfg.page_size
     examine = (np.arange(P) + 1.0) ** -cfg.position_decay
@@ -331,9 +335,9 @@ def _simulate_requests(cfg, rng, truth, pools, weights, pop, req_user, req_day, 
         m = hi - lo
         # The existing system: each slot is popular or personalised; draw twice the page, keep distinct items.
         is_pop = rng.random((m, 2 * P)) < cfg.popular_share
-        pop_draw = rng.choice(len(pop), size=(m, 2 * P), p=pop)
-        pool = pools[np.minimum(days // 7, len(pools) - 1), users]
-        pers_draw = np.take_along_axis(pool, rng.choice(pool.shape[1], size=(m, 2 * P), p=weights), axis=1)
+        pop_draw = rng.choice(len(policy.popularity), size=(m, 2 * P), p=policy.popularity)
+        pool = policy.user_pools(users, days)
+        pers_draw = np.take_along_axis(pool, rng.choice(pool.shape[1], size=(m, 2 * P), p=policy.rank_weights), axis=1)
         cands = np.where(is_pop, pop_draw, pers_draw)
         keep, pos = _first_unique(cands, P)
         rows, cols = np.nonzero(keep)
