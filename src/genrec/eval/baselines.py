@@ -44,6 +44,12 @@ class SASRec(nn.Module):
         self.blocks = nn.TransformerEncoder(layer, cfg.layers, enable_nested_tensor=False)
         self.norm = nn.LayerNorm(cfg.hidden)
         self.drop = nn.Dropout(cfg.dropout)
+        # Small embeddings, as in BERT/GPT: with nn.Embedding's N(0, 1) the tied logits start near +-sqrt(hidden),
+        # the first loss is twice ln(catalog) and on Amazon Beauty 10 epochs reached R@10 0.010 instead of 0.067.
+        for emb in (self.item, self.pos):
+            nn.init.normal_(emb.weight, std=0.02)
+        with torch.no_grad():
+            self.item.weight[0] = 0
 
     def hidden(self, seq: torch.Tensor) -> torch.Tensor:
         """(B, T) item rows, left-padded with 0 -> (B, T, hidden) causal states."""
