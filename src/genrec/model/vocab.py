@@ -19,6 +19,7 @@ import numpy as np
 import pyarrow.parquet as pq
 
 from genrec.errors import InputDataError
+from genrec.sid.trie import SidTrie
 
 SPECIALS = ("<pad>", "<bos>", "<sep>", "<eos>")
 
@@ -109,10 +110,8 @@ class SidMap:
             key = key * size + codes[:, level]
         return key
 
-    def trie(self) -> "SidTrie":
+    def trie(self) -> SidTrie:
         """The prefix index over these SIDs (what constrained decoding follows)."""
-        from genrec.sid.trie import SidTrie
-
         return SidTrie(self.codes, list(self.sizes))
 
     def fingerprint(self) -> str:
