@@ -56,8 +56,9 @@ def test_sasrec_sequences_are_the_last_training_page_history_plus_its_positives(
 
 
 def test_untrained_sasrec_scores_the_catalog_near_uniformly_and_learns_a_successor_rule():
-    """An untrained SASRec starts near ln(catalog) (large initial logits slowed Amazon Beauty tenfold) and learns
-    a planted rule: after item i comes item i + 1."""
+    """An untrained SASRec starts near ln(catalog) and learns a planted rule: after item i comes item i + 1.
+    (With N(0, 1) embeddings the first loss was 42 here, and Amazon Beauty reached R@10 0.010 after 10 epochs
+    against 0.067.)"""
     import torch
 
     from genrec.config import SasrecConfig
