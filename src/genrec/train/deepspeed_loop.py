@@ -184,7 +184,7 @@ def run_loop(model: torch.nn.Module, loss_fn: Callable, make_batch: Callable[[np
         bar.update(1)
         if step % cfg.log_every == 0 or step == total:
             elapsed = max(time.time() - t0, 1e-9)
-            tokens = torch.tensor([window_tokens], dtype=torch.float64)
+            tokens = torch.tensor([window_tokens], dtype=torch.float64, device=device)  # nccl reduces GPU tensors only
             torch.distributed.all_reduce(tokens)
             last_loss = float(np.mean(window_loss)) if window_loss else float("nan")
             row = {"loss": last_loss, "lr": scheduler.get_last_lr()[0], "tokens_per_s": float(tokens) / elapsed,
