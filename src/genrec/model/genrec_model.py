@@ -19,12 +19,19 @@ from pathlib import Path
 import torch
 from safetensors.torch import load_model, save_model
 from torch import nn
+from torch.nn.attention import SDPBackend, sdpa_kernel
 from transformers import Qwen2Config, Qwen2ForCausalLM
 
 from genrec.errors import ConfigError
 from genrec.model.vocab import SidVocab
 
 MODEL_FILE, CONFIG_FILE = "model.safetensors", "genrec_model.json"
+
+# Scaled-dot-product attention backends the model may use: all but cuDNN's. For bf16 inputs on an H100,
+# torch picks cuDNN's fused attention, which builds an execution plan for every new sequence shape (~17 ms
+# of CPU per call, measured); length-grouped batches and beam search bring new shapes at almost every
+# step, and DeepSpeed bf16 training of the demo model ran 10x slower than fp32 (bench/results/gpu_sft.md).
+SDPA_BACKENDS = [SDPBackend.FLASH_ATTENTION, SDPBackend.EFFICIENT_ATTENTION, SDPBackend.MATH]
 
 # Backbone shapes. The qwen2.5-* presets are the shapes of the released Qwen2.5 models (weights are not
 # downloaded: load a local checkpoint with model.pretrained_path to start from them, as the paper does).
@@ -79,8 +86,10 @@ class GenRecModel(nn.Module):
                 position_ids: torch.Tensor | None = None, past_key_values=None, use_cache: bool = False,
                 logits_to_keep: int = 0):
         """The backbone's output (logits, and the KV cache when `use_cache`)."""
-        return self.lm(inputs_embeds=self.embed(ids, is_item), attention_mask=attention_mask, position_ids=position_ids,
-                       past_key_values=past_key_values, use_cache=use_cache, logits_to_keep=logits_to_keep)
+        with sdpa_kernel(SDPA_BACKENDS):
+            return self.lm(inputs_embeds=self.embed(ids, is_item), attention_mask=attention_mask,
+                           position_ids=position_ids, past_key_values=past_key_values, use_cache=use_cache,
+                           logits_to_keep=logits_to_keep)
 
     def loss(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
         """Next-token cross-entropy over the target tokens only (labels -100 elsewhere), mean per target token."""
