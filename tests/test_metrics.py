@@ -74,7 +74,16 @@ def test_untrained_sasrec_scores_the_catalog_near_uniformly_and_learns_a_success
     assert abs(first_loss.item() - np.log(n_items)) < 0.5
     rng = np.random.default_rng(0)
     starts = rng.integers(1, n_items - max_len, 600)
-    model = train_sasrec([list(range(s, s + max_len + 1)) for s in starts], n_items, cfg, max_len, seed=0)
     histories = [list(range(s, s + 4)) for s in range(1, n_items - 5, 7)]
+    successor = np.array([h[-1] + 1 for h in histories])
+    curve = {}  # the per-epoch hook (bench/sasrec_epochs.py) sees the model as it trains
+
+    def on_epoch(epoch, m):
+        curve[epoch] = np.mean(sasrec_rank(m.eval(), histories, max_len, top=1)[:, 0] == successor)
+        m.train()
+
+    model = train_sasrec([list(range(s, s + max_len + 1)) for s in starts], n_items, cfg, max_len, 0, on_epoch)
     top1 = sasrec_rank(model, histories, max_len, top=1)[:, 0]
-    assert np.mean(top1 == np.array([h[-1] + 1 for h in histories])) > 0.9
+    assert np.mean(top1 == successor) > 0.9
+    assert sorted(curve) == list(range(1, cfg.epochs + 1))
+    assert curve[cfg.epochs] == np.mean(top1 == successor) and curve[1] < curve[cfg.epochs]

@@ -12,6 +12,8 @@
 
 from __future__ import annotations
 
+from typing import Callable
+
 import numpy as np
 import pandas as pd
 import torch
@@ -90,34 +92,39 @@ def user_sequences(train_pages: pd.DataFrame, row_of: dict[int, int]) -> list[li
     return seqs
 
 
-def train_sasrec(sequences: list[list[int]], n_items: int, cfg: SasrecConfig, max_len: int, seed: int) -> SASRec:
-    """Train next-item prediction at every position of the sequences (1-based item rows; 0 pads)."""
+def train_sasrec(sequences: list[list[int]], n_items: int, cfg: SasrecConfig, max_len: int, seed: int,
+                 on_epoch: Callable[[int, SASRec], None] | None = None) -> SASRec:
+    """Train next-item prediction at every position of the sequences (1-based item rows; 0 pads).
+    On the GPU when there is one. `on_epoch(epoch, model)`, if given, runs after each epoch (in train mode)."""
     torch.manual_seed(seed)
-    model = SASRec(n_items, cfg, max_len)
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    model = SASRec(n_items, cfg, max_len).to(device)
     opt = torch.optim.Adam(model.parameters(), lr=cfg.lr)
     windows = [seq[max(0, end - max_len - 1):end] for seq in sequences for end in range(len(seq), 1, -max_len)]
     inputs = _left_pad([w[:-1] for w in windows], max_len)
     labels = _left_pad([w[1:] for w in windows], max_len)
     rng = np.random.default_rng(seed)
     model.train()
-    for _ in tqdm(range(cfg.epochs), desc=f"SASRec ({len(windows)} sequences)", unit="epoch"):
+    for epoch in tqdm(range(cfg.epochs), desc=f"SASRec ({len(windows)} sequences)", unit="epoch"):
         order = rng.permutation(len(inputs))
         for lo in range(0, len(order), cfg.batch_size):
             idx = order[lo:lo + cfg.batch_size]
-            x, y = torch.from_numpy(inputs[idx]), torch.from_numpy(labels[idx])
+            x, y = torch.from_numpy(inputs[idx]).to(device), torch.from_numpy(labels[idx]).to(device)
             keep = y > 0  # score only real positions: padding would cost a full-catalog softmax each
             loss = nn.functional.cross_entropy(model.scores(model.hidden(x)[keep]), y[keep])
             opt.zero_grad()
             loss.backward()
             opt.step()
+        if on_epoch is not None:
+            on_epoch(epoch + 1, model)
     return model.eval()
 
 
 @torch.no_grad()
 def sasrec_rank(model: SASRec, histories: list[list[int]], max_len: int, top: int, batch_size: int = 256) -> np.ndarray:
     """(N, top) item rows (1-based), best first, from the last position of each history."""
-    out = []
+    out, device = [], next(model.parameters()).device
     for lo in range(0, len(histories), batch_size):
-        x = torch.from_numpy(_left_pad([h[-max_len:] for h in histories[lo:lo + batch_size]], max_len))
-        out.append(torch.topk(model.scores(model.hidden(x)[:, -1]), top, dim=1).indices.numpy())
+        x = torch.from_numpy(_left_pad([h[-max_len:] for h in histories[lo:lo + batch_size]], max_len)).to(device)
+        out.append(torch.topk(model.scores(model.hidden(x)[:, -1]), top, dim=1).indices.cpu().numpy())
     return np.concatenate(out) if out else np.zeros((0, top), dtype=np.int64)
