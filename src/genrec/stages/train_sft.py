@@ -11,6 +11,7 @@ and writes the model.
 from __future__ import annotations
 
 import json
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -20,7 +21,7 @@ from genrec import tracking
 from genrec.config import PipelineConfig
 from genrec.data.io import read_split_pages
 from genrec.errors import InputDataError
-from genrec.model.genrec_model import build_model
+from genrec.model.genrec_model import GenRecModel, build_model
 from genrec.model.samples import batch_order, build_samples, collate, encode_sample
 from genrec.model.vocab import SidMap
 from genrec.train.deepspeed_loop import LoopConfig, ds_config, gathered_state, init_distributed, run_loop
@@ -34,12 +35,22 @@ def loop_config(cfg: PipelineConfig) -> LoopConfig:
                       keep_checkpoints=s.keep_checkpoints, log_every=s.log_every, seed=cfg.run.seed)
 
 
-def run_train_sft(cfg: PipelineConfig, pages_dir: str | Path, sids_dir: str | Path, out_dir: str | Path,
-                  pipeline_run_id: str) -> dict:
-    """Train the model on the training pages; returns the report (also report.json)."""
-    pages_dir, sids_dir, out_dir = Path(pages_dir), Path(sids_dir), Path(out_dir)
-    rank, world, _ = init_distributed()
-    out_dir.mkdir(parents=True, exist_ok=True)
+@dataclass
+class TrainingSet:
+    """What a training run needs besides its loop settings: the fresh model, the encoded samples and the
+    sample counts (the start of report.json)."""
+
+    model: GenRecModel
+    encoded: list
+    lengths: np.ndarray
+    report: dict
+
+    def make_batch(self, indices: np.ndarray) -> dict:
+        return collate([self.encoded[i] for i in indices], self.model.vocab.pad)
+
+
+def prepare_training(cfg: PipelineConfig, pages_dir: Path, sids_dir: Path, world: int = 1) -> TrainingSet:
+    """Build the samples of the training pages and a freshly initialised (seeded) model."""
     sid_map = SidMap.load(sids_dir)
     pages = read_split_pages(pages_dir, "train")
     samples, counts = build_samples(pages, cfg.sft.mode, cfg.sft.target_types, cfg.model.max_history,
@@ -56,7 +67,6 @@ def run_train_sft(cfg: PipelineConfig, pages_dir: str | Path, sids_dir: str | Pa
                         sid_map.fingerprint(), cfg.model.attn_implementation)
     vocab = model.vocab
     encoded = [encode_sample(s, sid_map, vocab, cfg.model.token_merger) for s in samples]
-    lengths = np.array([len(e[0]) for e in encoded])
     hist_len = np.array([len(s.history) for s in samples])
     report = {"mode": cfg.sft.mode, "token_merger": cfg.model.token_merger, "n_pages": counts.pages,
               "n_samples": len(samples), "skipped_empty_history": counts.skipped_empty_history,
@@ -65,19 +75,29 @@ def run_train_sft(cfg: PipelineConfig, pages_dir: str | Path, sids_dir: str | Pa
               "prompt_len_unmerged": float(np.mean(hist_len * vocab.levels + 2)),
               "mean_target_items": float(np.mean([len(s.target) for s in samples])),
               "n_parameters": sum(p.numel() for p in model.parameters()), "world_size": world}
+    return TrainingSet(model, encoded, np.array([len(e[0]) for e in encoded]), report)
+
+
+def run_train_sft(cfg: PipelineConfig, pages_dir: str | Path, sids_dir: str | Path, out_dir: str | Path,
+                  pipeline_run_id: str) -> dict:
+    """Train the model on the training pages; returns the report (also report.json)."""
+    pages_dir, sids_dir, out_dir = Path(pages_dir), Path(sids_dir), Path(out_dir)
+    rank, world, _ = init_distributed()
+    out_dir.mkdir(parents=True, exist_ok=True)
+    data = prepare_training(cfg, pages_dir, sids_dir, world)
+    model, report = data.model, data.report
     loop = loop_config(cfg)
     (out_dir / "ds_config.json").write_text(json.dumps(ds_config(loop, world), indent=2))
 
     def epoch_batches(epoch: int):
-        return batch_order(lengths, cfg.sft.micro_batch_size, cfg.run.seed, epoch, cfg.sft.length_grouped)
+        return batch_order(data.lengths, cfg.sft.micro_batch_size, cfg.run.seed, epoch, cfg.sft.length_grouped)
 
     track_ctx = tracking.stage_run(cfg, "train-sft", pipeline_run_id) if rank == 0 else tracking.no_run()
     with track_ctx as track:
         track.params({"model": cfg.model.model_dump(mode="json"), "sft": cfg.sft.model_dump(mode="json")})
         track.json(ds_config(loop, world), "train/ds_config.json")
         track.metrics({k: v for k, v in report.items() if isinstance(v, (int, float)) and not isinstance(v, bool)})
-        result = run_loop(model, lambda m, b: m.loss(b), lambda idx: collate([encoded[i] for i in idx], vocab.pad),
-                          epoch_batches, loop, out_dir / "checkpoints",
+        result = run_loop(model, lambda m, b: m.loss(b), data.make_batch, epoch_batches, loop, out_dir / "checkpoints",
                           lambda step, row: track.metrics({f"train/{k}": v for k, v in row.items()}, step=step),
                           lambda b: int(b["attention_mask"].sum()), desc="train-sft")
         report.update({"steps": result.steps, "resumed_from_step": result.resumed_from_step,
