@@ -6,7 +6,7 @@ embeddings as inputs_embeds) and SID trie, at beam widths 10 and 50. Printed per
 each, the throughput ratio (ours / HF), and how often the two agree (same top-B set, same order).
 
     python bench/beam_search_vs_generate.py [--model-dir work/stages/sft --sids-dir work/stages/sids]
-        [--requests 256] [--batch 32]
+        [--requests 256] [--batch 32] [--device cuda]
 
 Without --model-dir, a demo-size model is built (seeded random init) over a synthetic catalog of
 --items items with 3-level SIDs; its logits are far from uniform enough for unambiguous rankings.
@@ -35,16 +35,16 @@ def hf_generate(model: GenRecModel, sid_map: SidMap, histories: list[np.ndarray]
         level = len(generated)
         if level >= levels:
             return [vocab.eos]
-        prefix = (generated - torch.tensor(starts[:level])).reshape(1, level)
+        prefix = (generated.cpu() - torch.tensor(starts[:level])).reshape(1, level)
         return (torch.nonzero(masks.allowed(level, prefix)[0]).flatten() + starts[level]).tolist()
 
-    ids, is_item, attn, _ = left_pad_prompts(histories, model, torch.device("cpu"))
+    ids, is_item, attn, _ = left_pad_prompts(histories, model, next(model.parameters()).device)
     with torch.no_grad():
         out = model.lm.generate(inputs_embeds=model.embed(ids, is_item), attention_mask=attn, num_beams=beam,
                                 num_return_sequences=beam, max_new_tokens=levels, do_sample=False,
                                 prefix_allowed_tokens_fn=allowed, pad_token_id=vocab.pad, eos_token_id=None,
                                 length_penalty=0.0, early_stopping=True)
-    codes = (out[:, -levels:] - torch.tensor(starts)).numpy()
+    codes = (out[:, -levels:].cpu() - torch.tensor(starts)).numpy()
     return sid_map.items_of(codes).reshape(len(histories), beam)
 
 
@@ -69,18 +69,21 @@ def main() -> None:
     ap.add_argument("--batch", type=int, default=32)
     ap.add_argument("--history", type=int, default=20)
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     args = ap.parse_args()
     if args.model_dir:
         model, sid_map = GenRecModel.load(args.model_dir).eval(), SidMap.load(args.sids_dir)
     else:
         model, sid_map = synthetic(args.items, args.seed)
+    model = model.to(args.device)
+    where = torch.cuda.get_device_name() if args.device.startswith("cuda") else f"cpu, {torch.get_num_threads()} threads"
     rng = np.random.default_rng(args.seed)
     histories = [sid_map.codes[rng.integers(0, len(sid_map.item_ids), rng.integers(3, args.history + 1))]
                  for _ in range(args.requests)]
     masks = PrefixMasks(sid_map.trie())
     print(f"model: {sum(p.numel() for p in model.parameters()) / 1e6:.2f}M parameters, token merger "
           f"{model.token_merger}; catalog {len(sid_map.item_ids)} items, codebooks {sid_map.sizes}; "
-          f"{args.requests} requests in batches of {args.batch}; torch threads {torch.get_num_threads()}")
+          f"{args.requests} requests in batches of {args.batch}; {where}")
     print("| beam | genrec req/s | HF generate req/s | ratio | same top-B set | same order |")
     print("|---|---|---|---|---|---|")
     for beam in (10, 50):
