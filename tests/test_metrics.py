@@ -87,3 +87,33 @@ def test_untrained_sasrec_scores_the_catalog_near_uniformly_and_learns_a_success
     assert np.mean(top1 == successor) > 0.9
     assert sorted(curve) == list(range(1, cfg.epochs + 1))
     assert curve[cfg.epochs] == np.mean(top1 == successor) and curve[1] < curve[cfg.epochs]
+
+
+def test_bert4rec_masks_at_least_one_item_per_sequence_and_learns_a_successor_rule():
+    """The cloze batches never mask padding and always mask something; an untrained model scores the catalog
+    near uniformly; trained on runs of consecutive items, it fills a [mask] after a history with the
+    successor."""
+    import torch
+
+    from genrec.config import Bert4recConfig
+    from genrec.eval.bert4rec import BERT4Rec, bert4rec_rank, cloze_batch, train_bert4rec
+
+    items = np.array([[0, 0, 0, 5], [0, 3, 4, 5], [1, 2, 3, 4]])
+    inputs, masked = cloze_batch(items, 0.01, 99, np.random.default_rng(0))
+    assert masked.any(axis=1).all() and not masked[items == 0].any()
+    assert (inputs[masked] == 99).all() and (inputs[~masked] == items[~masked]).all()
+
+    n_items, max_len, cfg = 300, 8, Bert4recConfig(epochs=40, dropout=0.0, lr=3e-3)
+    torch.manual_seed(0)
+    untrained = BERT4Rec(n_items, cfg, max_len).eval()
+    seq = torch.randint(1, n_items + 1, (64, max_len))
+    with torch.no_grad():
+        first_loss = torch.nn.functional.cross_entropy(untrained.scores(untrained.hidden(seq))[:, :, 1:].flatten(0, 1),
+                                                       seq.flatten() - 1)
+    assert abs(first_loss.item() - np.log(n_items)) < 0.5
+    rng = np.random.default_rng(0)
+    runs = [list(range(s, s + n)) for s, n in zip(rng.integers(1, n_items - max_len, 600), rng.integers(3, max_len + 1, 600))]
+    model = train_bert4rec(runs, n_items, cfg, max_len, seed=0)
+    histories = [list(range(s, s + 4)) for s in range(1, n_items - 5, 7)]
+    top1 = bert4rec_rank(model, histories, max_len, top=1)[:, 0]
+    assert np.mean(top1 == np.array([h[-1] + 1 for h in histories])) > 0.9

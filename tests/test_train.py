@@ -35,9 +35,11 @@ def test_evaluate_scores_the_model_and_refuses_other_sids(sft_data, trained, tmp
     from genrec.errors import InputDataError
     from genrec.stages.evaluate import run_evaluate
 
-    cfg = make_cfg("eval.ks=[1,10]", "eval.beam_width=10", "eval.sasrec.epochs=30")
+    cfg = make_cfg("eval.ks=[1,10]", "eval.beam_width=10", "eval.sasrec.epochs=30",
+                   "eval.baselines=[popularity,sasrec,bert4rec]")
     rows = run_evaluate(cfg, trained, sft_data / "pages", sft_data / "sids", tmp_path / "eval", "eval-test")
-    assert set(rows) == {"genrec", "popularity", "sasrec"}
+    assert set(rows) == {"genrec", "popularity", "sasrec", "bert4rec"}
+    assert rows["bert4rec"]["hr@10"] > rows["popularity"]["hr@10"], rows  # it learned from the sequences
     assert 0 <= rows["genrec"]["har"] <= 1 and rows["popularity"]["har"] == 0
     assert rows["genrec"]["hr@10"] > rows["popularity"]["hr@10"] + 0.2, rows
     assert (tmp_path / "eval" / "metrics.md").read_text().startswith("# evaluate")

@@ -217,6 +217,15 @@ class SasrecConfig(_Section):
     dropout: float = Field(0.2, ge=0, lt=1, description="Dropout on embeddings and blocks.")
 
 
+class Bert4recConfig(SasrecConfig):
+    """SASRec's shape and optimiser settings, plus the cloze task's masking rate."""
+
+    epochs: int = Field(40, gt=0, description="Passes over the users' training sequences (the cloze task learns "
+                                               "from a fifth of the positions per pass, so it needs more than SASRec).")
+    mask_prob: float = Field(0.2, gt=0, lt=1, description="Share of each training sequence's items replaced by [mask] "
+                                                          "and predicted (at least one per sequence).")
+
+
 class EvalConfig(_Section):
     ks: list[int] = Field([1, 10, 50], min_length=1, description="Cut-offs K of HR@K and NDCG@K (beam width >= max K).")
     beam_width: int = Field(50, gt=0, description="Beam width B: items generated per request.")
@@ -224,9 +233,10 @@ class EvalConfig(_Section):
                                          description="Which of a test page's item groups count as true items.")
     batch_size: int = Field(64, gt=0, description="Requests per beam-search batch.")
     max_requests: int = Field(0, ge=0, description="Evaluate at most this many test requests, a seeded subset (0: all).")
-    baselines: list[Literal["popularity", "sasrec"]] = Field(
+    baselines: list[Literal["popularity", "sasrec", "bert4rec"]] = Field(
         ["popularity", "sasrec"], description="Baselines trained and evaluated on the same split and requests.")
     sasrec: SasrecConfig = Field(default_factory=SasrecConfig, description="The SASRec baseline.")
+    bert4rec: Bert4recConfig = Field(default_factory=Bert4recConfig, description="The BERT4Rec baseline (optional).")
 
 
 class RewardConfig(_Section):

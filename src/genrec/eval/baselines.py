@@ -8,6 +8,7 @@
   user's last training page with a positive item, then that page's positive items (the history already
   holds every earlier positive interaction, up to sessionize.max_history), cut into windows of
   max_len + 1 items from the end. Ranking = the full catalog by score at the last history position.
+- BERT4Rec (optional): genrec.eval.bert4rec, on the same sequences.
 """
 
 from __future__ import annotations
@@ -67,7 +68,7 @@ class SASRec(nn.Module):
         return logits
 
 
-def _left_pad(rows: list[list[int]], length: int) -> np.ndarray:
+def left_pad(rows: list[list[int]], length: int) -> np.ndarray:
     out = np.zeros((len(rows), length), dtype=np.int64)
     for r, seq in enumerate(rows):
         seq = seq[-length:]
@@ -101,8 +102,8 @@ def train_sasrec(sequences: list[list[int]], n_items: int, cfg: SasrecConfig, ma
     model = SASRec(n_items, cfg, max_len).to(device)
     opt = torch.optim.Adam(model.parameters(), lr=cfg.lr)
     windows = [seq[max(0, end - max_len - 1):end] for seq in sequences for end in range(len(seq), 1, -max_len)]
-    inputs = _left_pad([w[:-1] for w in windows], max_len)
-    labels = _left_pad([w[1:] for w in windows], max_len)
+    inputs = left_pad([w[:-1] for w in windows], max_len)
+    labels = left_pad([w[1:] for w in windows], max_len)
     rng = np.random.default_rng(seed)
     model.train()
     for epoch in tqdm(range(cfg.epochs), desc=f"SASRec ({len(windows)} sequences)", unit="epoch"):
@@ -125,6 +126,6 @@ def sasrec_rank(model: SASRec, histories: list[list[int]], max_len: int, top: in
     """(N, top) item rows (1-based), best first, from the last position of each history."""
     out, device = [], next(model.parameters()).device
     for lo in range(0, len(histories), batch_size):
-        x = torch.from_numpy(_left_pad([h[-max_len:] for h in histories[lo:lo + batch_size]], max_len)).to(device)
+        x = torch.from_numpy(left_pad([h[-max_len:] for h in histories[lo:lo + batch_size]], max_len)).to(device)
         out.append(torch.topk(model.scores(model.hidden(x)[:, -1]), top, dim=1).indices.cpu().numpy())
     return np.concatenate(out) if out else np.zeros((0, top), dtype=np.int64)

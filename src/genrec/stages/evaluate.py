@@ -24,6 +24,7 @@ from genrec.config import PipelineConfig
 from genrec.data.io import read_split_pages
 from genrec.errors import ConfigError, InputDataError
 from genrec.eval.baselines import popularity_ranking, sasrec_rank, train_sasrec, user_sequences
+from genrec.eval.bert4rec import bert4rec_rank, train_bert4rec
 from genrec.eval.metrics import hallucination_rate, ranking_metrics
 from genrec.model.beam_search import PrefixMasks, beam_search
 from genrec.model.genrec_model import GenRecModel
@@ -109,9 +110,10 @@ def run_evaluate(cfg: PipelineConfig, model_dir: str | Path, pages_dir: str | Pa
         if "popularity" in e.baselines:
             rankings["popularity"] = np.tile(popularity_ranking(train, e.beam_width), (len(histories), 1))
             rows["popularity"] = ranking_metrics(rankings["popularity"], truths, e.ks) | {"har": 0.0}
-        if "sasrec" in e.baselines:
-            rankings["sasrec"] = _sasrec_ranking(cfg, train, sid_map, histories)
-            rows["sasrec"] = ranking_metrics(rankings["sasrec"], truths, e.ks) | {"har": 0.0}
+        for name in ("sasrec", "bert4rec"):
+            if name in e.baselines:
+                rankings[name] = _item_sequence_ranking(cfg, name, train, sid_map, histories)
+                rows[name] = ranking_metrics(rankings[name], truths, e.ks) | {"har": 0.0}
         _add_reward_metrics(cfg, rows, rankings, scored, sid_map, reward_dir, raw_dir)
         table = metrics_table(rows)
         table.to_csv(out_dir / "metrics.csv", index=False)
@@ -150,15 +152,22 @@ def _add_reward_metrics(cfg: PipelineConfig, rows: dict, rankings: dict, scored:
             rows[name].update({f"true_{k}": v for k, v in reward_at_k(values, cfg.eval.ks).items()})
 
 
-def _sasrec_ranking(cfg: PipelineConfig, train: pd.DataFrame, sid_map: SidMap, histories) -> np.ndarray:
-    """Train SASRec on the users' training sequences; (N, beam_width) item ids ranked over the full catalog."""
+def _item_sequence_ranking(cfg: PipelineConfig, name: str, train: pd.DataFrame, sid_map: SidMap,
+                           histories) -> np.ndarray:
+    """Train SASRec or BERT4Rec on the users' training sequences; (N, beam_width) item ids ranked over the full
+    catalog."""
     row_of = {int(i): r + 1 for r, i in enumerate(sid_map.item_ids)}  # 1-based rows; 0 pads
     sequences = user_sequences(train, row_of)
     if not sequences:
-        raise InputDataError("no user has two positive interactions in the training pages: SASRec cannot be trained")
-    max_len = cfg.model.max_history
-    model = train_sasrec(sequences, len(sid_map.item_ids), cfg.eval.sasrec, max_len, cfg.run.seed)
-    rows = sasrec_rank(model, [[row_of[i] for i in h] for h in histories], max_len, cfg.eval.beam_width)
+        raise InputDataError(f"no user has two positive interactions in the training pages: {name} cannot be trained")
+    max_len, n_items, seed = cfg.model.max_history, len(sid_map.item_ids), cfg.run.seed
+    rows_of_histories = [[row_of[i] for i in h] for h in histories]
+    if name == "sasrec":
+        model = train_sasrec(sequences, n_items, cfg.eval.sasrec, max_len, seed)
+        rows = sasrec_rank(model, rows_of_histories, max_len, cfg.eval.beam_width)
+    else:
+        model = train_bert4rec(sequences, n_items, cfg.eval.bert4rec, max_len, seed)
+        rows = bert4rec_rank(model, rows_of_histories, max_len, cfg.eval.beam_width)
     return sid_map.item_ids[rows - 1]
 
 
