@@ -2,8 +2,8 @@
 
 Runs the data stages once (genrec CLI: ingest ... assign-sids into <work>/stages/), then trains three
 GenRec variants with the same number of optimizer steps and batch size, and evaluates each on the same
-test requests; SASRec and most-popular are trained and scored by the first evaluation. Writes the
-table to --results (Markdown) and prints it.
+test requests; the baselines (--baselines: most-popular, SASRec, optionally BERT4Rec) are trained and
+scored by the first evaluation. Writes the table to --results (Markdown) and prints it.
 
     python bench/ablations.py --config configs/demo.yaml --work work/bench-ablations \
         --results bench/results/ablations_simulator.md [--steps 600] [key.sub=value ...]
@@ -37,6 +37,8 @@ def main() -> None:
     ap.add_argument("--work", required=True)
     ap.add_argument("--results", required=True)
     ap.add_argument("--steps", type=int, default=600, help="Optimizer steps of every GenRec variant.")
+    ap.add_argument("--baselines", default="popularity,sasrec",
+                    help="Baselines scored once, with the first variant (eval.baselines; bert4rec is optional).")
     ap.add_argument("overrides", nargs="*")
     args = ap.parse_args()
     work = Path(args.work).resolve()
@@ -58,11 +60,11 @@ def main() -> None:
         train_reports[name] = json.loads((out / "report.json").read_text())
         print(f"[evaluate {name}]", flush=True)
         ev = stages / f"eval-{name}"
-        baselines = "eval.baselines=[]" if rows else "eval.baselines=[popularity,sasrec]"  # the baselines once
+        baselines = "eval.baselines=[]" if rows else f"eval.baselines=[{args.baselines}]"  # the baselines once
         timings[f"evaluate {name}"] = genrec("evaluate", "--model", str(out), "--out", str(ev), *common, *extra, baselines)
         metrics = json.loads((ev / "metrics.json").read_text())
         rows[name] = metrics["genrec"]
-        rows.update({k: v for k, v in metrics.items() if k in ("sasrec", "popularity")})
+        rows.update({k: v for k, v in metrics.items() if k in args.baselines.split(",")})
     keys = [k for k in rows["genrec"] if not k.startswith("recall")]
     lines = [f"config `{args.config}` {' '.join(args.overrides)}; {args.steps} optimizer steps per GenRec variant; "
              "HaR from free (unconstrained) decoding, the other figures from trie-constrained beam search.", "",
