@@ -64,8 +64,9 @@ def matmul_tflops(dtype: torch.dtype, n: int = 8192) -> float:
 def flops_per_token(model, mean_len: float) -> float:
     lm = model.lm.config
     embed = model.lm.get_input_embeddings().weight.numel()
-    non_embedding = sum(p.numel() for p in model.parameters()) - embed
-    return 6 * (non_embedding + embed) + 6 * lm.num_hidden_layers * lm.hidden_size * mean_len
+    non_embedding = sum(p.numel() for p in model.parameters()) - embed  # untied: holds the output projection
+    head = embed if lm.tie_word_embeddings else 0  # tied: the input table is also the output projection
+    return 6 * (non_embedding + head) + 6 * lm.num_hidden_layers * lm.hidden_size * mean_len
 
 
 def train(cfg, pages: Path, sids: Path, ckpt_dir: Path):
