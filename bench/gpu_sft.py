@@ -39,11 +39,10 @@ from genrec.config import load_config
 from genrec.data.io import read_split_pages
 from genrec.eval.baselines import popularity_ranking
 from genrec.eval.metrics import hallucination_rate, ranking_metrics
-from genrec.model.samples import batch_order
 from genrec.model.vocab import SidMap
 from genrec.stages.evaluate import generate, test_requests
-from genrec.stages.train_sft import loop_config, prepare_training
-from genrec.train.deepspeed_loop import init_distributed, run_loop
+from genrec.stages.train_sft import loop_config, prepare_training, train_model
+from genrec.train.deepspeed_loop import init_distributed
 
 
 def matmul_tflops(dtype: torch.dtype, n: int = 8192) -> float:
@@ -74,15 +73,10 @@ def train(cfg, pages: Path, sids: Path, ckpt_dir: Path):
     data = prepare_training(cfg, pages, sids)
     loop = loop_config(cfg)
     loop.checkpoint_every = 10 ** 9  # timing and quality runs keep no checkpoint
-
-    def epoch_batches(epoch: int):
-        return batch_order(data.lengths, cfg.sft.micro_batch_size, cfg.run.seed, epoch, cfg.sft.length_grouped)
-
     if torch.cuda.is_available():
         torch.cuda.reset_peak_memory_stats()
     t = time.perf_counter()
-    result = run_loop(data.model, lambda m, b: m.loss(b), data.make_batch, epoch_batches, loop, ckpt_dir,
-                      lambda step, row: None, lambda b: int(b["attention_mask"].sum()), desc=f"{cfg.model.size}")
+    result = train_model(cfg, data, loop, ckpt_dir, lambda step, row: None)
     return data, result, time.perf_counter() - t
 
 

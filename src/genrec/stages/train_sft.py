@@ -13,6 +13,7 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 import torch
@@ -24,7 +25,8 @@ from genrec.errors import InputDataError
 from genrec.model.genrec_model import GenRecModel, build_model
 from genrec.model.samples import batch_order, build_samples, collate, encode_sample
 from genrec.model.vocab import SidMap
-from genrec.train.deepspeed_loop import LoopConfig, ds_config, gathered_state, init_distributed, run_loop
+from genrec.train.deepspeed_loop import (LoopConfig, LoopResult, ds_config, gathered_state, init_distributed,
+                                         run_loop)
 
 
 def loop_config(cfg: PipelineConfig) -> LoopConfig:
@@ -78,6 +80,18 @@ def prepare_training(cfg: PipelineConfig, pages_dir: Path, sids_dir: Path, world
     return TrainingSet(model, encoded, np.array([len(e[0]) for e in encoded]), report)
 
 
+def train_model(cfg: PipelineConfig, data: TrainingSet, loop: LoopConfig, ckpt_dir: Path,
+                on_log: Callable[[int, dict], None]) -> LoopResult:
+    """Page-wise (or point-wise) NTP on the training set with the DeepSpeed loop: the stage's training step,
+    also called by bench/gpu_sft.py."""
+
+    def epoch_batches(epoch: int):
+        return batch_order(data.lengths, cfg.sft.micro_batch_size, cfg.run.seed, epoch, cfg.sft.length_grouped)
+
+    return run_loop(data.model, lambda m, b: m.loss(b), data.make_batch, epoch_batches, loop, ckpt_dir, on_log,
+                    lambda b: int(b["attention_mask"].sum()), desc="train-sft")
+
+
 def run_train_sft(cfg: PipelineConfig, pages_dir: str | Path, sids_dir: str | Path, out_dir: str | Path,
                   pipeline_run_id: str) -> dict:
     """Train the model on the training pages; returns the report (also report.json)."""
@@ -89,17 +103,13 @@ def run_train_sft(cfg: PipelineConfig, pages_dir: str | Path, sids_dir: str | Pa
     loop = loop_config(cfg)
     (out_dir / "ds_config.json").write_text(json.dumps(ds_config(loop, world), indent=2))
 
-    def epoch_batches(epoch: int):
-        return batch_order(data.lengths, cfg.sft.micro_batch_size, cfg.run.seed, epoch, cfg.sft.length_grouped)
-
     track_ctx = tracking.stage_run(cfg, "train-sft", pipeline_run_id) if rank == 0 else tracking.no_run()
     with track_ctx as track:
         track.params({"model": cfg.model.model_dump(mode="json"), "sft": cfg.sft.model_dump(mode="json")})
         track.json(ds_config(loop, world), "train/ds_config.json")
         track.metrics({k: v for k, v in report.items() if isinstance(v, (int, float)) and not isinstance(v, bool)})
-        result = run_loop(model, lambda m, b: m.loss(b), data.make_batch, epoch_batches, loop, out_dir / "checkpoints",
-                          lambda step, row: track.metrics({f"train/{k}": v for k, v in row.items()}, step=step),
-                          lambda b: int(b["attention_mask"].sum()), desc="train-sft")
+        result = train_model(cfg, data, loop, out_dir / "checkpoints",
+                             lambda step, row: track.metrics({f"train/{k}": v for k, v in row.items()}, step=step))
         report.update({"steps": result.steps, "resumed_from_step": result.resumed_from_step,
                        "final_loss": result.final_loss, "tokens_per_s": result.tokens_per_s})
         with gathered_state(model, cfg.sft.zero_stage):
