@@ -16,7 +16,7 @@ from torch import nn
 from tqdm import tqdm
 
 from genrec.config import Bert4recConfig
-from genrec.eval.baselines import left_pad
+from genrec.eval.baselines import init_embeddings, left_pad, sasrec_rank
 
 
 class BERT4Rec(nn.Module):
@@ -32,10 +32,7 @@ class BERT4Rec(nn.Module):
         self.blocks = nn.TransformerEncoder(layer, cfg.layers, enable_nested_tensor=False)
         self.norm = nn.LayerNorm(cfg.hidden)
         self.drop = nn.Dropout(cfg.dropout)
-        for emb in (self.item, self.pos):  # small, as SASRec's: large tied logits stall training
-            nn.init.normal_(emb.weight, std=0.02)
-        with torch.no_grad():
-            self.item.weight[0] = 0
+        init_embeddings(self.item, self.pos)
 
     def hidden(self, seq: torch.Tensor) -> torch.Tensor:
         """(B, T) item rows, left-padded with 0 -> (B, T, hidden); every position sees every non-padding one."""
@@ -86,13 +83,8 @@ def train_bert4rec(sequences: list[list[int]], n_items: int, cfg: Bert4recConfig
     return model.eval()
 
 
-@torch.no_grad()
 def bert4rec_rank(model: BERT4Rec, histories: list[list[int]], max_len: int, top: int,
                   batch_size: int = 256) -> np.ndarray:
     """(N, top) item rows (1-based), best first: the catalog scored at a [mask] after each history."""
-    out, device = [], next(model.parameters()).device
-    for lo in range(0, len(histories), batch_size):
-        rows = [h[-(max_len - 1):] + [model.mask_row] for h in histories[lo:lo + batch_size]]
-        x = torch.from_numpy(left_pad(rows, max_len)).to(device)
-        out.append(torch.topk(model.scores(model.hidden(x)[:, -1]), top, dim=1).indices.cpu().numpy())
-    return np.concatenate(out) if out else np.zeros((0, top), dtype=np.int64)
+    with_mask = [h[-(max_len - 1):] + [model.mask_row] for h in histories]
+    return sasrec_rank(model, with_mask, max_len, top, batch_size)
