@@ -25,7 +25,7 @@ import pyarrow.parquet as pq
 
 from genrec.config import SessionizeConfig, SimulatorConfig
 from genrec.data.simulator import simulate
-from spark_jobs.sessionize import build_spark, sessionize
+from genrec.spark.sessionize import build_spark, sessionize
 
 EVENTS_PER_USER_MONTH = 578  # measured on the simulator's defaults (30 days, page size 10)
 RESULTS = Path(__file__).resolve().parent / "results"

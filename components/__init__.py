@@ -1,8 +1,52 @@
 """KFP v2 components, one module per stage. Each is thin: inputs -> one genrec stage call -> outputs.
 
-The image (docker/Dockerfile.cpu) has genrec and kfp installed, so components install nothing at
-start (install_kfp_package=False) and import genrec inside the function, as KFP requires.
+Each module holds the component's plain Python function; `build_components` turns them into KFP
+components for the images a pipeline is compiled for, so the image is a setting
+(`genrec compile --image ...`), not a constant in code. The images (docker/) have genrec and kfp
+installed, so components install nothing at start (install_kfp_package=False) and import genrec
+inside the function, as KFP requires.
 """
 
-# The runtime image every CPU component runs in; build it from docker/Dockerfile.cpu.
-CPU_IMAGE = "ghcr.io/genrec/genrec-cpu:0.1.0"
+from dataclasses import dataclass
+
+from kfp import dsl
+
+from components.align import align
+from components.assign_sids import assign_sids
+from components.embed_items import embed_items
+from components.evaluate import evaluate
+from components.gate_and_register import gate_and_register
+from components.ingest import ingest
+from components.sessionize import sessionize
+from components.train_reward import train_reward
+from components.train_sft import train_sft
+from components.validate_events import validate_events
+from components.validate_pages import validate_pages
+
+# What `make image` / `make image-gpu` tag (docker/Dockerfile, docker/Dockerfile.gpu) at this package version.
+DEFAULT_IMAGE = "ghcr.io/genrec/genrec:0.1.0"
+DEFAULT_GPU_IMAGE = "ghcr.io/genrec/genrec-gpu:0.1.0"
+
+# Tasks that train with DeepSpeed and run in the GPU image when one is given.
+GPU_TASKS = ("train_sft", "align")
+FUNCTIONS = (ingest, validate_events, sessionize, validate_pages, embed_items, assign_sids, train_sft, train_reward,
+             align, evaluate, gate_and_register)
+
+
+@dataclass(frozen=True)
+class Images:
+    """The container images a compiled pipeline names."""
+
+    cpu: str = DEFAULT_IMAGE
+    """Image of every task (docker/Dockerfile); of the training tasks too when `gpu` is empty."""
+    gpu: str = ""
+    """Image of the training tasks (train-sft, align; docker/Dockerfile.gpu); empty: the CPU image."""
+
+    def for_task(self, name: str) -> str:
+        return self.gpu if self.gpu and name in GPU_TASKS else self.cpu
+
+
+def build_components(images: Images) -> dict:
+    """The pipeline's KFP components by function name, each naming its image."""
+    return {fn.__name__: dsl.component(base_image=images.for_task(fn.__name__), install_kfp_package=False)(fn)
+            for fn in FUNCTIONS}

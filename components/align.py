@@ -1,9 +1,6 @@
 from kfp import dsl
 
-from components import CPU_IMAGE
 
-
-@dsl.component(base_image=CPU_IMAGE, install_kfp_package=False)
 def align(config_json: str, pipeline_run_id: str, kfp_run_id: str, sft: dsl.Input[dsl.Model],
           reward: dsl.Input[dsl.Model], pages: dsl.Input[dsl.Dataset], sids: dsl.Input[dsl.Dataset],
           embeddings: dsl.Input[dsl.Dataset], model: dsl.Output[dsl.Model]):

@@ -1,9 +1,6 @@
 from kfp import dsl
 
-from components import CPU_IMAGE
 
-
-@dsl.component(base_image=CPU_IMAGE, install_kfp_package=False)
 def assign_sids(config_json: str, pipeline_run_id: str, kfp_run_id: str, embeddings: dsl.Input[dsl.Dataset],
                 validated: dsl.Input[dsl.Dataset], sids: dsl.Output[dsl.Dataset], report: dsl.Output[dsl.Markdown]):
     """RQ-KMeans semantic IDs, collision handling, prefix trie and SID report (genrec.stages.assign_sids)."""

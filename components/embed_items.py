@@ -1,9 +1,6 @@
 from kfp import dsl
 
-from components import CPU_IMAGE
 
-
-@dsl.component(base_image=CPU_IMAGE, install_kfp_package=False)
 def embed_items(config_json: str, pipeline_run_id: str, kfp_run_id: str, raw: dsl.Input[dsl.Dataset],
                 validated: dsl.Input[dsl.Dataset], pages: dsl.Input[dsl.Dataset], embeddings: dsl.Output[dsl.Dataset]):
     """Text (+ image) item embeddings, fine-tuned on co-engagement pairs (genrec.stages.embed_items)."""

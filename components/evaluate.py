@@ -1,9 +1,6 @@
 from kfp import dsl
 
-from components import CPU_IMAGE
 
-
-@dsl.component(base_image=CPU_IMAGE, install_kfp_package=False)
 def evaluate(config_json: str, pipeline_run_id: str, kfp_run_id: str, model: dsl.Input[dsl.Model],
              sft: dsl.Input[dsl.Model], reward: dsl.Input[dsl.Model], raw: dsl.Input[dsl.Dataset],
              pages: dsl.Input[dsl.Dataset], sids: dsl.Input[dsl.Dataset], evaluation: dsl.Output[dsl.Dataset],

@@ -1,9 +1,6 @@
 from kfp import dsl
 
-from components import CPU_IMAGE
 
-
-@dsl.component(base_image=CPU_IMAGE, install_kfp_package=False)
 def gate_and_register(config_json: str, pipeline_run_id: str, kfp_run_id: str, evaluation: dsl.Input[dsl.Dataset],
                       model: dsl.Input[dsl.Model], sids: dsl.Input[dsl.Dataset], decision: dsl.Output[dsl.Dataset],
                       metrics: dsl.Output[dsl.Metrics], report: dsl.Output[dsl.Markdown], page: dsl.Output[dsl.HTML]):

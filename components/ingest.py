@@ -1,9 +1,6 @@
 from kfp import dsl
 
-from components import CPU_IMAGE
 
-
-@dsl.component(base_image=CPU_IMAGE, install_kfp_package=False)
 def ingest(config_json: str, pipeline_run_id: str, kfp_run_id: str, raw: dsl.Output[dsl.Dataset]):
     """Simulate the logs or read a dataset into canonical events and items (genrec.stages.ingest)."""
     from genrec.config import config_from_json

@@ -1,9 +1,6 @@
 from kfp import dsl
 
-from components import CPU_IMAGE
 
-
-@dsl.component(base_image=CPU_IMAGE, install_kfp_package=False)
 def sessionize(config_json: str, pipeline_run_id: str, kfp_run_id: str, validated: dsl.Input[dsl.Dataset],
                sessionized: dsl.Output[dsl.Dataset]):
     """Spark sessionization into sessions, training pages and co-engagement pairs (genrec.stages.sessionize)."""

@@ -1,9 +1,6 @@
 from kfp import dsl
 
-from components import CPU_IMAGE
 
-
-@dsl.component(base_image=CPU_IMAGE, install_kfp_package=False)
 def train_reward(config_json: str, pipeline_run_id: str, kfp_run_id: str, pages: dsl.Input[dsl.Dataset],
                  sids: dsl.Input[dsl.Dataset], raw: dsl.Input[dsl.Dataset], reward: dsl.Output[dsl.Model],
                  metrics: dsl.Output[dsl.Metrics], report: dsl.Output[dsl.Markdown]):

@@ -1,9 +1,6 @@
 from kfp import dsl
 
-from components import CPU_IMAGE
 
-
-@dsl.component(base_image=CPU_IMAGE, install_kfp_package=False)
 def validate_events(config_json: str, pipeline_run_id: str, kfp_run_id: str, raw: dsl.Input[dsl.Dataset],
                     validated: dsl.Output[dsl.Dataset], report: dsl.Output[dsl.Markdown]):
     """Great Expectations on events and items; quarantine; Data Docs (genrec.stages.validate_events)."""

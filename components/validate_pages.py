@@ -1,9 +1,6 @@
 from kfp import dsl
 
-from components import CPU_IMAGE
 
-
-@dsl.component(base_image=CPU_IMAGE, install_kfp_package=False)
 def validate_pages(config_json: str, pipeline_run_id: str, kfp_run_id: str, sessionized: dsl.Input[dsl.Dataset],
                    pages: dsl.Output[dsl.Dataset], report: dsl.Output[dsl.Markdown]):
     """Great Expectations on the training pages; quarantine; Data Docs (genrec.stages.validate_pages)."""

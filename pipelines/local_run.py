@@ -1,18 +1,42 @@
-"""Run the KFP pipeline on this machine with kfp.local (SubprocessRunner, the current Python environment)."""
+"""Run the KFP pipeline on this machine with kfp.local: every task as a subprocess of this Python environment
+(SubprocessRunner) or in its container image (DockerRunner).
+
+kfp.local prints each task's whole executor input (the config JSON included) and its streamed log; all of that
+goes to `<pipeline root>/kfp-local.log`, and the terminal gets one line per task as it starts and ends.
+"""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import contextlib
+import io
+import json
+import os
+import re
+import sys
+import time
+from collections import deque
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TextIO
 
+from components import Images
 from genrec.config import PipelineConfig
+from genrec.errors import ConfigError
+
+RUNNERS = ("subprocess", "docker")
+_ANSI = re.compile(r"\x1b\[[0-9;]*m")
+_START = re.compile(r"Executing task '([^']+)'")
+_END = re.compile(r"Task '([^']+)' finished with status (\w+)")
 
 
 @dataclass
 class LocalRun:
     pipeline_root: Path
     succeeded: bool
+    log_path: Path
     error: str = ""
+    failed_task: str = ""
+    failed_tail: list[str] = field(default_factory=list)
 
     def metrics_table(self) -> str:
         """The evaluate stage's Markdown table ('' when it did not run)."""
@@ -21,8 +45,6 @@ class LocalRun:
 
     def gate_decision(self) -> dict | None:
         """gate-and-register's decision.json (None when it did not run)."""
-        import json
-
         found = sorted(self.pipeline_root.glob("*/gate-and-register/decision/decision.json"))
         return json.loads(found[-1].read_text()) if found else None
 
@@ -30,17 +52,138 @@ class LocalRun:
         return sorted(self.pipeline_root.glob("*/*/*/gx/uncommitted/data_docs/local_site/index.html"))
 
 
-def run_local(cfg: PipelineConfig, pipeline_run_id: str) -> LocalRun:
-    """Run the whole pipeline locally; task outputs land under <work_dir>/kfp/<pipeline_run_id>/."""
+class TaskProgress(io.TextIOBase):
+    """A stdout for kfp.local: everything goes to the log file; task starts and ends also go to `terminal`
+    (the stream that was stdout before kfp.local's output was redirected here).
+
+    It keeps the last lines each task printed, so that a failed task's own error can be shown.
+    """
+
+    def __init__(self, log: TextIO, terminal: TextIO, tail_lines: int = 25):
+        self.log, self.terminal = log, terminal
+        self.task, self.started = "", 0.0
+        self.tail: deque[str] = deque(maxlen=tail_lines)
+        self._partial = ""
+
+    def writable(self) -> bool:
+        return True
+
+    def write(self, text: str) -> int:
+        self.log.write(text)
+        lines = (self._partial + text).split("\n")
+        self._partial = lines.pop()
+        for line in lines:
+            self._line(_ANSI.sub("", line))
+        return len(text)
+
+    def flush(self) -> None:
+        self.log.flush()
+
+    def echo(self, text: str) -> None:
+        print(text, file=self.terminal, flush=True)
+
+    def _line(self, line: str) -> None:
+        if m := _START.search(line):
+            self.task, self.started = m.group(1), time.time()
+            self.tail.clear()
+            self.echo(f"  {self.task:<20} started")
+        elif (m := _END.search(line)) and m.group(1) == self.task:
+            self.echo(f"  {self.task:<20} {m.group(2).lower():<9} {time.time() - self.started:6.0f} s")
+        elif line.strip():
+            self.tail.append(line.strip())
+
+    def failed(self) -> None:
+        """kfp.local raises on a failed task instead of logging its end: say so for the task that was running."""
+        self.echo(f"  {self.task:<20} {'failed':<9} {time.time() - self.started:6.0f} s")
+
+
+def run_local(cfg: PipelineConfig, pipeline_run_id: str, runner: str = "subprocess",
+              images: Images = Images()) -> LocalRun:
+    """Run the whole pipeline locally; task outputs land under <work_dir>/kfp/<pipeline_run_id>/.
+
+    runner "docker" runs each task in `images` (built by `make image`) with host networking, so the tasks reach an
+    MLflow server on this machine; it mounts only the pipeline root, so tracking must go to a server.
+    """
     from kfp import local
 
-    from pipelines.genrec_pipeline import genrec_pipeline
+    from pipelines.genrec_pipeline import build_pipeline
 
+    check_runner(cfg, runner)
     root = Path(cfg.run.work_dir).resolve() / "kfp" / pipeline_run_id
     root.mkdir(parents=True, exist_ok=True)
-    local.init(runner=local.SubprocessRunner(use_venv=False), pipeline_root=str(root), raise_on_error=True)
+    if runner == "docker":
+        kfp_runner, patch = _docker_runner(cfg, root)
+    else:
+        kfp_runner, patch = local.SubprocessRunner(use_venv=False), contextlib.nullcontext()
+    local.init(runner=kfp_runner, pipeline_root=str(root), raise_on_error=True)
+    log_path = root / "kfp-local.log"
+    with open(log_path, "w") as log:
+        progress = TaskProgress(log, sys.stdout)
+        try:
+            with patch, contextlib.redirect_stdout(progress), contextlib.redirect_stderr(progress):
+                build_pipeline(images)(config_json=cfg.to_json(), pipeline_run_id=pipeline_run_id)
+        except RuntimeError as exc:  # kfp.local raises RuntimeError when a task fails
+            progress.failed()
+            return LocalRun(root, False, log_path, str(exc), progress.task, list(progress.tail))
+    return LocalRun(root, True, log_path)
+
+
+def check_runner(cfg: PipelineConfig, runner: str) -> None:
+    """Refuse, before anything runs, a runner this config cannot work with."""
+    if runner not in RUNNERS:
+        raise ConfigError(f"unknown runner {runner!r}: use one of {', '.join(RUNNERS)}")
+    if runner != "docker":
+        return
+    if not cfg.run.tracking_uri.startswith(("http://", "https://")):
+        raise ConfigError(f"--runner docker needs an MLflow server the containers can reach (the tracking store is "
+                          f"{cfg.run.tracking_uri}): start `mlflow server --serve-artifacts` (artifacts go through the server: "
+                          "the containers see no path of this machine) and set MLFLOW_TRACKING_URI or run.tracking_uri "
+                          "to its http:// address")
+    if getattr(cfg.source, "path", None):
+        raise ConfigError(f"--runner docker mounts only the pipeline root into the containers, not source.path "
+                          f"({cfg.source.path}): run this source with the subprocess runner, or put its files in the image")
+
+
+def _docker_runner(cfg: PipelineConfig, root: Path):
+    """kfp.local's DockerRunner for this machine: host network, the caller's user, no image pulls."""
+    from kfp import local
+
+    args = {"network_mode": "host"}
+    if os.getuid() == 0:
+        # As root here, the containers keep the image's non-root user, which needs to write task outputs.
+        root.chmod(0o777)
+    else:
+        args["user"] = f"{os.getuid()}:{os.getgid()}"
+    return local.DockerRunner(**args), _exit_status_fix()
+
+
+@contextlib.contextmanager
+def _exit_status_fix():
+    """kfp 2.17's DockerRunner starts containers with auto_remove=True and reads the exit code after the container is
+    gone, which it takes for 0: a failed task counts as SUCCESS and the pipeline runs on (kubeflow/pipelines#13332,
+    unfixed in 2.17). For the run only, use a container runner that keeps the container until its status is read,
+    and that fails with a clear message instead of pulling an image that is not here."""
+    import docker
+    from kfp.local import docker_task_handler
+
+    def run_docker_container(client, image, command, volumes, **run_args) -> int:
+        image = docker_task_handler.add_latest_tag_if_not_present(image)
+        try:
+            client.images.get(image)
+        except docker.errors.ImageNotFound:
+            raise RuntimeError(f"image {image} is not on this machine: build it (make image) or pass --image") from None
+        container = client.containers.run(image=image, command=command, detach=True, stdout=True, stderr=True,
+                                          volumes=volumes, **run_args)
+        try:
+            for line in container.logs(stream=True):
+                print(line.decode(), end="")
+            return container.wait()["StatusCode"]
+        finally:
+            container.remove(force=True)
+
+    original = docker_task_handler.run_docker_container
+    docker_task_handler.run_docker_container = run_docker_container
     try:
-        genrec_pipeline(config_json=cfg.to_json(), pipeline_run_id=pipeline_run_id)
-    except RuntimeError as exc:  # kfp.local raises RuntimeError when a task fails; its log is already printed
-        return LocalRun(root, False, str(exc))
-    return LocalRun(root, True)
+        yield
+    finally:
+        docker_task_handler.run_docker_container = original

@@ -64,7 +64,7 @@ def mlflow_server(tmp_path_factory) -> str:
 def spark():
     """One local Spark session for every Spark test."""
     from genrec.config import SessionizeConfig
-    from spark_jobs.sessionize import build_spark
+    from genrec.spark.sessionize import build_spark
 
     session = build_spark(SessionizeConfig(master="local[2]", shuffle_partitions=4, driver_memory="2g"), "genrec-tests")
     session.sparkContext.setLogLevel("ERROR")

@@ -25,7 +25,7 @@ def test_compiled_yaml_is_current(tmp_path):
 
 
 def _genrec(*args, cwd=REPO):
-    return subprocess.run([sys.executable, "-m", "genrec.cli", *args], cwd=cwd, capture_output=True, text=True, timeout=900)
+    return subprocess.run([sys.executable, "-m", "pipelines.cli", *args], cwd=cwd, capture_output=True, text=True, timeout=900)
 
 
 @pytest.fixture(scope="module")
@@ -45,6 +45,11 @@ def test_local_run_succeeds_and_says_where_things_are(demo_run):
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     out = proc.stdout
     assert "pipeline succeeded" in out
+    # one line per task as it starts and ends; kfp.local's dumps (each task's config JSON) only in the log file
+    for stage in STAGES:
+        assert re.search(rf"^  {stage}\s+started\n  {stage}\s+success\s+\d+ s$", out, re.M), stage
+    assert "n_users" not in out
+    assert "n_users" in Path(re.search(r"^full log:\s+(\S+)$", out, re.M).group(1)).read_text()
     docs = {Path(d).parts[-7]: Path(d) for d in re.findall(r"Data Docs:\s+(\S+index\.html)", out)}
     assert sorted(docs) == ["assign-sids", "validate-events", "validate-pages"], docs
     assert all(d.is_file() for d in docs.values())
@@ -126,7 +131,9 @@ def test_failing_stage_fails_the_run_with_a_clear_message(mlflow_server, tmp_pat
                    "run.experiment=e2e-fail", "source.kind=movielens", f"source.path={tmp_path / 'missing'}")
     assert proc.returncode == 2
     assert "pipeline FAILED" in proc.stdout
-    assert "MovieLens-100K: folder" in proc.stdout + proc.stderr
+    assert re.search(r"^  ingest\s+failed\s+\d+ s$", proc.stdout, re.M)
+    assert "task ingest failed; the last lines of its log:" in proc.stderr
+    assert "MovieLens-100K: folder" in proc.stderr
     client = mlflow.MlflowClient(tracking_uri=mlflow_server)
     runs = client.search_runs([client.get_experiment_by_name("e2e-fail").experiment_id])
     assert {r.data.tags["genrec.stage"]: r.info.status for r in runs} == {"pipeline": "FAILED", "ingest": "FAILED"}

@@ -16,7 +16,7 @@ from genrec.config import SessionizeConfig, SimulatorConfig, SplitConfig
 from genrec.data.schema import EVENTS_SCHEMA
 from genrec.data.simulator import simulate
 from genrec.data.io import read_pages
-from spark_jobs.sessionize import sessionize
+from genrec.spark.sessionize import sessionize
 
 pytestmark = pytest.mark.spark
 T0 = datetime(2026, 10, 1, 10, 0, tzinfo=timezone.utc)

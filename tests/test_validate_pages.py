@@ -12,7 +12,7 @@ from genrec.data.simulator import simulate
 from genrec.errors import ValidationFailed
 from genrec.data.io import read_pages
 from genrec.stages.validate_pages import run_validate_pages
-from spark_jobs.sessionize import sessionize
+from genrec.spark.sessionize import sessionize
 
 pytestmark = pytest.mark.spark
 

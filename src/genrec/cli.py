@@ -1,8 +1,11 @@
-"""The `genrec` command line: one subcommand per stage, plus run, compile and ui.
+"""The library's command line: one subcommand per stage, plus ui and the config helpers.
+
+The installed `genrec` command is pipelines/cli.py, which adds the pipeline commands (run, compile) to
+these: the library never imports kfp or the pipeline packages. `python -m genrec.cli` runs the stage
+commands alone (torchrun uses it for multi-process training).
 
 Every command takes `--config FILE` and trailing `key.sub=value` overrides. Errors a user can fix
 (bad config, bad input, a failed validation gate) print one clear message and exit with code 2.
-`run` and `compile` import the KFP pipeline lazily: the library itself never imports kfp.
 """
 
 from __future__ import annotations
@@ -11,7 +14,6 @@ import functools
 import json
 import os
 import sys
-import time
 import uuid
 from pathlib import Path
 from typing import List, Optional
@@ -29,7 +31,8 @@ OverridesArg = typer.Argument(None, help="key.sub=value overrides, e.g. simulato
 RunIdOpt = typer.Option("", "--pipeline-run-id", help="Group this stage's MLflow run with others of one pipeline run (default: new).")
 
 
-def _friendly(fn):
+def friendly(fn):
+    """Print a GenrecError as one line and exit 2, without a traceback."""
     @functools.wraps(fn)
     def wrapper(*args, **kwargs):
         try:
@@ -40,7 +43,8 @@ def _friendly(fn):
     return wrapper
 
 
-def _config(config: Optional[Path], overrides: Optional[List[str]]) -> PipelineConfig:
+def resolve_config(config: Optional[Path], overrides: Optional[List[str]]) -> PipelineConfig:
+    """The config file + overrides, with absolute paths and the tracking URI resolved."""
     os.environ.setdefault("SPARK_LOCAL_IP", "127.0.0.1")
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     cfg = load_config(config, overrides or [])
@@ -57,21 +61,21 @@ def _out(cfg: PipelineConfig, out: Optional[Path], name: str) -> Path:
 
 
 @app.command()
-@_friendly
+@friendly
 def ingest(config: Optional[Path] = ConfigOpt, out: Optional[Path] = typer.Option(None, help="Output folder [work_dir/stages/ingest]."),
            pipeline_run_id: str = RunIdOpt, overrides: Optional[List[str]] = OverridesArg):
     """Reads the configured source (simulator, movielens, amazon_beauty, parquet); writes canonical
     events.parquet, items.parquet, manifest.json (and ground_truth.npz for the simulator) to OUT."""
     from genrec.stages.ingest import run_ingest
 
-    cfg = _config(config, overrides)
+    cfg = resolve_config(config, overrides)
     out = _out(cfg, out, "ingest")
     manifest = run_ingest(cfg, out, pipeline_run_id or uuid.uuid4().hex)
     typer.echo(f"ingested {manifest['n_events']:,} events, {manifest['n_items']:,} items -> {out}")
 
 
 @app.command("validate-events")
-@_friendly
+@friendly
 def validate_events(config: Optional[Path] = ConfigOpt,
                     input: Optional[Path] = typer.Option(None, "--input", help="The ingest folder [work_dir/stages/ingest]."),
                     out: Optional[Path] = typer.Option(None, help="Output folder [work_dir/stages/validated]."),
@@ -80,7 +84,7 @@ def validate_events(config: Optional[Path] = ConfigOpt,
     Expectations Data Docs (gx/uncommitted/data_docs/local_site/index.html) to OUT. Exit 2 if the gate stops."""
     from genrec.stages.validate_events import run_validate_events
 
-    cfg = _config(config, overrides)
+    cfg = resolve_config(config, overrides)
     out = _out(cfg, out, "validated")
     report = run_validate_events(cfg, input or _out(cfg, None, "ingest"), out, pipeline_run_id or uuid.uuid4().hex)
     for t in report["tables"]:
@@ -89,7 +93,7 @@ def validate_events(config: Optional[Path] = ConfigOpt,
 
 
 @app.command()
-@_friendly
+@friendly
 def sessionize(config: Optional[Path] = ConfigOpt,
                input: Optional[Path] = typer.Option(None, "--input", help="The validated folder [work_dir/stages/validated]."),
                out: Optional[Path] = typer.Option(None, help="Output folder [work_dir/stages/sessionized]."),
@@ -98,14 +102,14 @@ def sessionize(config: Optional[Path] = ConfigOpt,
     pairs/ (co-engagement) and report.json to OUT."""
     from genrec.stages.sessionize import run_sessionize
 
-    cfg = _config(config, overrides)
+    cfg = resolve_config(config, overrides)
     out = _out(cfg, out, "sessionized")
     report = run_sessionize(cfg, input or _out(cfg, None, "validated"), out, pipeline_run_id or uuid.uuid4().hex)
     typer.echo(json.dumps({k: v for k, v in report.items() if not k.endswith("_hist")}, indent=2))
 
 
 @app.command("validate-pages")
-@_friendly
+@friendly
 def validate_pages(config: Optional[Path] = ConfigOpt,
                    input: Optional[Path] = typer.Option(None, "--input", help="The sessionized folder [work_dir/stages/sessionized]."),
                    out: Optional[Path] = typer.Option(None, help="Output folder [work_dir/stages/pages]."),
@@ -113,14 +117,14 @@ def validate_pages(config: Optional[Path] = ConfigOpt,
     """Reads sessionized pages; writes validated pages/, pairs/, quarantine/, report.json and Data Docs to OUT."""
     from genrec.stages.validate_pages import run_validate_pages
 
-    cfg = _config(config, overrides)
+    cfg = resolve_config(config, overrides)
     out = _out(cfg, out, "pages")
     report = run_validate_pages(cfg, input or _out(cfg, None, "sessionized"), out, pipeline_run_id or uuid.uuid4().hex)
     typer.echo(f"pages per split: {report['pages_per_split']}; Data Docs: {report['data_docs']}")
 
 
 @app.command("embed-items")
-@_friendly
+@friendly
 def embed_items(config: Optional[Path] = ConfigOpt,
                 validated: Optional[Path] = typer.Option(None, help="The validated folder [work_dir/stages/validated]."),
                 pages: Optional[Path] = typer.Option(None, help="The validated pages folder, with pairs/ [work_dir/stages/pages]."),
@@ -131,14 +135,14 @@ def embed_items(config: Optional[Path] = ConfigOpt,
     embeddings_base.npy, item_ids.npy, head.safetensors and report.json (recall@10 before/after) to OUT."""
     from genrec.stages.embed_items import run_embed_items
 
-    cfg = _config(config, overrides)
+    cfg = resolve_config(config, overrides)
     report = run_embed_items(cfg, validated or _out(cfg, None, "validated"), pages or _out(cfg, None, "pages"),
                              raw or _out(cfg, None, "ingest"), _out(cfg, out, "embeddings"), pipeline_run_id or uuid.uuid4().hex)
     typer.echo(json.dumps(report, indent=2))
 
 
 @app.command("assign-sids")
-@_friendly
+@friendly
 def assign_sids(config: Optional[Path] = ConfigOpt,
                 embeddings: Optional[Path] = typer.Option(None, help="The embed-items folder [work_dir/stages/embeddings]."),
                 validated: Optional[Path] = typer.Option(None, help="The validated folder (categories) [work_dir/stages/validated]."),
@@ -148,14 +152,14 @@ def assign_sids(config: Optional[Path] = ConfigOpt,
     report.json (utilisation, reconstruction, collisions, NMI with categories) and the SID table's Data Docs to OUT."""
     from genrec.stages.assign_sids import run_assign_sids
 
-    cfg = _config(config, overrides)
+    cfg = resolve_config(config, overrides)
     report = run_assign_sids(cfg, embeddings or _out(cfg, None, "embeddings"), validated or _out(cfg, None, "validated"),
                              _out(cfg, out, "sids"), pipeline_run_id or uuid.uuid4().hex)
     typer.echo(json.dumps(report, indent=2))
 
 
 @app.command("train-sft")
-@_friendly
+@friendly
 def train_sft(config: Optional[Path] = ConfigOpt,
               pages: Optional[Path] = typer.Option(None, help="The validated pages folder [work_dir/stages/pages]."),
               sids: Optional[Path] = typer.Option(None, help="The assign-sids folder [work_dir/stages/sids]."),
@@ -166,7 +170,7 @@ def train_sft(config: Optional[Path] = ConfigOpt,
     Several processes: torchrun --nproc_per_node N -m genrec.cli train-sft ... (or the deepspeed launcher)."""
     from genrec.stages.train_sft import run_train_sft
 
-    cfg = _config(config, overrides)
+    cfg = resolve_config(config, overrides)
     report = run_train_sft(cfg, pages or _out(cfg, None, "pages"), sids or _out(cfg, None, "sids"), _out(cfg, out, "sft"),
                            pipeline_run_id or uuid.uuid4().hex)
     if os.environ.get("RANK", "0") == "0":
@@ -174,7 +178,7 @@ def train_sft(config: Optional[Path] = ConfigOpt,
 
 
 @app.command("train-reward")
-@_friendly
+@friendly
 def train_reward(config: Optional[Path] = ConfigOpt,
                  pages: Optional[Path] = typer.Option(None, help="The validated pages folder [work_dir/stages/pages]."),
                  sids: Optional[Path] = typer.Option(None, help="The assign-sids folder [work_dir/stages/sids]."),
@@ -186,7 +190,7 @@ def train_reward(config: Optional[Path] = ConfigOpt,
     writes reward_model/, calibration.csv, report.md and report.json (AUC, log loss, ECE on the test day) to OUT."""
     from genrec.stages.train_reward import run_train_reward
 
-    cfg = _config(config, overrides)
+    cfg = resolve_config(config, overrides)
     out = _out(cfg, out, "reward")
     run_train_reward(cfg, pages or _out(cfg, None, "pages"), sids or _out(cfg, None, "sids"), out,
                      pipeline_run_id or uuid.uuid4().hex, raw or _out(cfg, None, "ingest"))
@@ -194,7 +198,7 @@ def train_reward(config: Optional[Path] = ConfigOpt,
 
 
 @app.command()
-@_friendly
+@friendly
 def align(config: Optional[Path] = ConfigOpt,
           sft: Optional[Path] = typer.Option(None, help="The train-sft folder [work_dir/stages/sft]."),
           reward: Optional[Path] = typer.Option(None, help="The train-reward folder [work_dir/stages/reward]."),
@@ -207,7 +211,7 @@ def align(config: Optional[Path] = ConfigOpt,
     checkpoints/ (a rerun resumes), ds_config.json and report.json to OUT. Several processes: torchrun as for train-sft."""
     from genrec.stages.align import run_align
 
-    cfg = _config(config, overrides)
+    cfg = resolve_config(config, overrides)
     report = run_align(cfg, sft or _out(cfg, None, "sft"), reward or _out(cfg, None, "reward"),
                        pages or _out(cfg, None, "pages"), sids or _out(cfg, None, "sids"),
                        embeddings or _out(cfg, None, "embeddings"), _out(cfg, out, "aligned"),
@@ -217,7 +221,7 @@ def align(config: Optional[Path] = ConfigOpt,
 
 
 @app.command()
-@_friendly
+@friendly
 def evaluate(config: Optional[Path] = ConfigOpt,
              model: Optional[Path] = typer.Option(None, help="The model's folder (align's or train-sft's) "
                                                              "[work_dir/stages/aligned]."),
@@ -234,7 +238,7 @@ def evaluate(config: Optional[Path] = ConfigOpt,
     model) of GenRec and the baselines to OUT (metrics.md, metrics.csv, metrics.json) and prints the table."""
     from genrec.stages.evaluate import run_evaluate
 
-    cfg = _config(config, overrides)
+    cfg = resolve_config(config, overrides)
     out = _out(cfg, out, "eval")
     run_evaluate(cfg, model or _out(cfg, None, "aligned"), pages or _out(cfg, None, "pages"),
                  sids or _out(cfg, None, "sids"), out, pipeline_run_id or uuid.uuid4().hex, sft_dir=sft,
@@ -243,7 +247,7 @@ def evaluate(config: Optional[Path] = ConfigOpt,
 
 
 @app.command("gate-and-register")
-@_friendly
+@friendly
 def gate_and_register(config: Optional[Path] = ConfigOpt,
                       evaluation: Optional[Path] = typer.Option(None, help="The evaluate folder [work_dir/stages/eval]."),
                       model: Optional[Path] = typer.Option(None, help="The evaluated model's folder [work_dir/stages/aligned]."),
@@ -255,7 +259,7 @@ def gate_and_register(config: Optional[Path] = ConfigOpt,
     decision.md / .html / .json to OUT. Exit 0 either way: the decision is the output."""
     from genrec.stages.gate_and_register import run_gate_and_register
 
-    cfg = _config(config, overrides)
+    cfg = resolve_config(config, overrides)
     out = _out(cfg, out, "gate")
     run_gate_and_register(cfg, evaluation or _out(cfg, None, "eval"), model or _out(cfg, None, "aligned"),
                           sids or _out(cfg, None, "sids"), out, pipeline_run_id or uuid.uuid4().hex)
@@ -263,60 +267,11 @@ def gate_and_register(config: Optional[Path] = ConfigOpt,
 
 
 @app.command()
-@_friendly
-def run(config: Optional[Path] = ConfigOpt, overrides: Optional[List[str]] = OverridesArg):
-    """Runs the whole KFP pipeline on this machine (kfp.local, SubprocessRunner) under one MLflow parent
-    run; prints where the outputs, the MLflow run and the Data Docs are. Exit 2 if a stage fails."""
-    from genrec import tracking
-    from pipelines.local_run import run_local
-
-    cfg = _config(config, overrides)
-    run_id = uuid.uuid4().hex
-    parent = tracking.ensure_parent_run(cfg, run_id)
-    typer.echo(f"pipeline run {run_id}: MLflow parent run {parent} ({cfg.run.tracking_uri})")
-    t0 = time.time()
-    result = run_local(cfg, run_id)
-    elapsed = time.time() - t0
-    tracking.finish_parent_run(cfg, run_id, "FINISHED" if result.succeeded else "FAILED", {"pipeline_duration_s": elapsed})
-    typer.echo("")
-    typer.echo(f"pipeline {'succeeded' if result.succeeded else 'FAILED'} in {elapsed:.0f} s")
-    typer.echo(f"outputs:    {result.pipeline_root}")
-    table = result.metrics_table()
-    if table:
-        typer.echo("")
-        typer.echo(table)
-    gate = result.gate_decision()
-    if gate:
-        d = gate["decision"]
-        typer.echo(f"gate:       {'PASS' if d['passed'] else 'FAIL'}: {d['reason']}")
-        if gate["version"]:
-            typer.echo(f"registered: models:/{gate['model_name']}/{gate['version']} "
-                       f"({'new version' if gate['new_version'] else 'same content as before: no new version'}); "
-                       f"champion: {gate['champion_version'] or 'none'}")
-    typer.echo(f"MLflow run: {tracking.run_url(cfg, parent)}")
-    for docs in result.data_docs():
-        typer.echo(f"Data Docs:  {docs}")
-    if not result.succeeded:
-        typer.echo(f"error: {result.error.strip().splitlines()[-1] if result.error.strip() else 'a stage failed'} "
-                   "(the failing stage's message is printed above)", err=True)
-        raise typer.Exit(2)
-
-
-@app.command()
-@_friendly
-def compile(out: Path = typer.Option(None, help="Where to write the pipeline YAML [pipelines/genrec_pipeline.yaml].")):
-    """Compiles the KFP pipeline to YAML for a Kubernetes KFP installation."""
-    from pipelines.genrec_pipeline import COMPILED_PATH, compile_pipeline
-
-    typer.echo(f"compiled -> {compile_pipeline(out or COMPILED_PATH)}")
-
-
-@app.command()
-@_friendly
+@friendly
 def ui(config: Optional[Path] = ConfigOpt, port: int = typer.Option(5000, help="Port on 127.0.0.1."),
        overrides: Optional[List[str]] = OverridesArg):
     """Starts a local MLflow server on 127.0.0.1 over the configured store and prints its URL (Ctrl-C stops it)."""
-    cfg = _config(config, overrides)
+    cfg = resolve_config(config, overrides)
     if cfg.run.tracking_uri.startswith(("http://", "https://")):
         raise GenrecError(f"the tracking store is already a server ({cfg.run.tracking_uri}): open it in a browser; "
                           "`genrec ui` serves a local sqlite store (unset MLFLOW_TRACKING_URI or run.tracking_uri)")
@@ -330,7 +285,7 @@ def ui(config: Optional[Path] = ConfigOpt, port: int = typer.Option(5000, help="
 
 
 @app.command("config-show")
-@_friendly
+@friendly
 def config_show(config: Optional[Path] = ConfigOpt, as_json: bool = typer.Option(False, "--json", help="JSON instead of YAML."),
                 overrides: Optional[List[str]] = OverridesArg):
     """Prints the fully resolved config (file + overrides + defaults)."""

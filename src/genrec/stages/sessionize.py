@@ -1,6 +1,6 @@
 """Stage sessionize: validated events -> sessions, training pages (train/test), co-engagement pairs.
 
-The Spark work lives in spark_jobs/sessionize.py (also runnable with spark-submit); this stage
+The Spark work lives in genrec.spark.sessionize (spark-submit entry: spark_jobs/sessionize.py); this stage
 starts Spark for the configured master, runs the job and tracks it in MLflow.
 """
 
@@ -20,7 +20,7 @@ def run_sessionize(cfg: PipelineConfig, validated_dir: str | Path, out_dir: str 
 
     Pass an existing SparkSession to reuse it (tests do); otherwise one is started and stopped here.
     """
-    from spark_jobs.sessionize import build_spark, sessionize
+    from genrec.spark.sessionize import build_spark, sessionize
 
     events = Path(validated_dir) / EVENTS_FILE
     if not events.exists():
