@@ -21,13 +21,15 @@ SHELL := /bin/bash
 # pip on the project's machines warns about unreachable extra indexes; hide only that line.
 QUIET_PIP = 2>&1 | { grep -v "^WARNING: Location" || true; }
 
-.PHONY: run test install compile lint bench-sessionize ui clean lock help
+.PHONY: run test install compile lint bench-sessionize ui clean lock help wheelhouse wheelhouse-gpu image image-gpu e2e-docker
 
 help:
 	@echo "make run      create the environment (first time) and run the demo pipeline end to end"
 	@echo "make test     create the environment (first time) and run the test suite"
 	@echo "make compile  recompile pipelines/genrec_pipeline.yaml"
 	@echo "make ui       start the MLflow UI on http://127.0.0.1:5000"
+	@echo "make image    build the CPU runtime image \$$(IMAGE) (make image-gpu: \$$(GPU_IMAGE))"
+	@echo "make e2e-docker   build the CPU image and run the whole pipeline in its containers (kfp.local DockerRunner)"
 	@echo "make bench-sessionize   time the Spark job on 1M/10M/30M simulated events (long)"
 
 install: $(STAMP)
@@ -67,3 +69,57 @@ lock:
 
 clean:
 	rm -rf work .pytest_cache
+
+# ---- images (docker/) -----------------------------------------------------------------------------------------------
+# IMAGE / GPU_IMAGE: the tags built here and named by `genrec compile --image/--gpu-image`.
+# BASE_IMAGE: empty = the Dockerfiles' pinned public base; where registries are out of reach, a local Debian bookworm
+#   image with Python 3.11 (and Java 17 for the CPU image), e.g. the one ../shared/scripts/local-base-image builds.
+# OFFLINE=1: fill docker/wheelhouse from this machine's pip first and build without any package index.
+VERSION    := $(shell sed -n 's/^version = "\(.*\)"/\1/p' pyproject.toml)
+IMAGE      ?= ghcr.io/genrec/genrec:$(VERSION)
+GPU_IMAGE  ?= ghcr.io/genrec/genrec-gpu:$(VERSION)
+BASE_IMAGE ?=
+OFFLINE    ?=
+WHEELHOUSE := docker/wheelhouse
+# The legacy builder where the docker CLI has no buildx plugin; the Dockerfiles need no BuildKit feature.
+export DOCKER_BUILDKIT ?= $(if $(shell docker buildx version 2>/dev/null),1,0)
+DOCKER_BUILD = docker build --network host $(if $(BASE_IMAGE),--build-arg BASE_IMAGE=$(BASE_IMAGE)) \
+	$(if $(OFFLINE),--build-arg PIP_NO_INDEX=1) --build-arg GIT_COMMIT=$$(git rev-parse HEAD 2>/dev/null || echo unknown)
+
+wheelhouse: $(WHEELHOUSE)/.complete
+
+$(WHEELHOUSE)/.complete: pyproject.toml constraints.txt docker/requirements.py | $(STAMP)
+	@echo "filling $(WHEELHOUSE) with every dependency as a wheel (and DeepSpeed's source, built in the image) ..."
+	@mkdir -p build
+	$(BIN)/python docker/requirements.py pyproject.toml --exclude torch > build/requirements.txt
+	$(BIN)/python -m pip wheel --quiet $(TORCH_PIP_ARGS) -c constraints.txt -w $(WHEELHOUSE) torch==2.13.0 setuptools wheel packaging \
+		-r build/requirements.txt $(QUIET_PIP)
+	$(BIN)/python -m pip download --quiet --no-deps --no-binary deepspeed -c constraints.txt -d $(WHEELHOUSE) deepspeed $(QUIET_PIP)
+	@touch $@
+
+image: $(if $(OFFLINE),wheelhouse)
+	@echo "building $(IMAGE) from docker/Dockerfile ..."
+	$(DOCKER_BUILD) -f docker/Dockerfile -t $(IMAGE) .
+	docker run --rm --network host -v "$(CURDIR)/docker/smoke.py:/tmp/smoke.py:ro" $(IMAGE) python /tmp/smoke.py --expect cpu
+
+wheelhouse-gpu: docker/wheelhouse-gpu/.complete
+
+docker/wheelhouse-gpu/.complete: constraints.txt | $(STAMP)
+	@echo "downloading torch's CUDA build for this platform from PyPI into docker/wheelhouse-gpu (about 2.6 GB) ..."
+	$(BIN)/python -m pip download --quiet --isolated $(if $(PIP_CERT),--cert $(PIP_CERT)) --only-binary=:all: \
+		-d docker/wheelhouse-gpu torch==2.13.0 $(QUIET_PIP)
+	@touch $@
+
+image-gpu: $(if $(OFFLINE),wheelhouse wheelhouse-gpu)
+	@echo "building $(GPU_IMAGE) from docker/Dockerfile.gpu ..."
+	@# its own context, streamed: the CUDA wheels (GBs) stay out of the CPU image's context (.dockerignore)
+	tar -c --exclude=__pycache__ pyproject.toml constraints.txt README.md src spark_jobs components pipelines \
+		docker/Dockerfile.gpu docker/requirements.py docker/wheelhouse docker/wheelhouse-gpu \
+		| $(DOCKER_BUILD) -f docker/Dockerfile.gpu -t $(GPU_IMAGE) -
+	docker run --rm --network host -v "$(CURDIR)/docker/smoke.py:/tmp/smoke.py:ro" $(GPU_IMAGE) python /tmp/smoke.py --expect cuda
+
+# The whole pipeline, every task in its container from $(IMAGE), tracking to an MLflow server on 127.0.0.1 that this
+# target starts and stops; ends with the run's summary and loads the registered model on this machine.
+E2E_CONFIG ?= configs/e2e_docker.yaml
+e2e-docker: image install
+	$(BIN)/python bench/e2e_docker.py --image $(IMAGE) --config $(E2E_CONFIG)

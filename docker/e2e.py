@@ -1,0 +1,122 @@
+"""The whole pipeline in its containers (make e2e-docker; tests/test_docker.py runs it on the tiny config).
+
+1. Starts an MLflow server on 127.0.0.1 with proxied artifact serving: the containers upload artifacts over HTTP and
+   need no access to this machine's disk beyond the pipeline root that kfp.local mounts.
+2. Runs `genrec run --runner docker --image IMAGE` (kfp.local DockerRunner: every task in a container from IMAGE).
+3. Loads the registered model with mlflow.pyfunc.load_model("models:/<name>@champion") here, outside the
+   containers, and scores a few histories with it.
+With --compare it also runs the same config with the subprocess runner and prints both times.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import os
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from pathlib import Path
+from typing import Iterator
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@contextlib.contextmanager
+def mlflow_server(root: Path, timeout_s: float = 120) -> Iterator[str]:
+    """An MLflow server on 127.0.0.1 (sqlite store, artifacts proxied into root/artifacts); yields its URI."""
+    root.mkdir(parents=True, exist_ok=True)
+    port = free_port()
+    log = open(root / "server.log", "w")
+    proc = subprocess.Popen([sys.executable, "-m", "mlflow", "server", "--host", "127.0.0.1", "--port", str(port),
+                             "--backend-store-uri", f"sqlite:///{root}/mlflow.db", "--serve-artifacts",
+                             "--artifacts-destination", str(root / "artifacts"), "--workers", "1"],
+                            stdout=log, stderr=subprocess.STDOUT)
+    uri = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.time() + timeout_s
+        while True:
+            if proc.poll() is not None:
+                raise RuntimeError(f"mlflow server exited: {(root / 'server.log').read_text()[-2000:]}")
+            try:
+                with urllib.request.urlopen(f"{uri}/health", timeout=2) as r:
+                    if r.status == 200:
+                        break
+            except OSError:
+                if time.time() > deadline:
+                    raise RuntimeError(f"mlflow server did not answer on {uri} in {timeout_s:.0f} s") from None
+                time.sleep(0.5)
+        yield uri
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)
+        log.close()
+
+
+def genrec_run(config: str, work: Path, tracking_uri: str, *args: str,
+               timeout_s: float = 3600) -> tuple[subprocess.CompletedProcess, float]:
+    """`genrec run` of `config` into `work`, tracking to `tracking_uri` (and nowhere else); its result and seconds."""
+    env = {k: v for k, v in os.environ.items() if k != "MLFLOW_TRACKING_URI"}
+    t0 = time.time()
+    proc = subprocess.run([sys.executable, "-m", "pipelines.cli", "run", "--config", config, *args,
+                           f"run.work_dir={work}", f"run.tracking_uri={tracking_uri}"],
+                          cwd=REPO, env=env, capture_output=True, text=True, timeout=timeout_s)
+    return proc, time.time() - t0
+
+
+def load_champion(tracking_uri: str, model_name: str, pages_dir: Path, n: int = 3):
+    """Load models:/<model_name>@champion here, outside the containers, and predict for n test histories."""
+    import mlflow
+    import pandas as pd
+
+    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
+    mlflow.set_tracking_uri(tracking_uri)
+    model = mlflow.pyfunc.load_model(f"models:/{model_name}@champion")
+    pages = pd.read_parquet(pages_dir)
+    histories = [list(map(int, h)) for h in pages["history_items"] if len(h)][:n]
+    return model.predict(pd.DataFrame({"history": histories}))
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--image", required=True, help="the CPU image every task runs in (make image builds it)")
+    parser.add_argument("--config", default="configs/tiny.yaml", help="genrec config to run")
+    parser.add_argument("--work", default=None, help="work folder (default: a new temporary folder)")
+    parser.add_argument("--compare", action="store_true", help="also run the subprocess runner and print both times")
+    args = parser.parse_args()
+    work = Path(args.work or tempfile.mkdtemp(prefix="genrec-e2e-docker-")).resolve()
+    print(f"work folder: {work}")
+    with mlflow_server(work / "mlflow") as uri:
+        print(f"MLflow server: {uri}")
+        proc, docker_s = genrec_run(args.config, work / "docker", uri, "--runner", "docker", "--image", args.image)
+        print(proc.stdout, end="")
+        print(proc.stderr, end="", file=sys.stderr)
+        if proc.returncode != 0:
+            return proc.returncode
+        from genrec.config import load_config
+
+        name = load_config(args.config).registry.model_name
+        pages = next((work / "docker" / "kfp").glob("*/*/validate-pages/pages/pages/split=test"))
+        predictions = load_champion(uri, name, pages)
+        print(f"\nmodels:/{name}@champion loaded on this machine; first prediction: {predictions.iloc[0].to_dict()}")
+        print(f"docker runner:     {docker_s:.0f} s")
+        if args.compare:
+            proc, sub_s = genrec_run(args.config, work / "subprocess", uri, "--runner", "subprocess")
+            if proc.returncode != 0:
+                print(proc.stdout[-3000:] + proc.stderr[-3000:], file=sys.stderr)
+                return proc.returncode
+            print(f"subprocess runner: {sub_s:.0f} s  (docker / subprocess = {docker_s / sub_s:.2f})")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
