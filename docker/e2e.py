@@ -32,14 +32,19 @@ def free_port() -> int:
 
 
 @contextlib.contextmanager
-def mlflow_server(root: Path, timeout_s: float = 120) -> Iterator[str]:
-    """An MLflow server on 127.0.0.1 (sqlite store, artifacts proxied into root/artifacts); yields its URI."""
+def mlflow_server(root: Path, proxied_artifacts: bool = True, timeout_s: float = 120) -> Iterator[str]:
+    """An MLflow server on 127.0.0.1 with a sqlite store under root; yields its URI.
+
+    proxied_artifacts: clients upload artifacts through the server into root/artifacts (what containers need);
+    False: clients write them to root/artifacts themselves (a path on this machine).
+    """
     root.mkdir(parents=True, exist_ok=True)
     port = free_port()
+    artifacts = (["--serve-artifacts", "--artifacts-destination", str(root / "artifacts")] if proxied_artifacts
+                 else ["--default-artifact-root", (root / "artifacts").as_uri()])
     log = open(root / "server.log", "w")
     proc = subprocess.Popen([sys.executable, "-m", "mlflow", "server", "--host", "127.0.0.1", "--port", str(port),
-                             "--backend-store-uri", f"sqlite:///{root}/mlflow.db", "--serve-artifacts",
-                             "--artifacts-destination", str(root / "artifacts"), "--workers", "1"],
+                             "--backend-store-uri", f"sqlite:///{root}/mlflow.db", "--workers", "1", *artifacts],
                             stdout=log, stderr=subprocess.STDOUT)
     uri = f"http://127.0.0.1:{port}"
     try:

@@ -112,7 +112,7 @@ def run_local(cfg: PipelineConfig, pipeline_run_id: str, runner: str = "subproce
     root = Path(cfg.run.work_dir).resolve() / "kfp" / pipeline_run_id
     root.mkdir(parents=True, exist_ok=True)
     if runner == "docker":
-        kfp_runner, patch = _docker_runner(cfg, root)
+        kfp_runner, patch = _docker_runner(root)
     else:
         kfp_runner, patch = local.SubprocessRunner(use_venv=False), contextlib.nullcontext()
     local.init(runner=kfp_runner, pipeline_root=str(root), raise_on_error=True)
@@ -124,7 +124,7 @@ def run_local(cfg: PipelineConfig, pipeline_run_id: str, runner: str = "subproce
                 build_pipeline(images)(config_json=cfg.to_json(), pipeline_run_id=pipeline_run_id)
         except RuntimeError as exc:  # kfp.local raises RuntimeError when a task fails
             progress.failed()
-            return LocalRun(root, False, log_path, str(exc), progress.task, list(progress.tail))
+            return LocalRun(root, False, log_path, _ANSI.sub("", str(exc)), progress.task, list(progress.tail))
     return LocalRun(root, True, log_path)
 
 
@@ -144,7 +144,7 @@ def check_runner(cfg: PipelineConfig, runner: str) -> None:
                           f"({cfg.source.path}): run this source with the subprocess runner, or put its files in the image")
 
 
-def _docker_runner(cfg: PipelineConfig, root: Path):
+def _docker_runner(root: Path):
     """kfp.local's DockerRunner for this machine: host network, the caller's user, no image pulls."""
     from kfp import local
 

@@ -3,11 +3,9 @@
 from __future__ import annotations
 
 import os
-import socket
 import subprocess
 import sys
 import time
-import urllib.request
 from pathlib import Path
 
 import numpy as np
@@ -21,43 +19,17 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("GX_ANALYTICS_ENABLED", "false")
 
 REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO / "docker"))
+from e2e import mlflow_server as mlflow_server_at  # noqa: E402  (docker/e2e.py: the same server make e2e-docker starts)
+
 SHARED_DATA = REPO.parent / "shared" / "data"
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @pytest.fixture(scope="session")
 def mlflow_server(tmp_path_factory) -> str:
-    """A real MLflow tracking server (sqlite store) on 127.0.0.1; its URI."""
-    root = tmp_path_factory.mktemp("mlflow")
-    port = _free_port()
-    log = open(root / "server.log", "w")
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "mlflow", "server", "--host", "127.0.0.1", "--port", str(port),
-         "--backend-store-uri", f"sqlite:///{root}/mlflow.db", "--default-artifact-root", (root / "artifacts").as_uri(),
-         "--workers", "1"],
-        stdout=log, stderr=subprocess.STDOUT)
-    uri = f"http://127.0.0.1:{port}"
-    deadline = time.time() + 90
-    while time.time() < deadline:
-        if proc.poll() is not None:
-            raise RuntimeError(f"mlflow server exited: {(root / 'server.log').read_text()[-2000:]}")
-        try:
-            with urllib.request.urlopen(f"{uri}/health", timeout=2) as r:
-                if r.status == 200:
-                    break
-        except OSError:
-            time.sleep(0.5)
-    else:
-        proc.terminate()
-        raise RuntimeError("mlflow server did not start in 90 s")
-    yield uri
-    proc.terminate()
-    proc.wait(timeout=30)
+    """A real MLflow tracking server (sqlite store, artifacts on this machine's disk) on 127.0.0.1; its URI."""
+    with mlflow_server_at(tmp_path_factory.mktemp("mlflow"), proxied_artifacts=False) as uri:
+        yield uri
 
 
 @pytest.fixture(scope="session")

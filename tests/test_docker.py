@@ -11,7 +11,6 @@ import os
 import re
 import shutil
 import subprocess
-import sys
 from pathlib import Path
 
 import mlflow
@@ -19,8 +18,7 @@ import pytest
 
 REPO = Path(__file__).resolve().parents[1]
 SCRIPTS = REPO.parent / "shared" / "scripts"
-sys.path.insert(0, str(REPO / "docker"))
-import e2e  # noqa: E402  (docker/e2e.py: the same steps as make e2e-docker)
+import e2e  # noqa: E402  (docker/e2e.py, on sys.path through conftest: the same steps as make e2e-docker)
 
 pytestmark = [pytest.mark.docker, pytest.mark.slow]
 IMAGE = "ghcr.io/genrec/genrec:0.1.0"
