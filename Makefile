@@ -120,6 +120,6 @@ image-gpu: $(if $(OFFLINE),wheelhouse wheelhouse-gpu)
 
 # The whole pipeline, every task in its container from $(IMAGE), tracking to an MLflow server on 127.0.0.1 that this
 # target starts and stops; ends with the run's summary and loads the registered model on this machine.
-E2E_CONFIG ?= configs/e2e_docker.yaml
+E2E_CONFIG ?= configs/tiny.yaml
 e2e-docker: image install
-	$(BIN)/python bench/e2e_docker.py --image $(IMAGE) --config $(E2E_CONFIG)
+	$(BIN)/python docker/e2e.py --image $(IMAGE) --config $(E2E_CONFIG)
