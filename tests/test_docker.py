@@ -48,6 +48,11 @@ def docker_daemon():
 @pytest.fixture(scope="session")
 def image(docker_daemon):
     """The CPU image, built (or brought up to date from the layer cache) by `make image`; its git commit."""
+    root = subprocess.run(["docker", "info", "-f", "{{.DockerRootDir}}"], capture_output=True, text=True).stdout.strip()
+    free_gb = shutil.disk_usage(root).free / 1e9
+    # a cold build holds the base, the dependency stage (~4.5 GB), the runtime (~3 GB) and a ~1 GB build context
+    assert free_gb > 12, (f"{root} has {free_gb:.1f} GB free; building the image needs about 12: remove old images "
+                          "(docker image prune) and try again")
     base = os.environ.get("GENREC_BASE_IMAGE", "")
     if not base and (SCRIPTS / "local-base-image").exists():
         base = LOCAL_BASE
