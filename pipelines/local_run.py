@@ -10,7 +10,6 @@ from __future__ import annotations
 import contextlib
 import io
 import json
-import os
 import re
 import sys
 import time
@@ -145,16 +144,15 @@ def check_runner(cfg: PipelineConfig, runner: str) -> None:
 
 
 def _docker_runner(root: Path):
-    """kfp.local's DockerRunner for this machine: host network, the caller's user, no image pulls."""
+    """kfp.local's DockerRunner for this machine: host network, the image's own user, no image pulls.
+
+    The containers run as the image's UID 10001, as pods do: under the caller's UID (no passwd entry in the image)
+    Spark's Hadoop login fails. The run folder is made writable for it, so its files belong to UID 10001.
+    """
     from kfp import local
 
-    args = {"network_mode": "host"}
-    if os.getuid() == 0:
-        # As root here, the containers keep the image's non-root user, which needs to write task outputs.
-        root.chmod(0o777)
-    else:
-        args["user"] = f"{os.getuid()}:{os.getgid()}"
-    return local.DockerRunner(**args), _exit_status_fix()
+    root.chmod(0o777)
+    return local.DockerRunner(network_mode="host"), _exit_status_fix()
 
 
 @contextlib.contextmanager
