@@ -11,6 +11,7 @@ from dataclasses import dataclass
 
 from kfp import dsl
 
+import genrec
 from components.align import align
 from components.assign_sids import assign_sids
 from components.embed_items import embed_items
@@ -24,8 +25,8 @@ from components.validate_events import validate_events
 from components.validate_pages import validate_pages
 
 # What `make image` / `make image-gpu` tag (docker/Dockerfile, docker/Dockerfile.gpu) at this package version.
-DEFAULT_IMAGE = "ghcr.io/genrec/genrec:0.1.0"
-DEFAULT_GPU_IMAGE = "ghcr.io/genrec/genrec-gpu:0.1.0"
+DEFAULT_IMAGE = f"ghcr.io/genrec/genrec:{genrec.__version__}"
+DEFAULT_GPU_IMAGE = f"ghcr.io/genrec/genrec-gpu:{genrec.__version__}"
 
 # Tasks that train with DeepSpeed and run in the GPU image when one is given.
 GPU_TASKS = ("train_sft", "align")

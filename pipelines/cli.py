@@ -11,7 +11,7 @@ from typing import List, Optional
 
 import typer
 
-from components import DEFAULT_IMAGE, Images
+from components import DEFAULT_GPU_IMAGE, DEFAULT_IMAGE, Images
 from genrec import tracking
 from genrec.cli import ConfigOpt, OverridesArg, friendly, resolve_config
 from genrec.cli import app as stage_app
@@ -21,8 +21,8 @@ app = typer.Typer(add_completion=False, no_args_is_help=True, rich_markup_mode=N
 app.registered_commands.extend(stage_app.registered_commands)
 
 ImageOpt = typer.Option(DEFAULT_IMAGE, "--image", help="Image of every task (make image builds it).")
-GpuImageOpt = typer.Option("", "--gpu-image", help="Image of the training tasks, train-sft and align (make image-gpu "
-                                                    "builds it). Default: --image.")
+GpuImageOpt = typer.Option("", "--gpu-image", help=f"Image of the training tasks, train-sft and align (make image-gpu "
+                                                    f"builds {DEFAULT_GPU_IMAGE}). Default: --image.")
 
 
 @app.command()

@@ -101,13 +101,13 @@ def run_local(cfg: PipelineConfig, pipeline_run_id: str, runner: str = "subproce
     """Run the whole pipeline locally; task outputs land under <work_dir>/kfp/<pipeline_run_id>/.
 
     runner "docker" runs each task in `images` (built by `make image`) with host networking, so the tasks reach an
-    MLflow server on this machine; it mounts only the pipeline root, so tracking must go to a server.
+    MLflow server on this machine; it mounts only the pipeline root, so tracking must go to a server. Callers run
+    `check_runner` first (the CLI does, before it creates the MLflow parent run).
     """
     from kfp import local
 
     from pipelines.genrec_pipeline import build_pipeline
 
-    check_runner(cfg, runner)
     root = Path(cfg.run.work_dir).resolve() / "kfp" / pipeline_run_id
     root.mkdir(parents=True, exist_ok=True)
     if runner == "docker":

@@ -16,12 +16,14 @@ from pathlib import Path
 import mlflow
 import pytest
 
+from components import DEFAULT_IMAGE
+
 REPO = Path(__file__).resolve().parents[1]
 SCRIPTS = REPO.parent / "shared" / "scripts"
 import e2e  # noqa: E402  (docker/e2e.py, on sys.path through conftest: the same steps as make e2e-docker)
 
 pytestmark = [pytest.mark.docker, pytest.mark.slow]
-IMAGE = "ghcr.io/genrec/genrec:0.1.0"
+IMAGE = DEFAULT_IMAGE  # what make image tags
 LOCAL_BASE = "local/genrec-base:bookworm-py3.11-jre17"
 TASKS = ["ingest", "validate-events", "sessionize", "validate-pages", "embed-items", "assign-sids", "train-sft",
          "train-reward", "align", "evaluate", "gate-and-register"]
