@@ -16,6 +16,7 @@ from components.align import align
 from components.assign_sids import assign_sids
 from components.embed_items import embed_items
 from components.evaluate import evaluate
+from components.finish_run import finish_run
 from components.gate_and_register import gate_and_register
 from components.ingest import ingest
 from components.sessionize import sessionize
@@ -31,7 +32,12 @@ DEFAULT_GPU_IMAGE = f"ghcr.io/genrec/genrec-gpu:{genrec.__version__}"
 # Tasks that train with DeepSpeed and run in the GPU image when one is given.
 GPU_TASKS = ("train_sft", "align")
 FUNCTIONS = (ingest, validate_events, sessionize, validate_pages, embed_items, assign_sids, train_sft, train_reward,
-             align, evaluate, gate_and_register)
+             align, evaluate, gate_and_register, finish_run)
+
+# The Kubernetes Secret whose keys every task gets as environment variables: where it tracks to and as whom. The
+# compiled YAML names the Secret, never its values (README: "Kubeflow Pipelines and the images").
+DEFAULT_MLFLOW_SECRET = "genrec-mlflow"
+MLFLOW_SECRET_KEYS = ("MLFLOW_TRACKING_URI", "MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_PASSWORD")
 
 
 @dataclass(frozen=True)

@@ -67,13 +67,14 @@ def mlflow_server(root: Path, proxied_artifacts: bool = True, timeout_s: float =
         log.close()
 
 
-def genrec_run(config: str, work: Path, tracking_uri: str, *args: str,
-               timeout_s: float = 3600) -> tuple[subprocess.CompletedProcess, float]:
-    """`genrec run` of `config` into `work`, tracking to `tracking_uri` (and nowhere else); its result and seconds."""
-    env = {k: v for k, v in os.environ.items() if k != "MLFLOW_TRACKING_URI"}
+def genrec_run(config: str, work: Path, tracking_uri: str, *args: str, timeout_s: float = 3600,
+               env: dict[str, str] | None = None) -> tuple[subprocess.CompletedProcess, float]:
+    """`genrec run` of `config` into `work`, tracking to `tracking_uri` (MLFLOW_TRACKING_URI, over this process's
+    environment or `env`); its result and seconds."""
+    env = dict(env if env is not None else os.environ, MLFLOW_TRACKING_URI=tracking_uri)
     t0 = time.time()
     proc = subprocess.run([sys.executable, "-m", "pipelines.cli", "run", "--config", config, *args,
-                           f"run.work_dir={work}", f"run.tracking_uri={tracking_uri}"],
+                           f"run.work_dir={work}"],
                           cwd=REPO, env=env, capture_output=True, text=True, timeout=timeout_s)
     return proc, time.time() - t0
 

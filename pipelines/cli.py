@@ -11,7 +11,7 @@ from typing import List, Optional
 
 import typer
 
-from components import DEFAULT_GPU_IMAGE, DEFAULT_IMAGE, Images
+from components import DEFAULT_GPU_IMAGE, DEFAULT_IMAGE, DEFAULT_MLFLOW_SECRET, Images
 from genrec import tracking
 from genrec.cli import ConfigOpt, OverridesArg, friendly, resolve_config
 from genrec.cli import app as stage_app
@@ -40,17 +40,19 @@ def run(config: Optional[Path] = ConfigOpt,
     check_runner(cfg, runner)
     run_id = uuid.uuid4().hex
     parent = tracking.ensure_parent_run(cfg, run_id)
-    typer.echo(f"pipeline run {run_id}: MLflow parent run {parent} ({cfg.run.tracking_uri})")
+    typer.echo(f"pipeline run {run_id}: MLflow parent run {parent} ({tracking.tracking_uri(cfg)})")
     if runner == "docker":
         typer.echo(f"images: {image}" + (f", training tasks {gpu_image}" if gpu_image else ""))
     t0 = time.time()
     try:
         result = run_local(cfg, run_id, runner, Images(image, gpu_image))
     except BaseException:
-        tracking.finish_parent_run(cfg, run_id, "FAILED", {"pipeline_duration_s": time.time() - t0})
+        _close_parent(cfg, run_id, "KILLED", time.time() - t0)
         raise
     elapsed = time.time() - t0
-    tracking.finish_parent_run(cfg, run_id, "FINISHED" if result.succeeded else "FAILED", {"pipeline_duration_s": elapsed})
+    # The pipeline's exit task (finish-run) has ended the parent run already; this covers a run that stopped before it
+    # and adds the duration.
+    _close_parent(cfg, run_id, "FINISHED" if result.succeeded else "FAILED", elapsed)
     typer.echo("")
     typer.echo(f"pipeline {'succeeded' if result.succeeded else 'FAILED'} in {elapsed:.0f} s")
     typer.echo(f"outputs:    {result.pipeline_root}")
@@ -78,16 +80,30 @@ def run(config: Optional[Path] = ConfigOpt,
         raise typer.Exit(2)
 
 
+def _close_parent(cfg, run_id: str, status: str, elapsed: float) -> None:
+    """End the parent run; a tracking failure here is reported, and does not hide how the pipeline went."""
+    try:
+        tracking.finish_parent_run(cfg, run_id, status, {"pipeline_duration_s": elapsed})
+    except Exception as exc:
+        typer.echo(f"warning: could not end the MLflow parent run: {exc}", err=True)
+
+
 @app.command()
 @friendly
 def compile(out: Path = typer.Option(None, help="Where to write the pipeline YAML [pipelines/genrec_pipeline.yaml]."),
-            image: str = ImageOpt, gpu_image: str = GpuImageOpt):
+            image: str = ImageOpt, gpu_image: str = GpuImageOpt,
+            mlflow_secret: str = typer.Option(DEFAULT_MLFLOW_SECRET, help="Kubernetes Secret, in the namespace the "
+                                              "pipeline runs in, whose keys MLFLOW_TRACKING_URI, MLFLOW_TRACKING_USERNAME "
+                                              "and MLFLOW_TRACKING_PASSWORD every task gets as environment variables "
+                                              "(mlflow/README.md). Empty: none (the pods get them some other way).")):
     """Compiles the KFP pipeline to YAML for a Kubernetes KFP installation; every task names --image (the training
-    tasks --gpu-image when given)."""
+    tasks --gpu-image when given) and reads the tracking server and its login from --mlflow-secret. The YAML holds no
+    tracking URI and no credential."""
     from pipelines.genrec_pipeline import COMPILED_PATH, compile_pipeline
 
-    path = compile_pipeline(out or COMPILED_PATH, Images(image, gpu_image))
-    typer.echo(f"compiled -> {path} (image {image}{f', training tasks {gpu_image}' if gpu_image else ''})")
+    path = compile_pipeline(out or COMPILED_PATH, Images(image, gpu_image), mlflow_secret)
+    typer.echo(f"compiled -> {path} (image {image}{f', training tasks {gpu_image}' if gpu_image else ''}; "
+               f"MLflow from {f'Secret {mlflow_secret}' if mlflow_secret else 'the pods environment'})")
 
 
 if __name__ == "__main__":

@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import io
 import json
+import os
 import re
 import sys
 import time
@@ -21,6 +22,12 @@ from typing import TextIO
 from components import Images
 from genrec.config import PipelineConfig
 from genrec.errors import ConfigError
+from genrec.tracking_server import is_server, tracking_uri
+
+# What a task container gets from this process's environment: where it tracks to and as whom (kfp.local's
+# DockerRunner passes no environment; on a cluster a Kubernetes Secret provides these).
+CONTAINER_ENV = ("MLFLOW_TRACKING_URI", "MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_PASSWORD",
+                 "MLFLOW_HTTP_REQUEST_MAX_RETRIES", "MLFLOW_HTTP_REQUEST_TIMEOUT")
 
 RUNNERS = ("subprocess", "docker")
 _ANSI = re.compile(r"\x1b\[[0-9;]*m")
@@ -60,8 +67,9 @@ class TaskProgress(io.TextIOBase):
 
     def __init__(self, log: TextIO, terminal: TextIO, tail_lines: int = 25):
         self.log, self.terminal = log, terminal
-        self.task, self.started = "", 0.0
+        self.task, self.started, self.ended = "", 0.0, True
         self.tail: deque[str] = deque(maxlen=tail_lines)
+        self.failed_task, self.failed_tail = "", []
         self._partial = ""
 
     def writable(self) -> bool:
@@ -83,17 +91,24 @@ class TaskProgress(io.TextIOBase):
 
     def _line(self, line: str) -> None:
         if m := _START.search(line):
-            self.task, self.started = m.group(1), time.time()
+            self.task, self.started, self.ended = m.group(1), time.time(), False
             self.tail.clear()
             self.echo(f"  {self.task:<20} started")
         elif (m := _END.search(line)) and m.group(1) == self.task:
-            self.echo(f"  {self.task:<20} {m.group(2).lower():<9} {time.time() - self.started:6.0f} s")
+            self.ended = True
+            word = {"SUCCESS": "success", "FAILURE": "failed"}.get(m.group(2), m.group(2).lower())
+            self.echo(f"  {self.task:<20} {word:<9} {time.time() - self.started:6.0f} s")
+            if m.group(2) != "SUCCESS" and not self.failed_task:  # the first failure, not the exit task after it
+                self.failed_task, self.failed_tail = self.task, list(self.tail)
         elif line.strip():
             self.tail.append(line.strip())
 
     def failed(self) -> None:
-        """kfp.local raises on a failed task instead of logging its end: say so for the task that was running."""
-        self.echo(f"  {self.task:<20} {'failed':<9} {time.time() - self.started:6.0f} s")
+        """kfp.local raised: name the task that failed (if no end line said so, the one that was running)."""
+        if not self.ended:
+            self.echo(f"  {self.task:<20} {'failed':<9} {time.time() - self.started:6.0f} s")
+        if not self.failed_task:
+            self.failed_task, self.failed_tail = self.task, list(self.tail)
 
 
 def run_local(cfg: PipelineConfig, pipeline_run_id: str, runner: str = "subprocess",
@@ -123,7 +138,7 @@ def run_local(cfg: PipelineConfig, pipeline_run_id: str, runner: str = "subproce
                 build_pipeline(images)(config_json=cfg.to_json(), pipeline_run_id=pipeline_run_id)
         except RuntimeError as exc:  # kfp.local raises RuntimeError when a task fails
             progress.failed()
-            return LocalRun(root, False, log_path, _ANSI.sub("", str(exc)), progress.task, list(progress.tail))
+            return LocalRun(root, False, log_path, _ANSI.sub("", str(exc)), progress.failed_task, progress.failed_tail)
     return LocalRun(root, True, log_path)
 
 
@@ -133,11 +148,11 @@ def check_runner(cfg: PipelineConfig, runner: str) -> None:
         raise ConfigError(f"unknown runner {runner!r}: use one of {', '.join(RUNNERS)}")
     if runner != "docker":
         return
-    if not cfg.run.tracking_uri.startswith(("http://", "https://")):
+    uri = tracking_uri(cfg)
+    if not is_server(uri):
         raise ConfigError(f"--runner docker needs an MLflow server the containers can reach (the tracking store is "
-                          f"{cfg.run.tracking_uri}): start `mlflow server --serve-artifacts` (artifacts go through the server: "
-                          "the containers see no path of this machine) and set MLFLOW_TRACKING_URI or run.tracking_uri "
-                          "to its http:// address")
+                          f"{uri}): start one with proxied artifacts (mlflow/README.md: the containers see no path of "
+                          "this machine) and set MLFLOW_TRACKING_URI to its http:// address")
     if getattr(cfg.source, "path", None):
         raise ConfigError(f"--runner docker mounts only the pipeline root into the containers, not source.path "
                           f"({cfg.source.path}): run this source with the subprocess runner, or put its files in the image")
@@ -170,8 +185,9 @@ def _exit_status_fix():
             client.images.get(image)
         except docker.errors.ImageNotFound:
             raise RuntimeError(f"image {image} is not on this machine: build it (make image) or pass --image") from None
+        environment = {**{k: os.environ[k] for k in CONTAINER_ENV if k in os.environ}, **run_args.pop("environment", {})}
         container = client.containers.run(image=image, command=command, detach=True, stdout=True, stderr=True,
-                                          volumes=volumes, **run_args)
+                                          volumes=volumes, environment=environment, **run_args)
         try:
             for line in container.logs(stream=True):
                 print(line.decode(), end="")

@@ -27,9 +27,20 @@ SHARED_DATA = REPO.parent / "shared" / "data"
 
 @pytest.fixture(scope="session")
 def mlflow_server(tmp_path_factory) -> str:
-    """A real MLflow tracking server (sqlite store, artifacts on this machine's disk) on 127.0.0.1; its URI."""
+    """A real MLflow tracking server (sqlite store, artifacts on this machine's disk) on 127.0.0.1; its URI.
+
+    The tracking server is never a config key: from the first test that asks for this one, MLFLOW_TRACKING_URI names
+    it for the rest of the session (this process and its subprocesses), as a user's shell would."""
     with mlflow_server_at(tmp_path_factory.mktemp("mlflow"), proxied_artifacts=False) as uri:
-        yield uri
+        saved = os.environ.get("MLFLOW_TRACKING_URI")
+        os.environ["MLFLOW_TRACKING_URI"] = uri
+        try:
+            yield uri
+        finally:
+            if saved is None:
+                os.environ.pop("MLFLOW_TRACKING_URI", None)
+            else:
+                os.environ["MLFLOW_TRACKING_URI"] = saved
 
 
 @pytest.fixture(scope="session")
@@ -50,7 +61,7 @@ def make_cfg(tmp_path, mlflow_server):
     from genrec.config import load_config
 
     def _make(*overrides: str):
-        base = [f"run.work_dir={tmp_path / 'work'}", f"run.tracking_uri={mlflow_server}", "run.experiment=tests",
+        base = [f"run.work_dir={tmp_path / 'work'}", "run.experiment=tests",
                 "simulator.n_users=150", "simulator.n_items=300", "simulator.days=10"]
         return load_config(None, base + list(overrides))
 
@@ -99,7 +110,7 @@ def sft_data(tmp_path_factory):
 def sft_cmd(data, out, mlflow_server, *extra, launcher=None):
     base = launcher or [sys.executable, "-m", "genrec.cli"]
     return base + ["train-sft", "--pages", str(data / "pages"), "--sids", str(data / "sids"), "--out", str(out),
-                   "model.size=tiny", "sft.micro_batch_size=8", f"run.tracking_uri={mlflow_server}",
+                   "model.size=tiny", "sft.micro_batch_size=8",
                    "run.experiment=tests", *extra]
 
 

@@ -21,7 +21,7 @@ def reward_dir(sft_data, tmp_path_factory, mlflow_server):
     from genrec.stages.train_reward import run_train_reward
 
     out = tmp_path_factory.mktemp("reward")
-    cfg = load_config(None, [f"run.work_dir={out / 'work'}", f"run.tracking_uri={mlflow_server}", "run.experiment=tests",
+    cfg = load_config(None, [f"run.work_dir={out / 'work'}", "run.experiment=tests",
                              "reward.epochs=20", "reward.batch_size=64", "reward.search=soft", "reward.lr=5e-3"])
     report = run_train_reward(cfg, sft_data / "pages", sft_data / "sids", out, "reward-test")
     return out, report
@@ -49,7 +49,7 @@ def test_reward_model_learns_the_engagement_rule(reward_dir):
 def _align_cmd(sft_data, trained, reward, embeddings, out, mlflow_server, *extra):
     return [sys.executable, "-m", "genrec.cli", "align", "--sft", str(trained), "--reward", str(reward),
             "--pages", str(sft_data / "pages"), "--sids", str(sft_data / "sids"), "--embeddings", str(embeddings),
-            "--out", str(out), f"run.tracking_uri={mlflow_server}", "run.experiment=tests", *ALIGN, *extra]
+            "--out", str(out), "run.experiment=tests", *ALIGN, *extra]
 
 
 def test_a_killed_align_run_resumes_to_the_same_model(sft_data, trained, reward_dir, embeddings, tmp_path, mlflow_server):

@@ -153,7 +153,7 @@ def test_cli_reports_without_traceback(make_cfg, tmp_path, mlflow_server):
     events = _set(EVENTS, "event_type", list(range(0, N, 3)), "view")
     _write_case(tmp_path / "in", events, ITEMS)
     result = CliRunner().invoke(app, ["validate-events", "--input", str(tmp_path / "in"), "--out", str(tmp_path / "out"),
-                                      f"run.work_dir={tmp_path}", f"run.tracking_uri={mlflow_server}"])
+                                      f"run.work_dir={tmp_path}"])
     assert result.exit_code == 2
     assert "error: validate-events stopped the pipeline" in result.output and "event_type_known" in result.output
     assert "Traceback" not in result.output
@@ -167,3 +167,35 @@ def test_quarantine_keeps_the_rows(make_cfg, tmp_path):
     assert sorted(q["event_id"]) == sorted(EVENTS["event_id"].iloc[[11, 12]])
     assert set(q["event_type"]) == {"view"} and set(q["quarantine_reason"]) == {"event_type_known"}
     assert np.isin(EVENTS["event_id"].iloc[[11, 12]], pq.read_table(tmp_path / "out" / "events.parquet").column("event_id")).sum() == 0
+
+
+def test_a_stage_whose_tracking_fails_mid_run_leaves_no_output_the_next_stage_accepts(make_cfg, tmp_path, monkeypatch):
+    """The server goes away after the stage has started writing (here: its artifact uploads fail)."""
+    from mlflow.exceptions import MlflowException
+
+    from genrec import tracking
+    from genrec import stage_outputs as outputs
+
+    _write_case(tmp_path / "in", EVENTS, ITEMS)
+    cfg = make_cfg()
+
+    def gone(self, path, artifact_path=None):
+        raise MlflowException("API request to http://127.0.0.1:5000/api/2.0/mlflow-artifacts/artifacts/1/x failed with "
+                              "exception HTTPConnectionPool(host='127.0.0.1', port=5000): Max retries exceeded with url "
+                              "(Caused by NewConnectionError('Failed to establish a new connection: Connection refused'))")
+
+    with monkeypatch.context() as m:
+        m.setattr(tracking.StageTracker, "artifact", gone)
+        with pytest.raises(tracking.TrackingError, match="lost the MLflow server at http"):
+            run_validate_events(cfg, tmp_path / "in", tmp_path / "validated", "midrun")
+    assert (tmp_path / "validated" / "events.parquet").exists()  # half-written: files are there ...
+    assert (tmp_path / "validated" / outputs.MARKER).exists()  # ... and marked incomplete
+    result = CliRunner().invoke(app, ["sessionize", "--input", str(tmp_path / "validated"), "--out",
+                                      str(tmp_path / "sessionized"), f"run.work_dir={tmp_path}"])
+    assert result.exit_code == 2 and "Traceback" not in result.output
+    assert "is incomplete: validate-events started writing it (pipeline run midrun)" in result.output
+    assert "rerun validate-events" in result.output
+    # A rerun that finishes makes the folder usable again.
+    run_validate_events(cfg, tmp_path / "in", tmp_path / "validated", "midrun-2")
+    assert not (tmp_path / "validated" / outputs.MARKER).exists()
+    outputs.require_complete(tmp_path / "validated", "validated")

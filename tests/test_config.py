@@ -1,3 +1,4 @@
+import json
 from pathlib import Path
 
 import pytest
@@ -62,3 +63,49 @@ def test_every_field_has_help_and_hash_tracks_changes():
     a, b = load_config(None), load_config(None, ["run.seed=1"])
     assert a.config_hash() == load_config(None).config_hash() != b.config_hash()
     assert PipelineConfig.model_validate_json(a.to_json()) == a
+
+
+def test_a_password_in_the_config_is_refused_and_never_echoed(tmp_path):
+    from genrec.config import config_from_json
+
+    with pytest.raises(ConfigError) as err:
+        load_config(None, ["source.path=s3://genrec:hunter2-secret@minio:9000/bucket"])
+    msg = str(err.value)
+    assert "'source.path' carries a password" in msg and "MLFLOW_TRACKING_PASSWORD" in msg and "hunter2" not in msg
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("source:\n  path: postgresql://u:hunter2-secret@db/x\n")
+    with pytest.raises(ConfigError) as err:
+        load_config(bad)
+    assert str(bad) in str(err.value) and "hunter2" not in str(err.value)
+    data = json.loads(load_config().to_json())
+    data["source"]["path"] = "https://u:hunter2-secret@host/data"
+    with pytest.raises(ConfigError, match="config_json: 'source.path' carries a password"):
+        config_from_json(json.dumps(data))
+    # A bad value in a file is reported before the scan for passwords, redacted.
+    bad.write_text("simulator:\n  n_users: http://u:hunter2-secret@h/\n")
+    with pytest.raises(ConfigError) as err:
+        load_config(bad)
+    assert "bad value for 'simulator.n_users'" in str(err.value) and "http://u:***@h/" in str(err.value)
+    assert "hunter2" not in str(err.value)
+    # A URI without a password is a value like any other.
+    assert load_config(None, ["source.path=s3://bucket/events"]).source.path == "s3://bucket/events"
+
+
+def test_the_tracking_server_is_not_a_config_key():
+    with pytest.raises(ConfigError) as err:
+        load_config(None, ["run.tracking_uri=http://mlflow:5000"])
+    assert "unknown key 'run.tracking_uri'" in str(err.value) and "MLFLOW_TRACKING_URI" in str(err.value)
+
+
+def test_tracking_uri_comes_from_the_environment(monkeypatch, tmp_path):
+    from genrec.tracking import TrackingError, tracking_uri
+
+    cfg = load_config(None, [f"run.work_dir={tmp_path}"])
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    assert tracking_uri(cfg) == f"sqlite:///{tmp_path}/mlflow.db"
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", "http://mlflow.example:5000")
+    assert tracking_uri(cfg) == "http://mlflow.example:5000"
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", "http://pipeline:hunter2-secret@mlflow.example:5000")
+    with pytest.raises(TrackingError) as err:
+        tracking_uri(cfg)
+    assert "hunter2" not in str(err.value) and "MLFLOW_TRACKING_PASSWORD" in str(err.value)

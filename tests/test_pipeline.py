@@ -24,14 +24,40 @@ def test_compiled_yaml_is_current(tmp_path):
         assert f"exec-{stage}" in fresh
 
 
-def _genrec(*args, cwd=REPO):
-    return subprocess.run([sys.executable, "-m", "pipelines.cli", *args], cwd=cwd, capture_output=True, text=True, timeout=900)
+def test_compiled_pipeline_ends_the_parent_run_and_reads_mlflow_from_a_secret(tmp_path):
+    import yaml
+
+    docs = list(yaml.safe_load_all(compile_pipeline(tmp_path / "p.yaml").read_text()))
+    ir, platform = docs[0], docs[1]["platforms"]["kubernetes"]["deploymentSpec"]["executors"]
+    root = ir["root"]["dag"]["tasks"]
+    # finish-run is the exit task of an ExitHandler around all 11 stages: it runs after them, failed or not.
+    assert root["finish-run"]["triggerPolicy"]["strategy"] == "ALL_UPSTREAM_TASKS_COMPLETED"
+    assert root["finish-run"]["dependentTasks"] == ["exit-handler-1"]
+    inner = ir["components"]["comp-exit-handler-1"]["dag"]["tasks"]
+    assert sorted(inner) == sorted(STAGES)
+    # Every task, the exit task too, gets the tracking server and its login from the Secret, by name only.
+    assert sorted(platform) == sorted(f"exec-{t}" for t in [*STAGES, "finish-run"])
+    for executor in platform.values():
+        (secret,) = executor["secretAsEnv"]
+        assert secret["secretName"] == "genrec-mlflow" or secret.get("secretNameParameter", {}).get(
+            "runtimeValue", {}).get("constant") == "genrec-mlflow"
+        assert {k["envVar"] for k in secret["keyToEnv"]} == {"MLFLOW_TRACKING_URI", "MLFLOW_TRACKING_USERNAME",
+                                                             "MLFLOW_TRACKING_PASSWORD"}
+    # No tracking URI is baked in: not in the parameters' defaults, not in any executor.
+    assert "http://" not in yaml.safe_dump(docs) and "sqlite:" not in yaml.safe_dump(docs)
+    no_secret = list(yaml.safe_load_all(compile_pipeline(tmp_path / "q.yaml", mlflow_secret="").read_text()))
+    assert len(no_secret) == 1 or "secretAsEnv" not in json.dumps(no_secret[1])
+
+
+def _genrec(*args, cwd=REPO, env=None):
+    return subprocess.run([sys.executable, "-m", "pipelines.cli", *args], cwd=cwd, capture_output=True, text=True,
+                          timeout=900, env=env)
 
 
 @pytest.fixture(scope="module")
 def demo_run(mlflow_server, tmp_path_factory):
     work = tmp_path_factory.mktemp("e2e")
-    proc = _genrec("run", "--config", "configs/demo.yaml", f"run.work_dir={work}", f"run.tracking_uri={mlflow_server}",
+    proc = _genrec("run", "--config", "configs/demo.yaml", f"run.work_dir={work}",
                    "run.experiment=e2e", "simulator.n_users=120", "simulator.n_items=250", "simulator.days=6",
                    "model.size=tiny", "sft.max_steps=20", "sft.checkpoint_every=10", "eval.max_requests=40",
                    "eval.sasrec.epochs=1", "reward.epochs=1", "reward.max_examples=5000", "align.max_steps=6",
@@ -127,7 +153,7 @@ def test_one_parent_run_with_a_child_per_stage(demo_run):
 
 
 def test_failing_stage_fails_the_run_with_a_clear_message(mlflow_server, tmp_path):
-    proc = _genrec("run", "--config", "configs/demo.yaml", f"run.work_dir={tmp_path}", f"run.tracking_uri={mlflow_server}",
+    proc = _genrec("run", "--config", "configs/demo.yaml", f"run.work_dir={tmp_path}",
                    "run.experiment=e2e-fail", "source.kind=movielens", f"source.path={tmp_path / 'missing'}")
     assert proc.returncode == 2
     assert "pipeline FAILED" in proc.stdout
@@ -178,5 +204,5 @@ def test_ui_serves_the_store_on_localhost(tmp_path):
 
 
 def test_ui_refuses_a_server_store(mlflow_server):
-    proc = _genrec("ui", f"run.tracking_uri={mlflow_server}")
+    proc = _genrec("ui", env=dict(os.environ, MLFLOW_TRACKING_URI=mlflow_server))
     assert proc.returncode == 2 and "already a server" in proc.stderr

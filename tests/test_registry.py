@@ -2,6 +2,7 @@
 rerun without a duplicate version, a better challenger promoted, a failing model rejected, and the champion
 loaded back as a pyfunc that returns items for a history."""
 
+import os
 import json
 from pathlib import Path
 
@@ -87,7 +88,7 @@ def test_gate_and_register_decisions_in_the_registry(model_and_sids, make_cfg, t
     assert not r3["decision"]["passed"] and r3["version"] == "3" and r3["champion_version"] == "2"
     assert "regression genrec/hr@10" in r3["decision"]["reason"]
 
-    mlflow.set_tracking_uri(cfg.run.tracking_uri)
+    mlflow.set_tracking_uri(os.environ["MLFLOW_TRACKING_URI"])  # the session's server (conftest)
     client = mlflow.MlflowClient()
     versions = client.search_model_versions("name='genrec-test-registry'")
     assert len(versions) == 3

@@ -44,7 +44,7 @@ def friendly(fn):
 
 
 def resolve_config(config: Optional[Path], overrides: Optional[List[str]]) -> PipelineConfig:
-    """The config file + overrides, with absolute paths and the tracking URI resolved."""
+    """The config file + overrides, with absolute paths; refuses credentials in the config or in MLFLOW_TRACKING_URI."""
     os.environ.setdefault("SPARK_LOCAL_IP", "127.0.0.1")
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     cfg = load_config(config, overrides or [])
@@ -52,7 +52,7 @@ def resolve_config(config: Optional[Path], overrides: Optional[List[str]]) -> Pi
     cfg.run.work_dir = str(Path(cfg.run.work_dir).resolve())
     from genrec import tracking
 
-    cfg.run.tracking_uri = tracking.tracking_uri(cfg)
+    tracking.tracking_uri(cfg)  # the tracking store comes from the environment; refuse a URI with a password early
     return cfg
 
 
@@ -270,15 +270,19 @@ def gate_and_register(config: Optional[Path] = ConfigOpt,
 @friendly
 def ui(config: Optional[Path] = ConfigOpt, port: int = typer.Option(5000, help="Port on 127.0.0.1."),
        overrides: Optional[List[str]] = OverridesArg):
-    """Starts a local MLflow server on 127.0.0.1 over the configured store and prints its URL (Ctrl-C stops it)."""
+    """Starts a local MLflow server on 127.0.0.1 over the work folder's sqlite store and prints its URL (Ctrl-C stops
+    it). A team's server (PostgreSQL, object store, logins): `make mlflow-up` (mlflow/README.md)."""
+    from genrec import tracking
+
     cfg = resolve_config(config, overrides)
-    if cfg.run.tracking_uri.startswith(("http://", "https://")):
-        raise GenrecError(f"the tracking store is already a server ({cfg.run.tracking_uri}): open it in a browser; "
-                          "`genrec ui` serves a local sqlite store (unset MLFLOW_TRACKING_URI or run.tracking_uri)")
+    uri = tracking.tracking_uri(cfg)
+    if tracking.is_server(uri):
+        raise GenrecError(f"the tracking store is already a server ({uri}): open it in a browser; `genrec ui` serves "
+                          "the work folder's sqlite store (unset MLFLOW_TRACKING_URI)")
     art = Path(cfg.run.work_dir) / "mlartifacts"
     cmd = [sys.executable, "-m", "mlflow", "server", "--host", "127.0.0.1", "--port", str(port),
-           "--backend-store-uri", cfg.run.tracking_uri, "--default-artifact-root", art.as_uri()]
-    typer.echo(f"MLflow UI: http://127.0.0.1:{port}  (store {cfg.run.tracking_uri}; Ctrl-C to stop)")
+           "--backend-store-uri", uri, "--default-artifact-root", art.as_uri()]
+    typer.echo(f"MLflow UI: http://127.0.0.1:{port}  (store {uri}; Ctrl-C to stop)")
     sys.stdout.flush()
     # Become the server: Ctrl-C and SIGTERM reach it directly, and no orphan is left behind.
     os.execv(sys.executable, cmd)

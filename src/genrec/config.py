@@ -15,7 +15,14 @@ from typing import Any, Literal, Optional
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+from genrec.credentials import WHERE_CREDENTIALS_GO, find_passwords, redact
 from genrec.errors import ConfigError
+
+# Keys that existed once and now live elsewhere: the message says where.
+_MOVED_KEYS = {
+    "run.tracking_uri": "the MLflow server is set in the environment, not the config: MLFLOW_TRACKING_URI (and "
+                        "MLFLOW_TRACKING_USERNAME / MLFLOW_TRACKING_PASSWORD for a server with a login)",
+}
 
 
 class _Section(BaseModel):
@@ -25,11 +32,10 @@ class _Section(BaseModel):
 class RunConfig(_Section):
     name: str = Field("genrec", description="Run name, shown in MLflow and in the output folder.")
     seed: int = Field(42, description="Seed for every random choice of the pipeline.")
-    work_dir: str = Field("work", description="Folder for outputs, the MLflow store and caches (relative to the current directory).")
-    tracking_uri: str = Field(
-        "",
-        description="MLflow tracking URI. Empty: $MLFLOW_TRACKING_URI if set, else sqlite:///<work_dir>/mlflow.db.",
-    )
+    work_dir: str = Field("work", description="Folder for outputs, the MLflow store and caches (relative to the current "
+                                              "directory). The tracking server is not a config key: it is "
+                                              "$MLFLOW_TRACKING_URI (with MLFLOW_TRACKING_USERNAME / _PASSWORD), else "
+                                              "sqlite:///<work_dir>/mlflow.db.")
     experiment: str = Field("genrec", description="MLflow experiment that holds the pipeline runs.")
 
 
@@ -357,10 +363,19 @@ def _format_errors(err: ValidationError, origin: str) -> str:
     for e in err.errors():
         key = ".".join(str(p) for p in e["loc"])
         if e["type"] == "extra_forbidden":
-            lines.append(f"{origin}: unknown key '{key}'")
+            moved = f": {_MOVED_KEYS[key]}" if key in _MOVED_KEYS else ""
+            lines.append(f"{origin}: unknown key '{key}'{moved}")
         else:
             lines.append(f"{origin}: bad value for '{key}': {e['msg']} (got {e.get('input')!r})")
-    return "\n".join(lines)
+    return redact("\n".join(lines))
+
+
+def _refuse_credentials(data: dict, origin: str) -> None:
+    """A config that carries a password would publish it (MLflow params, config.yaml, the KFP run parameter)."""
+    keys = find_passwords(data)
+    if keys:
+        raise ConfigError(f"{redact(origin)}: {', '.join(repr(k) for k in keys)} carries a password (user:password@ in a "
+                          f"URI); {WHERE_CREDENTIALS_GO}")
 
 
 def parse_overrides(overrides: list[str]) -> dict:
@@ -410,9 +425,12 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
             PipelineConfig.model_validate(data)
         except ValidationError as err:
             raise ConfigError(_format_errors(err, origin)) from None
+    _refuse_credentials(data, origin)
     if overrides:
+        merged = _merge(data, parse_overrides(overrides))
+        _refuse_credentials(merged, f"{origin} + overrides")
         try:
-            return PipelineConfig.model_validate(_merge(data, parse_overrides(overrides)))
+            return PipelineConfig.model_validate(merged)
         except ValidationError as err:
             raise ConfigError(_format_errors(err, f"{origin} + overrides {overrides}")) from None
     return PipelineConfig.model_validate(data)
@@ -421,7 +439,12 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
 def config_from_json(text: str) -> PipelineConfig:
     """Rebuild a config from the JSON a KFP component receives."""
     try:
-        return PipelineConfig.model_validate_json(text)
+        data = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise ConfigError(f"pipeline parameter config_json: not valid JSON: {exc}") from None
+    _refuse_credentials(data, "pipeline parameter config_json")
+    try:
+        return PipelineConfig.model_validate(data)
     except ValidationError as err:
         raise ConfigError(_format_errors(err, "pipeline parameter config_json")) from None
 

@@ -18,20 +18,13 @@ from pathlib import Path
 from typing import Any, Iterator
 
 from genrec.config import PipelineConfig
+from genrec.credentials import redact
+from genrec.tracking_server import TrackingError, check_server, explain, is_server, tracking_uri
+
+__all__ = ["TrackingError", "check_server", "is_server", "tracking_uri", "ensure_parent_run", "finish_parent_run", "stage_run"]
 
 PIPELINE_TAG = "genrec.pipeline_run_id"
 STAGE_TAG = "genrec.stage"
-
-
-def tracking_uri(cfg: PipelineConfig) -> str:
-    """The configured URI, else $MLFLOW_TRACKING_URI, else a sqlite store in the work folder."""
-    if cfg.run.tracking_uri:
-        return cfg.run.tracking_uri
-    if os.environ.get("MLFLOW_TRACKING_URI"):
-        return os.environ["MLFLOW_TRACKING_URI"]
-    db = Path(cfg.run.work_dir).resolve() / "mlflow.db"
-    db.parent.mkdir(parents=True, exist_ok=True)
-    return f"sqlite:///{db}"
 
 
 def git_commit() -> str:
@@ -63,8 +56,44 @@ def _experiment_id(mlflow, cfg: PipelineConfig) -> str:
         location = (Path(cfg.run.work_dir).resolve() / "mlartifacts").as_uri()
     try:
         return mlflow.create_experiment(cfg.run.experiment, artifact_location=location)
-    except Exception:  # created concurrently by another stage process
-        return mlflow.get_experiment_by_name(cfg.run.experiment).experiment_id
+    except Exception:
+        exp = mlflow.get_experiment_by_name(cfg.run.experiment)
+        if exp is None:  # not a concurrent create by another stage process: a real failure
+            raise
+        return exp.experiment_id
+
+
+@contextmanager
+def _few_retries() -> Iterator[None]:
+    """MLflow's client retries a failed request 7 times with backoff (minutes); around the first calls of a process and
+    around the record of a failure, retry once, so that a server that cannot be used fails the stage in seconds.
+    A user's own MLFLOW_HTTP_REQUEST_* settings win."""
+    saved = {k: os.environ.get(k) for k in _FEW_RETRIES}
+    for key, value in _FEW_RETRIES.items():
+        os.environ.setdefault(key, value)
+    try:
+        yield
+    finally:
+        for key, value in saved.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
+
+
+_FEW_RETRIES = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "1", "MLFLOW_HTTP_REQUEST_TIMEOUT": "30"}
+
+
+@contextmanager
+def _startup(cfg: PipelineConfig) -> Iterator[None]:
+    """The first calls of a process to the server: few retries, and errors that say what to do."""
+    from mlflow.exceptions import MlflowException
+
+    with _few_retries():
+        try:
+            yield
+        except MlflowException as exc:
+            raise explain(exc, cfg) from None
 
 
 def _tags(cfg: PipelineConfig, pipeline_run_id: str) -> dict[str, str]:
@@ -73,34 +102,46 @@ def _tags(cfg: PipelineConfig, pipeline_run_id: str) -> dict[str, str]:
 
 def ensure_parent_run(cfg: PipelineConfig, pipeline_run_id: str) -> str:
     """Find or create the parent run of a pipeline run; returns its MLflow run id."""
+    check_server(cfg)
     mlflow = _mlflow()
-    mlflow.set_tracking_uri(tracking_uri(cfg))
-    exp_id = _experiment_id(mlflow, cfg)
-    client = mlflow.MlflowClient()
-    found = client.search_runs([exp_id], filter_string=f"tags.`{PIPELINE_TAG}` = '{pipeline_run_id}' and "
-                                                       f"tags.`{STAGE_TAG}` = 'pipeline'", max_results=1)
-    if found:
-        return found[0].info.run_id
-    run = client.create_run(exp_id, run_name=f"{cfg.run.name}-{pipeline_run_id[:8]}",
-                            tags={**_tags(cfg, pipeline_run_id), STAGE_TAG: "pipeline"})
-    client.log_text(run.info.run_id, cfg.to_yaml(), "config.yaml")
-    from mlflow.entities import Param
+    with _startup(cfg):
+        mlflow.set_tracking_uri(tracking_uri(cfg))
+        exp_id = _experiment_id(mlflow, cfg)
+        client = mlflow.MlflowClient()
+        found = client.search_runs([exp_id], filter_string=f"tags.`{PIPELINE_TAG}` = '{pipeline_run_id}' and "
+                                                           f"tags.`{STAGE_TAG}` = 'pipeline'", max_results=1)
+        if found:
+            return found[0].info.run_id
+        run = client.create_run(exp_id, run_name=f"{cfg.run.name}-{pipeline_run_id[:8]}",
+                                tags={**_tags(cfg, pipeline_run_id), STAGE_TAG: "pipeline"})
+        client.log_text(run.info.run_id, cfg.to_yaml(), "config.yaml")
+        from mlflow.entities import Param
 
-    params = [Param(k, str(v)) for k, v in _flatten(cfg.model_dump(mode="json")).items()]
-    client.log_batch(run.info.run_id, params=params)
+        params = [Param(k, str(v)) for k, v in _flatten(cfg.model_dump(mode="json")).items()]
+        client.log_batch(run.info.run_id, params=params)
     return run.info.run_id
 
 
 def finish_parent_run(cfg: PipelineConfig, pipeline_run_id: str, status: str = "FINISHED",
                       summary: dict[str, Any] | None = None) -> str:
-    """Close the parent run with a status and optional summary metrics; returns its run id."""
+    """Close the parent run with a status (FINISHED, FAILED or KILLED) and optional summary metrics; returns its run id.
+    The pipeline's final task calls it (on a cluster nothing else would), and `genrec run` too."""
     mlflow = _mlflow()
     run_id = ensure_parent_run(cfg, pipeline_run_id)
-    client = mlflow.MlflowClient()
-    for key, value in (summary or {}).items():
-        client.log_metric(run_id, key, float(value))
-    client.set_terminated(run_id, status=status)
+    with _startup(cfg):
+        client = mlflow.MlflowClient()
+        for key, value in (summary or {}).items():
+            client.log_metric(run_id, key, float(value))
+        client.set_terminated(run_id, status=status)
     return run_id
+
+
+def parent_run_status(cfg: PipelineConfig, pipeline_run_id: str) -> str:
+    """RUNNING, FINISHED, FAILED or KILLED: the state of a pipeline run's parent run."""
+    mlflow = _mlflow()
+    run_id = ensure_parent_run(cfg, pipeline_run_id)
+    with _startup(cfg):
+        return mlflow.MlflowClient().get_run(run_id).info.status
 
 
 def run_url(cfg: PipelineConfig, run_id: str) -> str:
@@ -173,23 +214,50 @@ class StageTracker:
 @contextmanager
 def stage_run(cfg: PipelineConfig, stage: str, pipeline_run_id: str) -> Iterator[StageTracker]:
     """A child run for one stage under the pipeline's parent run. Logs the config and the stage's duration;
-    the run ends FAILED (with the error text as an artifact) when the stage raises."""
+    the run ends FAILED (with the error text as an artifact) when the stage raises.
+
+    A server that cannot be used fails here, before the stage does any work, with one line that says what to do.
+    """
     mlflow = _mlflow()
     parent_id = ensure_parent_run(cfg, pipeline_run_id)
-    exp_id = _experiment_id(mlflow, cfg)
-    t0 = time.time()
-    with mlflow.start_run(experiment_id=exp_id, run_name=stage, parent_run_id=parent_id,
-                          tags={**_tags(cfg, pipeline_run_id), STAGE_TAG: stage}) as run:
-        tracker = StageTracker(mlflow, run.info.run_id)
-        mlflow.log_text(cfg.to_yaml(), "config.yaml")
+    with _startup(cfg):
+        exp_id = _experiment_id(mlflow, cfg)
+        run = mlflow.start_run(experiment_id=exp_id, run_name=stage, parent_run_id=parent_id,
+                               tags={**_tags(cfg, pipeline_run_id), STAGE_TAG: stage})
         try:
-            yield tracker
-        except Exception as exc:
-            mlflow.log_text(f"{type(exc).__name__}: {exc}", "error.txt")
-            mlflow.log_metric("duration_s", time.time() - t0)
-            mlflow.end_run(status="FAILED")
+            mlflow.log_text(cfg.to_yaml(), "config.yaml")
+        except BaseException:
+            _end_failed(mlflow)
             raise
+    t0 = time.time()
+    try:
+        yield StageTracker(mlflow, run.info.run_id)
+    except BaseException as exc:
+        _end_failed(mlflow, f"{type(exc).__name__}: {redact(str(exc))}", time.time() - t0)
+        raise explain(exc, cfg) if isinstance(exc, Exception) else exc
+    try:
         mlflow.log_metric("duration_s", time.time() - t0)
+        mlflow.end_run()
+    except Exception as exc:
+        _end_failed(mlflow)
+        raise explain(exc, cfg) from None
+
+
+def _end_failed(mlflow, error: str = "", duration_s: float | None = None) -> None:
+    """End the active run FAILED, recording the error where the server still answers. Best effort: the stage's own
+    error is what the caller raises, not a second one from a server that has gone away."""
+    with _few_retries():
+        try:
+            if error:
+                mlflow.log_text(error, "error.txt")
+            if duration_s is not None:
+                mlflow.log_metric("duration_s", duration_s)
+        except Exception:
+            pass
+        try:
+            mlflow.end_run(status="FAILED")
+        except Exception:
+            pass
 
 
 class _NoTracker(StageTracker):

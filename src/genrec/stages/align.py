@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from genrec import tracking
+from genrec import stage_outputs, tracking
 from genrec.align.grpo_loss import grpo_sr_loss, rollout_batch, token_logprobs
 from genrec.align.rewards import ItemEmbeddings, group_advantages, hybrid_rewards
 from genrec.align.rollouts import sample_rollouts
@@ -63,7 +63,8 @@ def run_align(cfg: PipelineConfig, sft_dir: str | Path, reward_dir: str | Path, 
         Path, (sft_dir, reward_dir, pages_dir, sids_dir, embeddings_dir, out_dir))
     a = cfg.align
     rank, world, device = init_distributed()
-    out_dir.mkdir(parents=True, exist_ok=True)
+    stage_outputs.begin(out_dir, "align", pipeline_run_id, {"sft": sft_dir, "reward": reward_dir, "pages": pages_dir, "sids": sids_dir,
+                                                     "embeddings": embeddings_dir})
     sid_map = SidMap.load(sids_dir)
     torch.manual_seed(cfg.run.seed)
     policy, reward = _load_checked(sft_dir, reward_dir, sid_map)
@@ -152,4 +153,6 @@ def run_align(cfg: PipelineConfig, sft_dir: str | Path, reward_dir: str | Path, 
             (out_dir / "report.json").write_text(json.dumps(report, indent=2))
             track.json(report, "align/report.json")
             track.artifact(out_dir / "model", "model")
+    if rank == 0:
+        stage_outputs.complete(out_dir)
     return report

@@ -14,7 +14,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from genrec import plots, tracking
+from genrec import plots, stage_outputs, tracking
 from genrec.config import PipelineConfig
 from genrec.data.io import read_parquet
 from genrec.data.schema import ITEMS_FILE
@@ -47,7 +47,7 @@ def run_assign_sids(cfg: PipelineConfig, embeddings_dir: str | Path, validated_d
                     pipeline_run_id: str) -> dict:
     """Fit RQ-KMeans, give every item a unique SID, build the trie, check and report."""
     embeddings_dir, validated_dir, out_dir = map(Path, (embeddings_dir, validated_dir, out_dir))
-    out_dir.mkdir(parents=True, exist_ok=True)
+    stage_outputs.begin(out_dir, "assign-sids", pipeline_run_id, {"embeddings": embeddings_dir, "validated": validated_dir})
     with tracking.stage_run(cfg, "assign-sids", pipeline_run_id) as track:
         track.params({"sid": cfg.sid.model_dump(mode="json")})
         item_ids = _load(embeddings_dir / "item_ids.npy")
@@ -92,4 +92,5 @@ def run_assign_sids(cfg: PipelineConfig, embeddings_dir: str | Path, validated_d
             track.artifact(project.docs_index.parent, "data_docs")
         if reasons:
             raise ValidationFailed("assign-sids: the SID table failed its checks:\n  " + "\n  ".join(reasons))
+    stage_outputs.complete(out_dir)
     return report

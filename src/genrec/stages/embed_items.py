@@ -17,7 +17,7 @@ import numpy as np
 import pyarrow.parquet as pq
 from tqdm import tqdm
 
-from genrec import tracking
+from genrec import stage_outputs, tracking
 from genrec.config import PipelineConfig
 from genrec.data.io import read_parquet
 from genrec.data.schema import ITEMS_FILE
@@ -122,7 +122,7 @@ def run_embed_items(cfg: PipelineConfig, validated_dir: str | Path, pages_dir: s
                     out_dir: str | Path, pipeline_run_id: str) -> dict:
     """Embed every item of the validated catalog; fine-tune on co-engagement pairs; write the vectors."""
     validated_dir, pages_dir, raw_dir, out_dir = map(Path, (validated_dir, pages_dir, raw_dir, out_dir))
-    out_dir.mkdir(parents=True, exist_ok=True)
+    stage_outputs.begin(out_dir, "embed-items", pipeline_run_id, {"validated": validated_dir, "pages": pages_dir, "raw": raw_dir})
     with tracking.stage_run(cfg, "embed-items", pipeline_run_id) as track:
         track.params({"embed": cfg.embed.model_dump(mode="json")})
         items = read_parquet(validated_dir / ITEMS_FILE, "run validate-events first").to_pandas()
@@ -179,4 +179,5 @@ def run_embed_items(cfg: PipelineConfig, validated_dir: str | Path, pages_dir: s
         track.metrics({k: v for k, v in report.items() if isinstance(v, (int, float))})
         track.json(report, "embed/report.json")
         track.dataset(out_dir / "embeddings.npy", "item_embeddings", "output")
+    stage_outputs.complete(out_dir)
     return report

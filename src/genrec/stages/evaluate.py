@@ -19,7 +19,7 @@ import numpy as np
 import pandas as pd
 from tqdm import tqdm
 
-from genrec import tracking
+from genrec import stage_outputs, tracking
 from genrec.config import PipelineConfig
 from genrec.data.io import read_split_pages
 from genrec.errors import ConfigError, InputDataError
@@ -85,7 +85,8 @@ def run_evaluate(cfg: PipelineConfig, model_dir: str | Path, pages_dir: str | Pa
     the reward model (R@K from r_pref for every method); `raw_dir`, ingest's folder (R@K from the
     simulator's true preference when ground_truth.npz is there)."""
     model_dir, pages_dir, sids_dir, out_dir = map(Path, (model_dir, pages_dir, sids_dir, out_dir))
-    out_dir.mkdir(parents=True, exist_ok=True)
+    stage_outputs.begin(out_dir, "evaluate", pipeline_run_id, {"model": model_dir, "pages": pages_dir, "sids": sids_dir, "sft": sft_dir,
+                                                        "reward": reward_dir, "raw": raw_dir})
     e = cfg.eval
     if e.beam_width < max(e.ks):
         raise ConfigError(f"eval.beam_width={e.beam_width} is below the largest K in eval.ks={e.ks}")
@@ -126,6 +127,7 @@ def run_evaluate(cfg: PipelineConfig, model_dir: str | Path, pages_dir: str | Pa
         track.artifact(out_dir / "metrics.md", "eval")
         track.artifact(out_dir / "metrics.csv", "eval")
         track.json(rows, "eval/metrics.json")
+    stage_outputs.complete(out_dir)
     return rows
 
 

@@ -19,7 +19,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from genrec import tracking
+from genrec import stage_outputs, tracking
 from genrec.config import PipelineConfig
 from genrec.errors import InputDataError
 from genrec.model.genrec_model import model_folder
@@ -31,8 +31,8 @@ def run_gate_and_register(cfg: PipelineConfig, eval_dir: str | Path, model_dir: 
                           out_dir: str | Path, pipeline_run_id: str) -> dict:
     """Decide and register; returns the decision (also decision.json) with the registered version."""
     eval_dir, model_dir, sids_dir, out_dir = map(Path, (eval_dir, model_dir, sids_dir, out_dir))
+    stage_outputs.begin(out_dir, "gate-and-register", pipeline_run_id, {"evaluation": eval_dir, "model": model_dir, "sids": sids_dir})
     model_dir = model_folder(model_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
     if not (eval_dir / "metrics.json").is_file():
         raise InputDataError(f"{eval_dir / 'metrics.json'} not found (run evaluate first)")
     metrics = flatten_metrics(json.loads((eval_dir / "metrics.json").read_text()))
@@ -80,6 +80,7 @@ def run_gate_and_register(cfg: PipelineConfig, eval_dir: str | Path, model_dir: 
         track.artifact(out_dir / "decision.md", "gate")
         track.artifact(out_dir / "decision.html", "gate")
         track.json(result, "gate/decision.json")
+    stage_outputs.complete(out_dir)
     return result
 
 

@@ -16,7 +16,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from genrec import plots, tracking
+from genrec import plots, stage_outputs, tracking
 from genrec.config import PipelineConfig
 from genrec.data.io import read_parquet
 from genrec.data.schema import EVENTS_FILE, ITEMS_FILE, MANIFEST_FILE
@@ -78,8 +78,7 @@ def _period(cfg: PipelineConfig, events: pa.Table, extra: dict) -> tuple[datetim
 
 def run_ingest(cfg: PipelineConfig, out_dir: str | Path, pipeline_run_id: str) -> dict:
     """Load the configured source and write canonical events and items to out_dir; returns the manifest."""
-    out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
+    out_dir = stage_outputs.begin(out_dir, "ingest", pipeline_run_id, {})
     with tracking.stage_run(cfg, "ingest", pipeline_run_id) as track:
         track.params({"source": cfg.source.model_dump(mode="json")})
         if cfg.source.kind == "simulator":
@@ -111,4 +110,5 @@ def run_ingest(cfg: PipelineConfig, out_dir: str | Path, pipeline_run_id: str) -
             fig = plots.bar([r["values"] for r in days], [r["counts"] for r in days], "Events per day", "day", "events")
             track.figure(fig, "plots/events_per_day.png")
             plots.close(fig)
+    stage_outputs.complete(out_dir)
     return manifest

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from genrec import plots, tracking
+from genrec import plots, stage_outputs, tracking
 from genrec.config import PipelineConfig
 from genrec.data.schema import EVENTS_FILE
 from genrec.errors import InputDataError
@@ -22,6 +22,7 @@ def run_sessionize(cfg: PipelineConfig, validated_dir: str | Path, out_dir: str 
     """
     from genrec.spark.sessionize import build_spark, sessionize
 
+    stage_outputs.begin(out_dir, "sessionize", pipeline_run_id, {"validated": validated_dir})
     events = Path(validated_dir) / EVENTS_FILE
     if not events.exists():
         raise InputDataError(f"{events} not found: run validate-events first")
@@ -45,4 +46,5 @@ def run_sessionize(cfg: PipelineConfig, validated_dir: str | Path, out_dir: str 
             fig = plots.bar(list(hist), list(hist.values()), title, xlabel, "pages")
             track.figure(fig, f"plots/{key.removesuffix('_hist')}.png")
             plots.close(fig)
+    stage_outputs.complete(out_dir)
     return report

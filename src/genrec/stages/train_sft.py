@@ -18,7 +18,7 @@ from typing import Callable
 import numpy as np
 import torch
 
-from genrec import tracking
+from genrec import stage_outputs, tracking
 from genrec.config import PipelineConfig
 from genrec.data.io import read_split_pages
 from genrec.errors import InputDataError
@@ -97,7 +97,7 @@ def run_train_sft(cfg: PipelineConfig, pages_dir: str | Path, sids_dir: str | Pa
     """Train the model on the training pages; returns the report (also report.json)."""
     pages_dir, sids_dir, out_dir = Path(pages_dir), Path(sids_dir), Path(out_dir)
     rank, world, _ = init_distributed()
-    out_dir.mkdir(parents=True, exist_ok=True)
+    stage_outputs.begin(out_dir, "train-sft", pipeline_run_id, {"pages": pages_dir, "sids": sids_dir})
     data = prepare_training(cfg, pages_dir, sids_dir, world)
     model, report = data.model, data.report
     loop = loop_config(cfg)
@@ -120,4 +120,6 @@ def run_train_sft(cfg: PipelineConfig, pages_dir: str | Path, sids_dir: str | Pa
             track.metrics({k: v for k, v in report.items() if k in ("steps", "final_loss", "tokens_per_s")})
             track.json(report, "train/report.json")
             track.artifact(out_dir / "model", "model")
+    if rank == 0:
+        stage_outputs.complete(out_dir)
     return report

@@ -18,7 +18,7 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from genrec import tracking
+from genrec import stage_outputs, tracking
 from genrec.config import PipelineConfig
 from genrec.data.io import read_parquet
 from genrec.data.schema import EVENTS_FILE, EVENTS_SCHEMA, ITEMS_FILE, ITEMS_SCHEMA, MANIFEST_FILE
@@ -48,7 +48,7 @@ def _write_quarantine(df: pd.DataFrame, path: Path) -> None:
 def run_validate_events(cfg: PipelineConfig, ingest_dir: str | Path, out_dir: str | Path, pipeline_run_id: str) -> dict:
     """Validate events and items with Great Expectations; quarantine failing rows; stop if the gate fails."""
     ingest_dir, out_dir = Path(ingest_dir), Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
+    stage_outputs.begin(out_dir, "validate-events", pipeline_run_id, {"raw": ingest_dir})
     with tracking.stage_run(cfg, "validate-events", pipeline_run_id) as track:
         track.params({"validation": cfg.validation.model_dump(mode="json")})
         manifest_path = ingest_dir / MANIFEST_FILE
@@ -99,6 +99,7 @@ def run_validate_events(cfg: PipelineConfig, ingest_dir: str | Path, out_dir: st
         if reasons:
             raise ValidationFailed("validate-events stopped the pipeline:\n  " + "\n  ".join(reasons)
                                    + f"\nData Docs: {project.docs_index}")
+    stage_outputs.complete(out_dir)
     return report
 
 

@@ -15,7 +15,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from genrec import tracking
+from genrec import stage_outputs, tracking
 from genrec.config import PipelineConfig
 from genrec.data.io import read_pages
 from genrec.errors import ValidationFailed
@@ -28,7 +28,7 @@ from genrec.validation.runner import GxProject, TableValidation, check_table, qu
 def run_validate_pages(cfg: PipelineConfig, sessionized_dir: str | Path, out_dir: str | Path, pipeline_run_id: str) -> dict:
     """Validate pages with Great Expectations; quarantine failing pages; stop if the gate fails."""
     sessionized_dir, out_dir = Path(sessionized_dir), Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
+    stage_outputs.begin(out_dir, "validate-pages", pipeline_run_id, {"sessionized": sessionized_dir})
     with tracking.stage_run(cfg, "validate-pages", pipeline_run_id) as track:
         table = read_pages(sessionized_dir / "pages")
         frame = C.add_page_columns(table.to_pandas())
@@ -64,4 +64,5 @@ def run_validate_pages(cfg: PipelineConfig, sessionized_dir: str | Path, out_dir
         if reasons:
             raise ValidationFailed("validate-pages stopped the pipeline:\n  " + "\n  ".join(reasons)
                                    + f"\nData Docs: {project.docs_index}")
+    stage_outputs.complete(out_dir)
     return report
