@@ -21,13 +21,16 @@ SHELL := /bin/bash
 # pip on the project's machines warns about unreachable extra indexes; hide only that line.
 QUIET_PIP = 2>&1 | { grep -v "^WARNING: Location" || true; }
 
-.PHONY: run test install compile lint bench-sessionize ui clean lock help wheelhouse wheelhouse-gpu image image-gpu e2e-docker
+.PHONY: run test install compile lint bench-sessionize ui clean lock help wheelhouse wheelhouse-gpu image image-gpu e2e-docker \
+	mlflow-image mlflow-up mlflow-down
 
 help:
 	@echo "make run      create the environment (first time) and run the demo pipeline end to end"
 	@echo "make test     create the environment (first time) and run the test suite"
 	@echo "make compile  recompile pipelines/genrec_pipeline.yaml"
-	@echo "make ui       start the MLflow UI on http://127.0.0.1:5000"
+	@echo "make ui       start the MLflow UI on http://127.0.0.1:5000 over the work folder's sqlite store"
+	@echo "make mlflow-up    start the team server here: PostgreSQL + object store + mlflow server with logins (mlflow/README.md)"
+	@echo "make mlflow-image build the MLflow server image \$$(MLFLOW_IMAGE)"
 	@echo "make image    build the CPU runtime image \$$(IMAGE) (make image-gpu: \$$(GPU_IMAGE))"
 	@echo "make e2e-docker   build the CPU image and run the whole pipeline in its containers (kfp.local DockerRunner)"
 	@echo "make bench-sessionize   time the Spark job on 1M/10M/30M simulated events (long)"
@@ -78,6 +81,7 @@ clean:
 VERSION    := $(shell sed -n 's/^version = "\(.*\)"/\1/p' pyproject.toml)
 IMAGE      ?= ghcr.io/genrec/genrec:$(VERSION)
 GPU_IMAGE  ?= ghcr.io/genrec/genrec-gpu:$(VERSION)
+MLFLOW_IMAGE ?= ghcr.io/genrec/genrec-mlflow:$(VERSION)
 BASE_IMAGE ?=
 OFFLINE    ?=
 WHEELHOUSE := docker/wheelhouse
@@ -92,6 +96,7 @@ $(WHEELHOUSE)/.complete: pyproject.toml constraints.txt docker/requirements.py |
 	@echo "filling $(WHEELHOUSE) with every dependency as a wheel (and DeepSpeed's source, built in the image) ..."
 	@mkdir -p build
 	$(BIN)/python docker/requirements.py pyproject.toml --exclude torch > build/requirements.txt
+	$(BIN)/python docker/requirements.py pyproject.toml --extra server >> build/requirements.txt
 	$(BIN)/python -m pip wheel --quiet $(TORCH_PIP_ARGS) -c constraints.txt -w $(WHEELHOUSE) torch==2.13.0 setuptools wheel packaging \
 		-r build/requirements.txt $(QUIET_PIP)
 	$(BIN)/python -m pip download --quiet --no-deps --no-binary deepspeed -c constraints.txt -d $(WHEELHOUSE) deepspeed $(QUIET_PIP)
@@ -117,6 +122,21 @@ image-gpu: $(if $(OFFLINE),wheelhouse wheelhouse-gpu)
 		docker/Dockerfile.gpu docker/requirements.py docker/wheelhouse docker/wheelhouse-gpu \
 		| $(DOCKER_BUILD) -f docker/Dockerfile.gpu -t $(GPU_IMAGE) -
 	docker run --rm --network host -v "$(CURDIR)/docker/smoke.py:/tmp/smoke.py:ro" $(GPU_IMAGE) python /tmp/smoke.py --expect cuda
+
+mlflow-image: $(if $(OFFLINE),wheelhouse)
+	@echo "building $(MLFLOW_IMAGE) from mlflow/Dockerfile ..."
+	$(DOCKER_BUILD) -f mlflow/Dockerfile -t $(MLFLOW_IMAGE) .
+	docker run --rm --network host --entrypoint python $(MLFLOW_IMAGE) -c \
+		"import mlflow, psycopg2, boto3, flask_wtf; assert mlflow.__version__ == '$$(sed -n 's/^mlflow==//p' constraints.txt)'; print('mlflow', mlflow.__version__)"
+
+# ---- the team's MLflow server on this machine (mlflow/README.md): PostgreSQL + object store + mlflow server ---------
+# Passwords come from the environment (the README lists them). MLFLOW_PORT: the server's port on 127.0.0.1.
+MLFLOW_PORT ?= 5000
+mlflow-up: install
+	$(BIN)/python mlflow/local_stack.py up --port $(MLFLOW_PORT)
+
+mlflow-down: install
+	$(BIN)/python mlflow/local_stack.py down
 
 # The whole pipeline, every task in its container from $(IMAGE), tracking to an MLflow server on 127.0.0.1 that this
 # target starts and stops; ends with the run's summary and loads the registered model on this machine.

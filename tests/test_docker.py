@@ -1,5 +1,6 @@
 """The pipeline in its containers: the CPU image built by `make image`, every task run by kfp.local's DockerRunner,
-tracking to an MLflow server on 127.0.0.1, the registered model loaded here.
+tracking to the team's server on 127.0.0.1 (mlflow/: the server image over PostgreSQL and moto's S3, with logins),
+the registered model loaded here.
 
 Starts what it needs: a Docker daemon (../shared/scripts/dockerd-up where none answers; stopped again after), a
 Debian base image built locally where public registries are out of reach (../shared/scripts/local-base-image, or
@@ -11,6 +12,8 @@ import os
 import re
 import shutil
 import subprocess
+import sys
+import tempfile
 from pathlib import Path
 
 import mlflow
@@ -22,8 +25,12 @@ REPO = Path(__file__).resolve().parents[1]
 SCRIPTS = REPO.parent / "shared" / "scripts"
 import e2e  # noqa: E402  (docker/e2e.py, on sys.path through conftest: the same steps as make e2e-docker)
 
+sys.path.insert(0, str(REPO / "mlflow"))
+import local_stack  # noqa: E402  (mlflow/local_stack.py)
+
 pytestmark = [pytest.mark.docker, pytest.mark.slow]
 IMAGE = DEFAULT_IMAGE  # what make image tags
+MLFLOW_IMAGE = DEFAULT_IMAGE.replace("/genrec:", "/genrec-mlflow:")  # what make mlflow-image tags
 LOCAL_BASE = "local/genrec-base:bookworm-py3.11-jre17"
 TASKS = ["ingest", "validate-events", "sessionize", "validate-pages", "embed-items", "assign-sids", "train-sft",
          "train-reward", "align", "evaluate", "gate-and-register"]
@@ -48,13 +55,9 @@ def docker_daemon():
 
 
 @pytest.fixture(scope="session")
-def image(docker_daemon):
-    """The CPU image, built (or brought up to date from the layer cache) by `make image`; its git commit."""
-    root = subprocess.run(["docker", "info", "-f", "{{.DockerRootDir}}"], capture_output=True, text=True).stdout.strip()
-    free_gb = shutil.disk_usage(root).free / 1e9
-    # a cold build holds the base, the dependency stage (~4.5 GB), the runtime (~3 GB) and a ~1 GB build context
-    assert free_gb > 12, (f"{root} has {free_gb:.1f} GB free; building the image needs about 12: remove old images "
-                          "(docker image prune) and try again")
+def base_image(docker_daemon) -> str:
+    """The base the images build on: GENREC_BASE_IMAGE, a local one where ../shared/scripts can make it, else ''
+    (the Dockerfiles' public base)."""
     base = os.environ.get("GENREC_BASE_IMAGE", "")
     if not base and (SCRIPTS / "local-base-image").exists():
         base = LOCAL_BASE
@@ -62,7 +65,18 @@ def image(docker_daemon):
         made = subprocess.run([str(SCRIPTS / "local-base-image"), base], env=env, capture_output=True, text=True,
                               timeout=1200)
         assert made.returncode == 0, made.stdout[-2000:] + made.stderr[-2000:]
-    args = ["make", "image", "OFFLINE=1", f"IMAGE={IMAGE}"] + ([f"BASE_IMAGE={base}"] if base else [])
+    return base
+
+
+@pytest.fixture(scope="session")
+def image(base_image):
+    """The CPU image, built (or brought up to date from the layer cache) by `make image`; its git commit."""
+    root = subprocess.run(["docker", "info", "-f", "{{.DockerRootDir}}"], capture_output=True, text=True).stdout.strip()
+    free_gb = shutil.disk_usage(root).free / 1e9
+    # a cold build holds the base, the dependency stage (~4.5 GB), the runtime (~3 GB) and a ~1 GB build context
+    assert free_gb > 12, (f"{root} has {free_gb:.1f} GB free; building the image needs about 12: remove old images "
+                          "(docker image prune) and try again")
+    args = ["make", "image", "OFFLINE=1", f"IMAGE={IMAGE}"] + ([f"BASE_IMAGE={base_image}"] if base_image else [])
     built = subprocess.run(args, cwd=REPO, capture_output=True, text=True, timeout=2400)
     assert built.returncode == 0, built.stdout[-4000:] + built.stderr[-4000:]
     assert re.search(r"torch 2\.13\.0\+cpu \(cpu.*11 genrec stages import; genrec --help runs", built.stdout), built.stdout[-2000:]
@@ -71,10 +85,31 @@ def image(docker_daemon):
     return re.search(r"^GENREC_GIT_COMMIT=(\S+)$", label, re.M).group(1)
 
 
+@pytest.fixture(scope="session")
+def mlflow_image(base_image, image) -> str:
+    """The MLflow server image (make mlflow-image), after the runtime image: it reuses the wheelhouse."""
+    args = ["make", "mlflow-image", "OFFLINE=1", f"MLFLOW_IMAGE={MLFLOW_IMAGE}"] + (
+        [f"BASE_IMAGE={base_image}"] if base_image else [])
+    built = subprocess.run(args, cwd=REPO, capture_output=True, text=True, timeout=1800)
+    assert built.returncode == 0, built.stdout[-4000:] + built.stderr[-4000:]
+    assert re.search(r"^mlflow 3\.\d+\.\d+$", built.stdout, re.M), built.stdout[-2000:]
+    return MLFLOW_IMAGE
+
+
 @pytest.fixture(scope="module")
-def server(tmp_path_factory):
-    with e2e.mlflow_server(tmp_path_factory.mktemp("mlflow-docker")) as uri:
-        yield uri
+def server(mlflow_image, tmp_path_factory):
+    """The team's server: the server image over PostgreSQL and moto's S3 on 127.0.0.1, with logins. For this module,
+    this process (and the `genrec run` it starts, and the task containers) logs in as the pipeline user."""
+    root = tmp_path_factory.mktemp("stack")
+    pg_dir = Path(tempfile.mkdtemp(prefix="genrec-pg-"))
+    pg_dir.chmod(0o755)  # as root, PostgreSQL runs as the postgres user, who must reach it
+    with local_stack.environment(local_stack.throwaway_secrets()):
+        stack = local_stack.up(root, port=local_stack.free_port(), pg_dir=pg_dir / "pg", image=mlflow_image)
+        try:
+            yield stack.uri
+        finally:
+            local_stack.down(root, stack)
+            shutil.rmtree(pg_dir, ignore_errors=True)
 
 
 def test_image_runs_as_a_non_root_user(image):
@@ -95,7 +130,7 @@ def test_the_pipeline_runs_in_its_containers(image, server, tmp_path):
         assert re.search(rf"^  {task}\s+started$", out, re.M) and re.search(rf"^  {task}\s+success\s+\d+ s$", out, re.M), task
     assert "n_users" not in out and len(out.splitlines()) < 80  # the config JSON of each task is in the log only
     log = Path(re.search(r"^full log:\s+(\S+)$", out, re.M).group(1)).read_text()
-    assert log.count("n_users") == 11
+    assert log.count("n_users") == len(TASKS) + 1  # every task and the exit task (finish-run) get the config
     assert re.search(r"^\| genrec \| [0-9.]+ \|", out, re.M)
     assert re.search(r"^registered: models:/genrec-docker/1 \(new version\); champion: 1", out, re.M)
 
