@@ -80,13 +80,22 @@ def genrec_run(config: str, work: Path, tracking_uri: str, *args: str, timeout_s
 
 
 def load_champion(tracking_uri: str, model_name: str, pages_dir: Path, n: int = 3):
-    """Load models:/<model_name>@champion here, outside the containers, and predict for n test histories."""
+    """Load models:/<model_name>@champion here, outside the containers, and predict for n test histories.
+    Leaves this process's MLflow settings as they were (mlflow.set_tracking_uri also sets MLFLOW_TRACKING_URI)."""
     import mlflow
     import pandas as pd
 
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
+    before_uri, before_env = mlflow.get_tracking_uri(), os.environ.get("MLFLOW_TRACKING_URI")
     mlflow.set_tracking_uri(tracking_uri)
-    model = mlflow.pyfunc.load_model(f"models:/{model_name}@champion")
+    try:
+        model = mlflow.pyfunc.load_model(f"models:/{model_name}@champion")
+    finally:
+        mlflow.set_tracking_uri(before_uri)
+        if before_env is None:
+            os.environ.pop("MLFLOW_TRACKING_URI", None)
+        else:
+            os.environ["MLFLOW_TRACKING_URI"] = before_env
     pages = pd.read_parquet(pages_dir)
     histories = [list(map(int, h)) for h in pages["history_items"] if len(h)][:n]
     return model.predict(pd.DataFrame({"history": histories}))

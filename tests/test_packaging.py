@@ -96,4 +96,4 @@ def test_wheel_installs_every_package_and_runs(clean_install, tmp_path):
     compiled = subprocess.run([str(venv / "bin" / "genrec"), "compile", "--out", str(tmp_path / "p.yaml"),
                                "--image", "registry.example/genrec:test"], **run)
     assert compiled.returncode == 0, compiled.stderr[-3000:]
-    assert (tmp_path / "p.yaml").read_text().count("image: registry.example/genrec:test") == 11
+    assert (tmp_path / "p.yaml").read_text().count("image: registry.example/genrec:test") == 12  # 11 stages + finish-run

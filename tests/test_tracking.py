@@ -40,3 +40,17 @@ def test_simulator_ingest_logs_truth_and_counts(make_cfg, mlflow_server, tmp_pat
     child = [r for r in client.search_runs([exp.experiment_id]) if r.data.tags["genrec.stage"] == "ingest"][0]
     assert child.data.metrics["n_events"] == manifest["n_events"]
     assert {d.dataset.name for d in child.inputs.dataset_inputs} == {"events_raw"}
+
+
+def test_tracking_leaves_the_environment_as_it_was(tmp_path, monkeypatch):
+    """mlflow.set_tracking_uri exports MLFLOW_TRACKING_URI; genrec reads the user's choice there, so it must not stick."""
+    import os
+
+    from genrec.config import load_config
+
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    first = load_config(None, [f"run.work_dir={tmp_path / 'a'}", "run.experiment=env"])
+    tracking.ensure_parent_run(first, "env-1")
+    assert "MLFLOW_TRACKING_URI" not in os.environ
+    second = load_config(None, [f"run.work_dir={tmp_path / 'b'}", "run.experiment=env"])
+    assert tracking.tracking_uri(second) == f"sqlite:///{tmp_path / 'b'}/mlflow.db"

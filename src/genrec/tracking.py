@@ -46,6 +46,18 @@ def _mlflow():
     return mlflow
 
 
+def _point_mlflow_at(mlflow, uri: str) -> None:
+    """mlflow.set_tracking_uri, without its side effect: it also exports MLFLOW_TRACKING_URI into this process's
+    environment, where genrec reads the user's choice, so a sqlite default (or any later URI) would stick for every
+    later config in the process and its subprocesses."""
+    before = os.environ.get("MLFLOW_TRACKING_URI")
+    mlflow.set_tracking_uri(uri)
+    if before is None:
+        os.environ.pop("MLFLOW_TRACKING_URI", None)
+    else:
+        os.environ["MLFLOW_TRACKING_URI"] = before
+
+
 def _experiment_id(mlflow, cfg: PipelineConfig) -> str:
     exp = mlflow.get_experiment_by_name(cfg.run.experiment)
     if exp is not None:
@@ -105,7 +117,7 @@ def ensure_parent_run(cfg: PipelineConfig, pipeline_run_id: str) -> str:
     check_server(cfg)
     mlflow = _mlflow()
     with _startup(cfg):
-        mlflow.set_tracking_uri(tracking_uri(cfg))
+        _point_mlflow_at(mlflow, tracking_uri(cfg))
         exp_id = _experiment_id(mlflow, cfg)
         client = mlflow.MlflowClient()
         found = client.search_runs([exp_id], filter_string=f"tags.`{PIPELINE_TAG}` = '{pipeline_run_id}' and "
@@ -148,7 +160,7 @@ def run_url(cfg: PipelineConfig, run_id: str) -> str:
     """Where to look at a run: a UI link for an http store, else the store and the run id."""
     uri = tracking_uri(cfg)
     mlflow = _mlflow()
-    mlflow.set_tracking_uri(uri)
+    _point_mlflow_at(mlflow, uri)
     exp = mlflow.get_experiment_by_name(cfg.run.experiment)
     if uri.startswith("http"):
         return f"{uri.rstrip('/')}/#/experiments/{exp.experiment_id}/runs/{run_id}"
