@@ -46,16 +46,26 @@ def _mlflow():
     return mlflow
 
 
+@contextmanager
+def _env_restored(*keys: str) -> Iterator[None]:
+    """These environment variables as they were before the block, whatever it set."""
+    saved = {k: os.environ.get(k) for k in keys}
+    try:
+        yield
+    finally:
+        for key, value in saved.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
+
+
 def _point_mlflow_at(mlflow, uri: str) -> None:
     """mlflow.set_tracking_uri, without its side effect: it also exports MLFLOW_TRACKING_URI into this process's
     environment, where genrec reads the user's choice, so a sqlite default (or any later URI) would stick for every
     later config in the process and its subprocesses."""
-    before = os.environ.get("MLFLOW_TRACKING_URI")
-    mlflow.set_tracking_uri(uri)
-    if before is None:
-        os.environ.pop("MLFLOW_TRACKING_URI", None)
-    else:
-        os.environ["MLFLOW_TRACKING_URI"] = before
+    with _env_restored("MLFLOW_TRACKING_URI"):
+        mlflow.set_tracking_uri(uri)
 
 
 def _experiment_id(mlflow, cfg: PipelineConfig) -> str:
@@ -80,17 +90,10 @@ def _few_retries() -> Iterator[None]:
     """MLflow's client retries a failed request 7 times with backoff (minutes); around the first calls of a process and
     around the record of a failure, retry once, so that a server that cannot be used fails the stage in seconds.
     A user's own MLFLOW_HTTP_REQUEST_* settings win."""
-    saved = {k: os.environ.get(k) for k in _FEW_RETRIES}
-    for key, value in _FEW_RETRIES.items():
-        os.environ.setdefault(key, value)
-    try:
+    with _env_restored(*_FEW_RETRIES):
+        for key, value in _FEW_RETRIES.items():
+            os.environ.setdefault(key, value)
         yield
-    finally:
-        for key, value in saved.items():
-            if value is None:
-                os.environ.pop(key, None)
-            else:
-                os.environ[key] = value
 
 
 _FEW_RETRIES = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "1", "MLFLOW_HTTP_REQUEST_TIMEOUT": "30"}
@@ -146,14 +149,6 @@ def finish_parent_run(cfg: PipelineConfig, pipeline_run_id: str, status: str = "
             client.log_metric(run_id, key, float(value))
         client.set_terminated(run_id, status=status)
     return run_id
-
-
-def parent_run_status(cfg: PipelineConfig, pipeline_run_id: str) -> str:
-    """RUNNING, FINISHED, FAILED or KILLED: the state of a pipeline run's parent run."""
-    mlflow = _mlflow()
-    run_id = ensure_parent_run(cfg, pipeline_run_id)
-    with _startup(cfg):
-        return mlflow.MlflowClient().get_run(run_id).info.status
 
 
 def run_url(cfg: PipelineConfig, run_id: str) -> str:
