@@ -29,15 +29,9 @@ from components.validate_pages import validate_pages
 DEFAULT_IMAGE = f"ghcr.io/genrec/genrec:{genrec.__version__}"
 DEFAULT_GPU_IMAGE = f"ghcr.io/genrec/genrec-gpu:{genrec.__version__}"
 
-# Tasks that train with DeepSpeed and run in the GPU image when one is given.
-GPU_TASKS = ("train_sft", "align")
 FUNCTIONS = (ingest, validate_events, sessionize, validate_pages, embed_items, assign_sids, train_sft, train_reward,
              align, evaluate, gate_and_register, finish_run)
 
-# The Kubernetes Secret whose keys every task gets as environment variables: where it tracks to and as whom. The
-# compiled YAML names the Secret, never its values (README: "Kubeflow Pipelines and the images").
-DEFAULT_MLFLOW_SECRET = "genrec-mlflow"
-MLFLOW_SECRET_KEYS = ("MLFLOW_TRACKING_URI", "MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_PASSWORD")
 
 
 @dataclass(frozen=True)
@@ -47,10 +41,19 @@ class Images:
     cpu: str = DEFAULT_IMAGE
     """Image of every task (docker/Dockerfile); of the training tasks too when `gpu` is empty."""
     gpu: str = ""
-    """Image of the training tasks (train-sft, align; docker/Dockerfile.gpu); empty: the CPU image."""
+    """Image of the GPU tasks (docker/Dockerfile.gpu); empty: the CPU image."""
+    gpu_tasks: tuple[str, ...] = ("train_sft", "align")
+    """The tasks that run in `gpu` (cluster.gpu.tasks)."""
 
     def for_task(self, name: str) -> str:
-        return self.gpu if self.gpu and name in GPU_TASKS else self.cpu
+        return self.gpu if self.gpu and name in self.gpu_tasks else self.cpu
+
+    @classmethod
+    def resolve(cls, cluster, image: str = "", gpu_image: str = "") -> "Images":
+        """The images of a config's `cluster` section, command-line flags first. GPU tasks get the GPU image when one
+        is named or when the cluster gives them GPUs."""
+        gpu = gpu_image or cluster.gpu_image or (DEFAULT_GPU_IMAGE if cluster.gpu.count else "")
+        return cls(image or cluster.image or DEFAULT_IMAGE, gpu, tuple(cluster.gpu.tasks))
 
 
 def build_components(images: Images) -> dict:

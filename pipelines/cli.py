@@ -11,7 +11,7 @@ from typing import List, Optional
 
 import typer
 
-from components import DEFAULT_GPU_IMAGE, DEFAULT_IMAGE, DEFAULT_MLFLOW_SECRET, Images
+from components import DEFAULT_GPU_IMAGE, DEFAULT_IMAGE, Images
 from genrec import tracking
 from genrec.cli import ConfigOpt, OverridesArg, friendly, resolve_config
 from genrec.cli import app as stage_app
@@ -90,20 +90,30 @@ def _close_parent(cfg, run_id: str, status: str, elapsed: float) -> None:
 
 @app.command()
 @friendly
-def compile(out: Path = typer.Option(None, help="Where to write the pipeline YAML [pipelines/genrec_pipeline.yaml]."),
-            image: str = ImageOpt, gpu_image: str = GpuImageOpt,
-            mlflow_secret: str = typer.Option(DEFAULT_MLFLOW_SECRET, help="Kubernetes Secret, in the namespace the "
-                                              "pipeline runs in, whose keys MLFLOW_TRACKING_URI, MLFLOW_TRACKING_USERNAME "
-                                              "and MLFLOW_TRACKING_PASSWORD every task gets as environment variables "
-                                              "(mlflow/README.md). Empty: none (the pods get them some other way).")):
-    """Compiles the KFP pipeline to YAML for a Kubernetes KFP installation; every task names --image (the training
-    tasks --gpu-image when given) and reads the tracking server and its login from --mlflow-secret. The YAML holds no
-    tracking URI and no credential."""
+def compile(config: Optional[Path] = ConfigOpt,
+            out: Path = typer.Option(None, help="Where to write the pipeline YAML [pipelines/genrec_pipeline.yaml]."),
+            image: str = typer.Option("", "--image", help="Image of every task; wins over cluster.image "
+                                                          f"[{DEFAULT_IMAGE}, what make image tags]."),
+            gpu_image: str = typer.Option("", "--gpu-image", help="Image of the GPU tasks; wins over cluster.gpu_image "
+                                          f"[{DEFAULT_GPU_IMAGE} when cluster.gpu.count > 0, else --image]."),
+            overrides: Optional[List[str]] = OverridesArg):
+    """Compiles the KFP pipeline to YAML for a Kubernetes KFP installation, with the config's `cluster` section:
+    per-task CPU and memory requests and limits, GPUs with node selector and tolerations, the Secrets every task
+    reads MLflow's login (and the object store's keys) from, the checkpoint volume, retries with backoff. The YAML
+    names Secrets, never their values. `genrec config-help` lists the cluster.* keys."""
     from pipelines.genrec_pipeline import COMPILED_PATH, compile_pipeline
 
-    path = compile_pipeline(out or COMPILED_PATH, Images(image, gpu_image), mlflow_secret)
-    typer.echo(f"compiled -> {path} (image {image}{f', training tasks {gpu_image}' if gpu_image else ''}; "
-               f"MLflow from {f'Secret {mlflow_secret}' if mlflow_secret else 'the pods environment'})")
+    cfg = resolve_config(config, overrides)
+    images = Images.resolve(cfg.cluster, image, gpu_image)
+    path = compile_pipeline(out or COMPILED_PATH, cfg, images)
+    c = cfg.cluster
+    typer.echo(f"compiled -> {path}")
+    typer.echo(f"  images:  {images.cpu}" + (f"; {', '.join(images.gpu_tasks)}: {images.gpu}" if images.gpu else ""))
+    typer.echo(f"  GPUs:    {f'{c.gpu.count} x {c.gpu.accelerator} for ' + ', '.join(c.gpu.tasks) if c.gpu.count else 'none (CPU only)'}")
+    typer.echo(f"  MLflow:  URI from {f'ConfigMap {c.tracking_config_map}' if c.tracking_config_map else f'Secret {c.mlflow_secret}' if c.mlflow_secret else 'the pods environment'}"
+               f", login from {f'Secret {c.mlflow_secret}' if c.mlflow_secret else 'the pods environment'}")
+    if c.checkpoint_pvc:
+        typer.echo(f"  checkpoints: PVC {c.checkpoint_pvc} at {cfg.run.checkpoint_root}")
 
 
 if __name__ == "__main__":

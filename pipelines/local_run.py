@@ -135,7 +135,7 @@ def run_local(cfg: PipelineConfig, pipeline_run_id: str, runner: str = "subproce
         progress = TaskProgress(log, sys.stdout)
         try:
             with patch, contextlib.redirect_stdout(progress), contextlib.redirect_stderr(progress):
-                build_pipeline(images)(config_json=cfg.to_json(), pipeline_run_id=pipeline_run_id)
+                build_pipeline(cfg, images, on_kubernetes=False)(config_json=cfg.to_json(), pipeline_run_id=pipeline_run_id)
         except RuntimeError as exc:  # kfp.local raises RuntimeError when a task fails
             progress.failed()
             return LocalRun(root, False, log_path, _ANSI.sub("", str(exc)), progress.failed_task, progress.failed_tail)

@@ -24,31 +24,6 @@ def test_compiled_yaml_is_current(tmp_path):
         assert f"exec-{stage}" in fresh
 
 
-def test_compiled_pipeline_ends_the_parent_run_and_reads_mlflow_from_a_secret(tmp_path):
-    import yaml
-
-    docs = list(yaml.safe_load_all(compile_pipeline(tmp_path / "p.yaml").read_text()))
-    ir, platform = docs[0], docs[1]["platforms"]["kubernetes"]["deploymentSpec"]["executors"]
-    root = ir["root"]["dag"]["tasks"]
-    # finish-run is the exit task of an ExitHandler around all 11 stages: it runs after them, failed or not.
-    assert root["finish-run"]["triggerPolicy"]["strategy"] == "ALL_UPSTREAM_TASKS_COMPLETED"
-    assert root["finish-run"]["dependentTasks"] == ["exit-handler-1"]
-    inner = ir["components"]["comp-exit-handler-1"]["dag"]["tasks"]
-    assert sorted(inner) == sorted(STAGES)
-    # Every task, the exit task too, gets the tracking server and its login from the Secret, by name only.
-    assert sorted(platform) == sorted(f"exec-{t}" for t in [*STAGES, "finish-run"])
-    for executor in platform.values():
-        (secret,) = executor["secretAsEnv"]
-        assert secret["secretName"] == "genrec-mlflow" or secret.get("secretNameParameter", {}).get(
-            "runtimeValue", {}).get("constant") == "genrec-mlflow"
-        assert {k["envVar"] for k in secret["keyToEnv"]} == {"MLFLOW_TRACKING_URI", "MLFLOW_TRACKING_USERNAME",
-                                                             "MLFLOW_TRACKING_PASSWORD"}
-    # No tracking URI is baked in: not in the parameters' defaults, not in any executor.
-    assert "http://" not in yaml.safe_dump(docs) and "sqlite:" not in yaml.safe_dump(docs)
-    no_secret = list(yaml.safe_load_all(compile_pipeline(tmp_path / "q.yaml", mlflow_secret="").read_text()))
-    assert len(no_secret) == 1 or "secretAsEnv" not in json.dumps(no_secret[1])
-
-
 def _genrec(*args, cwd=REPO, env=None):
     return subprocess.run([sys.executable, "-m", "pipelines.cli", *args], cwd=cwd, capture_output=True, text=True,
                           timeout=900, env=env)

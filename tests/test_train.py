@@ -30,6 +30,29 @@ def test_a_killed_run_resumes_to_the_same_model(sft_data, trained, tmp_path, mlf
     assert json.loads((trained / "report.json").read_text())["final_loss"] < np.log(4 + 12) - 1.0
 
 
+def test_a_retried_task_resumes_from_the_checkpoint_volume(sft_data, trained, tmp_path, mlflow_server):
+    """As on a cluster: checkpoints on a volume (run.checkpoint_root), the retry in a fresh output folder with the
+    same pipeline run id."""
+    volume = tmp_path / "pvc"
+    volume.mkdir()
+    args = [*STEPS, f"run.checkpoint_root={volume}", "--pipeline-run-id", "kfp-run-1"]
+    kill_at_first_checkpoint(_cmd(sft_data, tmp_path / "attempt-1", mlflow_server, *args),
+                             volume / "kfp-run-1" / "train-sft", _env(tmp_path))
+    retry = subprocess.run(_cmd(sft_data, tmp_path / "attempt-2", mlflow_server, *args), env=_env(tmp_path),
+                           capture_output=True, text=True, timeout=600)
+    assert retry.returncode == 0, retry.stderr[-3000:]
+    report = json.loads((tmp_path / "attempt-2" / "report.json").read_text())
+    assert 0 < report["resumed_from_step"] < 300 and report["steps"] == 300
+    assert not (tmp_path / "attempt-2" / "checkpoints").exists()
+    a, b = (load_file(str(d / "model" / "model.safetensors")) for d in (trained, tmp_path / "attempt-2"))
+    assert all(np.allclose(a[k], b[k], atol=1e-6) for k in a)
+    # A volume that is not there fails at once, naming the key.
+    missing = subprocess.run(_cmd(sft_data, tmp_path / "attempt-3", mlflow_server, *STEPS,
+                                  f"run.checkpoint_root={tmp_path / 'not-mounted'}"),
+                             env=_env(tmp_path), capture_output=True, text=True, timeout=600)
+    assert missing.returncode != 0 and "run.checkpoint_root" in missing.stderr and "not a folder" in missing.stderr
+
+
 def test_evaluate_scores_the_model_and_refuses_other_sids(sft_data, trained, tmp_path, make_cfg):
     """The next item follows from the history: the model must beat popularity by far."""
     from genrec.errors import InputDataError

@@ -13,8 +13,9 @@ from pathlib import Path
 from typing import Any, Literal, Optional
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
+from genrec.cluster_config import ClusterConfig
 from genrec.credentials import WHERE_CREDENTIALS_GO, find_passwords, redact
 from genrec.errors import ConfigError
 
@@ -37,6 +38,11 @@ class RunConfig(_Section):
                                               "$MLFLOW_TRACKING_URI (with MLFLOW_TRACKING_USERNAME / _PASSWORD), else "
                                               "sqlite:///<work_dir>/mlflow.db.")
     experiment: str = Field("genrec", description="MLflow experiment that holds the pipeline runs.")
+    checkpoint_root: str = Field("", description="Folder for the training checkpoints of train-sft and align, as "
+                                                 "<checkpoint_root>/<pipeline run id>/<stage>/: outside the task's "
+                                                 "output folder, so a retried or preempted task resumes from its "
+                                                 "newest checkpoint. On a cluster the mount path of "
+                                                 "cluster.checkpoint_pvc. Empty: <output folder>/checkpoints.")
 
 
 class SourceConfig(_Section):
@@ -332,6 +338,15 @@ class PipelineConfig(_Section):
     eval: EvalConfig = Field(default_factory=EvalConfig, description="Offline evaluation and baselines (evaluate).")
     gate: GateConfig = Field(default_factory=GateConfig, description="The evaluation gate (gate-and-register).")
     registry: RegistryConfig = Field(default_factory=RegistryConfig, description="The MLflow model registry (gate-and-register).")
+    cluster: ClusterConfig = Field(default_factory=ClusterConfig, description="Kubernetes: images, resources, GPUs, "
+                                                                              "Secrets, volumes, retries (genrec compile / submit).")
+
+    @model_validator(mode="after")
+    def _checkpoints_on_the_volume(self):
+        if self.cluster.checkpoint_pvc and not self.run.checkpoint_root.startswith("/"):
+            raise ValueError(f"cluster.checkpoint_pvc={self.cluster.checkpoint_pvc!r} needs run.checkpoint_root, an "
+                             f"absolute path to mount it at (e.g. /checkpoints); got {self.run.checkpoint_root!r}")
+        return self
 
     def to_json(self) -> str:
         """Canonical JSON of the fully resolved config (what every run records)."""
@@ -362,7 +377,9 @@ def _format_errors(err: ValidationError, origin: str) -> str:
     lines = []
     for e in err.errors():
         key = ".".join(str(p) for p in e["loc"])
-        if e["type"] == "extra_forbidden":
+        if not key:  # a check across sections names its keys itself
+            lines.append(f"{origin}: {e['msg'].removeprefix('Value error, ')}")
+        elif e["type"] == "extra_forbidden":
             moved = f": {_MOVED_KEYS[key]}" if key in _MOVED_KEYS else ""
             lines.append(f"{origin}: unknown key '{key}'{moved}")
         else:
@@ -449,15 +466,17 @@ def config_from_json(text: str) -> PipelineConfig:
         raise ConfigError(_format_errors(err, "pipeline parameter config_json")) from None
 
 
-def describe_fields(model: type[BaseModel] = PipelineConfig, prefix: str = "") -> list[tuple[str, str, str]]:
+def describe_fields(model: type[BaseModel] = PipelineConfig, prefix: str = "",
+                    defaults: BaseModel | None = None) -> list[tuple[str, str, str]]:
     """(key, default, help) for every leaf field: the documentation of the config."""
+    from pydantic_core import to_jsonable_python
+
+    defaults = model() if defaults is None else defaults
     rows = []
     for name, field in model.model_fields.items():
-        key = f"{prefix}{name}"
-        ann = field.annotation
-        if isinstance(ann, type) and issubclass(ann, BaseModel):
-            rows.extend(describe_fields(ann, key + "."))
+        key, value = f"{prefix}{name}", getattr(defaults, name)
+        if isinstance(value, BaseModel):
+            rows.extend(describe_fields(type(value), key + ".", value))
         else:
-            default = field.default_factory() if field.default_factory else field.default
-            rows.append((key, json.dumps(default, default=str), field.description or ""))
+            rows.append((key, json.dumps(to_jsonable_python(value)), field.description or ""))
     return rows

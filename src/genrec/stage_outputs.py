@@ -47,3 +47,19 @@ def begin(out_dir: str | Path, stage: str, pipeline_run_id: str, inputs: dict[st
 def complete(out_dir: str | Path) -> None:
     """The stage finished: its output folder may be used."""
     (Path(out_dir) / MARKER).unlink(missing_ok=True)
+
+
+def checkpoint_dir(checkpoint_root: str, out_dir: Path, stage: str, pipeline_run_id: str) -> Path:
+    """Where a training stage keeps its resumable checkpoints: <out_dir>/checkpoints, or, with run.checkpoint_root,
+    <root>/<pipeline run id>/<stage>. The second survives the task: KFP gives a retried task a fresh output folder but
+    the same run id, so the retry finds the checkpoints of the attempt before it."""
+    if not checkpoint_root:
+        return Path(out_dir) / "checkpoints"
+    root = Path(checkpoint_root)
+    if not root.is_dir():
+        raise InputDataError(f"run.checkpoint_root {root} is not a folder (on a cluster: is cluster.checkpoint_pvc "
+                             f"mounted there?)")
+    if not pipeline_run_id:
+        raise InputDataError("run.checkpoint_root is set but the pipeline run id is empty: the checkpoints of "
+                             "different runs would mix")
+    return root / pipeline_run_id / stage

@@ -65,6 +65,8 @@ def run_align(cfg: PipelineConfig, sft_dir: str | Path, reward_dir: str | Path, 
     rank, world, device = init_distributed()
     stage_outputs.begin(out_dir, "align", pipeline_run_id, {"sft": sft_dir, "reward": reward_dir, "pages": pages_dir, "sids": sids_dir,
                                                      "embeddings": embeddings_dir})
+    # before any work: a volume that is not mounted fails at once
+    ckpt_dir = stage_outputs.checkpoint_dir(cfg.run.checkpoint_root, out_dir, "align", pipeline_run_id)
     sid_map = SidMap.load(sids_dir)
     torch.manual_seed(cfg.run.seed)
     policy, reward = _load_checked(sft_dir, reward_dir, sid_map)
@@ -139,7 +141,7 @@ def run_align(cfg: PipelineConfig, sft_dir: str | Path, reward_dir: str | Path, 
         track.json(ds_config(loop, world), "align/ds_config.json")
         result = run_loop(policy, loss_fn, make_batch,
                           lambda epoch: batch_order(lengths, a.prompts_per_step, cfg.run.seed, epoch, True),
-                          loop, out_dir / "checkpoints",
+                          loop, ckpt_dir,
                           lambda step, row: track.metrics({f"align/{k}": v for k, v in row.items()}, step=step),
                           lambda b: _tokens(b, G, levels), desc="align")
         last = result.history[-1] if result.history else {}

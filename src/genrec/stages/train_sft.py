@@ -98,6 +98,8 @@ def run_train_sft(cfg: PipelineConfig, pages_dir: str | Path, sids_dir: str | Pa
     pages_dir, sids_dir, out_dir = Path(pages_dir), Path(sids_dir), Path(out_dir)
     rank, world, _ = init_distributed()
     stage_outputs.begin(out_dir, "train-sft", pipeline_run_id, {"pages": pages_dir, "sids": sids_dir})
+    # before any work: a volume that is not mounted fails at once
+    ckpt_dir = stage_outputs.checkpoint_dir(cfg.run.checkpoint_root, out_dir, "train-sft", pipeline_run_id)
     data = prepare_training(cfg, pages_dir, sids_dir, world)
     model, report = data.model, data.report
     loop = loop_config(cfg)
@@ -108,7 +110,7 @@ def run_train_sft(cfg: PipelineConfig, pages_dir: str | Path, sids_dir: str | Pa
         track.params({"model": cfg.model.model_dump(mode="json"), "sft": cfg.sft.model_dump(mode="json")})
         track.json(ds_config(loop, world), "train/ds_config.json")
         track.metrics({k: v for k, v in report.items() if isinstance(v, (int, float)) and not isinstance(v, bool)})
-        result = train_model(cfg, data, loop, out_dir / "checkpoints",
+        result = train_model(cfg, data, loop, ckpt_dir,
                              lambda step, row: track.metrics({f"train/{k}": v for k, v in row.items()}, step=step))
         report.update({"steps": result.steps, "resumed_from_step": result.resumed_from_step,
                        "final_loss": result.final_loss, "tokens_per_s": result.tokens_per_s})
