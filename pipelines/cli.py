@@ -116,5 +116,64 @@ def compile(config: Optional[Path] = ConfigOpt,
         typer.echo(f"  checkpoints: PVC {c.checkpoint_pvc} at {cfg.run.checkpoint_root}")
 
 
+@app.command()
+@friendly
+def submit(config: Optional[Path] = ConfigOpt,
+           host: str = typer.Option("", envvar="KF_PIPELINES_ENDPOINT", help="KFP API endpoint, e.g. "
+                                    "https://kubeflow.example.com/pipeline or http://localhost:8080 (a port-forward of "
+                                    "ml-pipeline-ui). Empty: in-cluster, else the kube config's cluster."),
+           experiment: str = typer.Option("", help="KFP experiment of the run [run.experiment]."),
+           run_name: str = typer.Option("", help="Name of the run in the KFP UI [run.name + the pipeline run id]."),
+           namespace: str = typer.Option("", help="Kubeflow profile namespace (multi-user installations)."),
+           service_account: str = typer.Option("", help="ServiceAccount the pods run as (infra/ creates "
+                                                        "genrec-pipeline) [the namespace's pipeline runner]."),
+           image: str = typer.Option("", "--image", help="Image of every task; wins over cluster.image."),
+           gpu_image: str = typer.Option("", "--gpu-image", help="Image of the GPU tasks; wins over cluster.gpu_image."),
+           pipeline: Optional[Path] = typer.Option(None, help="Submit this compiled YAML instead of compiling one "
+                                                             "(its cluster settings are those it was compiled with)."),
+           out: Optional[Path] = typer.Option(None, help="Where the compiled YAML goes [a temporary file]."),
+           token: str = typer.Option("", envvar="KFP_TOKEN", show_default=False,
+                                     help="Bearer token for the KFP API. Prefer the environment variable KFP_TOKEN: a "
+                                          "command line is visible to other users of the machine."),
+           cookies: str = typer.Option("", envvar="KFP_COOKIES", show_default=False,
+                                       help="Cookies for a KFP behind an auth proxy, e.g. 'authservice_session=...' "
+                                            "(environment: KFP_COOKIES)."),
+           sa_token_path: str = typer.Option("", help="In a pod: the projected ServiceAccount token to authenticate "
+                                                      "with (multi-user Kubeflow)."),
+           ssl_ca_cert: str = typer.Option("", help="CA bundle of the endpoint's certificate."),
+           dry_run: bool = typer.Option(False, "--dry-run", help="Print the request (as JSON) and send nothing."),
+           wait: bool = typer.Option(False, "--wait", help="Wait for the run to end; exit 2 unless it succeeded."),
+           timeout: float = typer.Option(24 * 3600, help="Longest --wait waits, in seconds."),
+           overrides: Optional[List[str]] = OverridesArg):
+    """Starts a pipeline run on a Kubeflow Pipelines installation: compiles the pipeline with the config's `cluster`
+    section (or takes --pipeline), creates the run with the resolved config as config_json and a fresh pipeline run
+    id (the MLflow parent run's key), and prints the run's id and URL. --dry-run prints the request instead."""
+    import json
+    import tempfile
+
+    from pipelines import submit as sub
+
+    cfg = resolve_config(config, overrides)
+    out = out or Path(tempfile.mkdtemp(prefix="genrec-submit-")) / "genrec_pipeline.yaml"
+    request = sub.build_request(cfg, host, out, Images.resolve(cfg.cluster, image, gpu_image), pipeline, experiment,
+                                run_name, namespace, service_account,
+                                sub.Auth(token, cookies, sa_token_path, ssl_ca_cert))
+    if dry_run:
+        typer.echo(json.dumps(request.describe(), indent=2))
+        typer.echo(f"dry run: nothing sent (the pipeline YAML is {request.pipeline_file})", err=True)
+        return
+    client = sub.make_client(request)
+    run_id, url = sub.send(request, client)
+    typer.echo(f"run {run_id} created in experiment {request.experiment}")
+    typer.echo(f"KFP run:         {url}")
+    typer.echo(f"MLflow:          the parent run tagged genrec.pipeline_run_id="
+               f"{request.arguments['pipeline_run_id']} in experiment {cfg.run.experiment}")
+    if wait:
+        state = sub.wait(client, run_id, timeout, typer.echo)
+        typer.echo(f"run {run_id}: {state}")
+        if state != "SUCCEEDED":
+            raise typer.Exit(2)
+
+
 if __name__ == "__main__":
     app()
