@@ -275,34 +275,3 @@ def test_whole_run_refuses_a_wrong_login_before_any_task(stack, tmp_path):
                   f"run.work_dir={tmp_path}")
     _fails_fast(proc, time.time() - t0, "refused the login")
     assert "started" not in proc.stdout and not (tmp_path / "kfp").exists()
-
-
-# ---- the Kubernetes side, offline ------------------------------------------------------------------------------------
-
-K8S = REPO / "mlflow" / "k8s"
-
-
-def _validate(paths: list[Path]) -> subprocess.CompletedProcess:
-    return subprocess.run([str(Path(sys.executable).with_name("kubernetes-validate")), "--strict", "--quiet",
-                           *map(str, paths)], capture_output=True, text=True, timeout=120)
-
-
-def test_server_manifests_are_valid_kubernetes(tmp_path):
-    import yaml
-
-    kustomization = yaml.safe_load((K8S / "kustomization.yaml").read_text())
-    resources = [K8S / name for name in kustomization["resources"]]
-    assert sorted(resources) == sorted(p for p in K8S.glob("*.yaml") if p.name != "kustomization.yaml")
-    proc = _validate(resources)
-    assert proc.returncode == 0, proc.stdout + proc.stderr
-    # The check can fail: a misspelled field is refused.
-    bad = tmp_path / "bad.yaml"
-    bad.write_text((K8S / "deployment.yaml").read_text().replace("containerPort:", "containerPorts:"))
-    assert _validate([bad]).returncode != 0
-    # No password in them: the server's secrets come from the Secret mlflow-server, by reference.
-    text = "".join(p.read_text() for p in resources)
-    assert "secretRef" in text and not any(word in text.lower() for word in ("password:", "secret_access_key:"))
-    config = yaml.safe_load((K8S / "config.yaml").read_text())["data"]
-    from genrec.credentials import find_passwords
-
-    assert not find_passwords(config)
