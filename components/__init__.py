@@ -11,7 +11,7 @@ from dataclasses import dataclass
 
 from kfp import dsl
 
-import genrec
+from genrec.cluster_config import default_gpu_image, default_image
 from components.align import align
 from components.assign_sids import assign_sids
 from components.embed_items import embed_items
@@ -26,8 +26,8 @@ from components.validate_events import validate_events
 from components.validate_pages import validate_pages
 
 # What `make image` / `make image-gpu` tag (docker/Dockerfile, docker/Dockerfile.gpu) at this package version.
-DEFAULT_IMAGE = f"ghcr.io/genrec/genrec:{genrec.__version__}"
-DEFAULT_GPU_IMAGE = f"ghcr.io/genrec/genrec-gpu:{genrec.__version__}"
+DEFAULT_IMAGE = default_image()
+DEFAULT_GPU_IMAGE = default_gpu_image()
 
 FUNCTIONS = (ingest, validate_events, sessionize, validate_pages, embed_items, assign_sids, train_sft, train_reward,
              align, evaluate, gate_and_register, finish_run)
@@ -53,7 +53,9 @@ class Images:
         """The images of a config's `cluster` section, command-line flags first. GPU tasks get the GPU image when one
         is named or when the cluster gives them GPUs."""
         gpu = gpu_image or cluster.gpu_image or (DEFAULT_GPU_IMAGE if cluster.gpu.count else "")
-        return cls(image or cluster.image or DEFAULT_IMAGE, gpu, tuple(cluster.gpu.tasks))
+        # A task that only watches its TrainJob runs in the CPU image; the TrainJob's pods get the GPU image.
+        return cls(image or cluster.image or DEFAULT_IMAGE, gpu,
+                   tuple(t for t in cluster.gpu.tasks if not cluster.watches_trainjob(t)))
 
 
 def build_components(images: Images) -> dict:

@@ -103,8 +103,8 @@ def compile(config: Optional[Path] = ConfigOpt,
     names Secrets, never their values. `genrec config-help` lists the cluster.* keys."""
     from pipelines.genrec_pipeline import COMPILED_PATH, compile_pipeline
 
-    cfg = resolve_config(config, overrides)
-    images = Images.resolve(cfg.cluster, image, gpu_image)
+    cfg = _with_images(resolve_config(config, overrides), image, gpu_image)
+    images = Images.resolve(cfg.cluster)
     path = compile_pipeline(out or COMPILED_PATH, cfg, images)
     c = cfg.cluster
     typer.echo(f"compiled -> {path}")
@@ -153,9 +153,9 @@ def submit(config: Optional[Path] = ConfigOpt,
 
     from pipelines import submit as sub
 
-    cfg = resolve_config(config, overrides)
+    cfg = _with_images(resolve_config(config, overrides), image, gpu_image)
     out = out or Path(tempfile.mkdtemp(prefix="genrec-submit-")) / "genrec_pipeline.yaml"
-    request = sub.build_request(cfg, host, out, Images.resolve(cfg.cluster, image, gpu_image), pipeline, experiment,
+    request = sub.build_request(cfg, host, out, Images.resolve(cfg.cluster), pipeline, experiment,
                                 run_name, namespace, service_account,
                                 sub.Auth(token, cookies, sa_token_path, ssl_ca_cert))
     if dry_run:
@@ -173,6 +173,16 @@ def submit(config: Optional[Path] = ConfigOpt,
         typer.echo(f"run {run_id}: {state}")
         if state != "SUCCEEDED":
             raise typer.Exit(2)
+
+
+def _with_images(cfg, image: str, gpu_image: str):
+    """--image / --gpu-image into cluster.image / gpu_image, so that the tasks see them at run time too (a TrainJob
+    is started with the GPU image)."""
+    if image:
+        cfg.cluster.image = image
+    if gpu_image:
+        cfg.cluster.gpu_image = gpu_image
+    return cfg
 
 
 if __name__ == "__main__":

@@ -37,7 +37,7 @@ def for_kubernetes(task: dsl.PipelineTask, name: str, cfg: PipelineConfig) -> No
     r = c.resources_of(name)
     task.set_cpu_request(r.cpu_request).set_cpu_limit(r.cpu_limit)
     task.set_memory_request(r.memory_request).set_memory_limit(r.memory_limit)
-    if c.gpu.count and name in c.gpu.tasks:
+    if c.gets_gpu(name):
         task.set_accelerator_type(c.gpu.accelerator).set_accelerator_limit(c.gpu.count)
         for key, value in c.gpu.node_selector.items():
             kubernetes.add_node_selector(task, key, value)

@@ -145,6 +145,18 @@ def test_images_from_flags_win_and_embed_items_can_take_a_gpu(tmp_path):
         assert c.kube(task)["activeDeadlineSeconds"] == "7200"
 
 
+def test_training_as_trainjob_leaves_a_small_watcher_in_the_pipeline(tmp_path):
+    c = _compile(tmp_path, REPO / "configs" / "cluster-gpu.yaml", "cluster.training.launcher=trainjob",
+                 "cluster.training.num_nodes=2")
+    watcher = load_config().cluster.resources.finish_run
+    for task in ("train-sft", "align"):
+        res, kube = c.container(task)["resources"], c.kube(task)
+        assert c.container(task)["image"] == DEFAULT_IMAGE and "accelerator" not in res
+        assert (res["resourceCpuLimit"], res["resourceMemoryLimit"]) == (watcher.cpu_limit, watcher.memory_limit)
+        assert "nodeSelector" not in kube and "tolerations" not in kube
+        assert kube["pvcMount"][0]["mountPath"] == "/checkpoints"  # it stages inputs and collects outputs there
+
+
 def test_bad_cluster_settings_are_refused_with_the_key():
     with pytest.raises(ConfigError, match="run.checkpoint_root"):
         load_config(None, ["cluster.checkpoint_pvc=genrec-checkpoints"])
@@ -156,6 +168,13 @@ def test_bad_cluster_settings_are_refused_with_the_key():
     with pytest.raises(ConfigError, match="not a Kubernetes quantity"):
         load_config(None, ["cluster.gpu.resources={cpu_request: lots, cpu_limit: 4, memory_request: 8G, "
                            "memory_limit: 8G}"])
+    with pytest.raises(ConfigError, match="processes_per_node=4 is more than the cluster.gpu.count=1"):
+        load_config(REPO / "configs" / "cluster-gpu.yaml", ["cluster.training.launcher=torchrun",
+                                                            "cluster.training.processes_per_node=4"])
+    with pytest.raises(ConfigError, match="launcher=trainjob needs cluster.checkpoint_pvc"):
+        load_config(None, ["cluster.training.launcher=trainjob"])
+    with pytest.raises(ConfigError, match="spark.mode=operator needs cluster.spark.data_root"):
+        load_config(None, ["cluster.spark.mode=operator"])
     with pytest.raises(ConfigError, match="cluster.gpu.tasks"):
         load_config(None, ["cluster.gpu.tasks=[train]"])
 

@@ -97,6 +97,7 @@ def test_submit_creates_the_run_with_config_cluster_settings_and_token(kfp_serve
     params = run["runtime_config"]["parameters"]
     config = json.loads(params["config_json"])
     assert config["sft"]["epochs"] == 3 and config["cluster"]["gpu"]["count"] == 1
+    assert config["cluster"]["image"] == "reg/genrec:1"  # the tasks see the flag too
     assert len(params["pipeline_run_id"]) == 32 and params["pipeline_run_id"] in proc.stdout
     # The pipeline went whole, its Kubernetes settings included.
     spec, platform = run["pipeline_spec"]["pipeline_spec"], run["pipeline_spec"]["platform_spec"]

@@ -13,6 +13,20 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+def default_image() -> str:
+    """What `make image` tags: the image of every task unless cluster.image says otherwise."""
+    from genrec import __version__
+
+    return f"ghcr.io/genrec/genrec:{__version__}"
+
+
+def default_gpu_image() -> str:
+    """What `make image-gpu` tags: the image of the GPU tasks unless cluster.gpu_image says otherwise."""
+    from genrec import __version__
+
+    return f"ghcr.io/genrec/genrec-gpu:{__version__}"
+
+
 TaskName = Literal["ingest", "validate_events", "sessionize", "validate_pages", "embed_items", "assign_sids",
                    "train_sft", "train_reward", "align", "evaluate", "gate_and_register", "finish_run"]
 
@@ -118,6 +132,50 @@ class RetryConfig(_Section):
     backoff_max_s: int = Field(600, gt=0, description="Longest wait between retries.")
 
 
+class SparkConfig(_Section):
+    mode: Literal["local", "operator"] = Field("local", description="local: Spark runs inside the sessionize task's "
+                                               "pod (sessionize.master, local[*]). operator: sessionize submits a "
+                                               "SparkApplication (v1beta2) to the Kubeflow Spark operator, waits for "
+                                               "it and reads its output from data_root.")
+    image: str = Field("", description="Image of the driver and executors (docker/Dockerfile.spark: the CPU image "
+                                       "with Spark's pod entry point and the s3a jars). Empty: "
+                                       "ghcr.io/genrec/genrec-spark:<version>.")
+    spark_version: str = Field("", description="Spark version the operator is told (empty: the installed pyspark's).")
+    service_account: str = Field("genrec-spark", description="ServiceAccount of the driver, which creates the "
+                                                             "executor pods (infra/base/pipeline creates it).")
+    data_root: str = Field("", description="s3a:// folder the job reads its input from and writes its output to, as "
+                                           "<data_root>/<pipeline run id>/; required by mode operator.")
+    driver_cores: int = Field(1, gt=0, description="Cores of the driver pod.")
+    driver_memory: str = Field("4g", description="Heap of the driver (Spark size: 512m, 4g).")
+    executor_instances: int = Field(2, gt=0, description="Executor pods.")
+    executor_cores: int = Field(2, gt=0, description="Cores per executor pod.")
+    executor_memory: str = Field("4g", description="Heap per executor (Spark size).")
+    timeout_s: int = Field(4 * 3600, gt=0, description="Longest the task waits for the application; then it is "
+                                                       "deleted and the task fails.")
+    poll_s: float = Field(10, gt=0, description="Seconds between status checks.")
+
+    @model_validator(mode="after")
+    def _operator_needs_a_bucket(self):
+        if self.mode == "operator" and not self.data_root.startswith("s3a://"):
+            raise ValueError(f"cluster.spark.mode=operator needs cluster.spark.data_root, an s3a:// folder the "
+                             f"driver and executors share (got {self.data_root!r})")
+        return self
+
+
+class TrainingConfig(_Section):
+    launcher: Literal["in_process", "torchrun", "trainjob"] = Field(
+        "in_process", description="How train-sft and align run. in_process: one process in the task's pod. "
+        "torchrun: processes_per_node processes in the task's pod (one per GPU). trainjob: a Kubeflow Trainer TrainJob "
+        "of num_nodes pods x processes_per_node, which the task creates and waits for; its inputs, checkpoints and "
+        "outputs go through cluster.checkpoint_pvc (ReadWriteMany).")
+    processes_per_node: int = Field(1, gt=0, description="Training processes per pod (torchrun, trainjob).")
+    num_nodes: int = Field(1, gt=0, description="Pods of a TrainJob (trainjob).")
+    runtime: str = Field("torch-distributed", description="ClusterTrainingRuntime of the TrainJob (Kubeflow "
+                                                          "Trainer's torch-distributed runs torchrun).")
+    timeout_s: int = Field(48 * 3600, gt=0, description="Longest the task waits for a TrainJob; then it is deleted.")
+    poll_s: float = Field(30, gt=0, description="Seconds between TrainJob status checks.")
+
+
 class ClusterConfig(_Section):
     """How the compiled pipeline runs on Kubernetes (README: "Run on Kubernetes")."""
 
@@ -149,9 +207,41 @@ class ClusterConfig(_Section):
                                                 "and align (infra/ creates genrec-checkpoints), so that a retried or "
                                                 "preempted task resumes from its newest checkpoint. Empty: none.")
     timeout_s: int = Field(0, ge=0, description="Longest a task may run before Kubernetes stops it (0: no limit).")
+    spark: SparkConfig = Field(default_factory=SparkConfig, description="Where sessionize's Spark runs.")
+    training: TrainingConfig = Field(default_factory=TrainingConfig, description="How the training tasks spread "
+                                                                                 "over processes and pods.")
+
+    @model_validator(mode="after")
+    def _torchrun_ranks_fit_the_gpus(self):
+        t = self.training
+        if t.launcher == "torchrun" and self.gpu.count and t.processes_per_node > self.gpu.count:
+            raise ValueError(f"cluster.training.processes_per_node={t.processes_per_node} is more than the "
+                             f"cluster.gpu.count={self.gpu.count} GPUs of the pod (one rank per GPU)")
+        return self
+
+    @model_validator(mode="after")
+    def _trainjob_needs_the_shared_volume(self):
+        if self.training.launcher == "trainjob" and not self.checkpoint_pvc:
+            raise ValueError("cluster.training.launcher=trainjob needs cluster.checkpoint_pvc: the TrainJob's pods "
+                             "read their inputs and write checkpoints and the model there")
+        return self
+
+    def gets_gpu(self, task: str) -> bool:
+        """Whether the task's own pod asks for GPUs (not when it only watches a TrainJob that has them)."""
+        return bool(self.gpu.count) and task in self.gpu.tasks and not self.watches_trainjob(task)
+
+    def watches_trainjob(self, task: str) -> bool:
+        return self.training.launcher == "trainjob" and task in ("train_sft", "align")
 
     def resources_of(self, task: str) -> Resources:
-        """What one task asks for: the GPU pod's resources for a GPU task, else its own."""
-        if self.gpu.count and task in self.gpu.tasks:
+        """What one task's pod asks for: a watcher's for a task whose training runs as a TrainJob, the GPU pod's
+        for a GPU task, else its own."""
+        if self.watches_trainjob(task):
+            return self.resources.finish_run
+        if self.gets_gpu(task):
             return self.gpu.resources
         return getattr(self.resources, task)
+
+    def training_resources(self, task: str) -> Resources:
+        """What each pod of a TrainJob for the task asks for (besides its GPUs)."""
+        return self.gpu.resources if self.gpu.count and task in self.gpu.tasks else getattr(self.resources, task)
