@@ -1,7 +1,9 @@
 """spark-submit entry of the sessionization job (its logic: genrec.spark.sessionize).
 
     spark-submit spark_jobs/sessionize.py --events work/validated/events.parquet --out work/sessionized \\
-        [--config configs/demo.yaml] [sessionize.session_gap_minutes=20 ...]
+        [--config configs/demo.yaml | --config-json '{...}'] [sessionize.session_gap_minutes=20 ...]
+
+--events and --out may be URIs (s3a://...): on Kubernetes the sessionize task runs this file as a SparkApplication.
 
 Under spark-submit the master and driver memory given to spark-submit win over the config's.
 """
@@ -12,7 +14,7 @@ import argparse
 import json
 import sys
 
-from genrec.config import load_config
+from genrec.config import config_from_json, load_config
 from genrec.spark.sessionize import build_spark, sessionize
 
 
@@ -22,9 +24,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--events", required=True, help="canonical events parquet (file or folder)")
     parser.add_argument("--out", required=True, help="output folder")
     parser.add_argument("--config", default=None, help="genrec YAML config; its `sessionize` section is used")
+    parser.add_argument("--config-json", default=None, help="the resolved config as JSON instead of --config (what "
+                                                            "the sessionize task passes to a SparkApplication)")
     parser.add_argument("overrides", nargs="*", help="key.sub=value overrides, e.g. sessionize.session_gap_minutes=20")
     args = parser.parse_args(argv)
-    cfg = load_config(args.config, args.overrides).sessionize
+    if args.config_json:
+        cfg = config_from_json(args.config_json).sessionize
+    else:
+        cfg = load_config(args.config, args.overrides).sessionize
     spark = build_spark(cfg)
     try:
         print(json.dumps(sessionize(spark, args.events, args.out, cfg), indent=2))

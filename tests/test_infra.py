@@ -84,17 +84,26 @@ def test_overlays_build_to_valid_kubernetes(built):
 def test_rbac_is_least_privilege(built):
     _, _, docs = built
     assert not [d for d in docs if d["kind"] in ("ClusterRole", "ClusterRoleBinding")]
-    (role,) = [d for d in docs if d["kind"] == "Role"]
-    for rule in role["rules"]:
-        assert "*" not in rule["verbs"] and "*" not in rule["resources"] and "*" not in rule["apiGroups"], rule
-        if {"secrets", "configmaps"} & set(rule["resources"]):
-            assert rule["verbs"] == ["get"] and rule.get("resourceNames"), f"reads any Secret/ConfigMap: {rule}"
-        assert not {"escalate", "bind", "impersonate"} & set(rule["verbs"]), rule
-    verbs = {r: set(rule["verbs"]) for rule in role["rules"] for r in rule["resources"]}
+    roles = {d["metadata"]["name"]: d for d in docs if d["kind"] == "Role"}
+    assert sorted(roles) == ["genrec-pipeline", "genrec-spark"]
+    for name, role in roles.items():
+        for rule in role["rules"]:
+            assert "*" not in rule["verbs"] and "*" not in rule["resources"] and "*" not in rule["apiGroups"], rule
+            # Secrets only by name, and only read; the pipeline's ConfigMaps too (the Spark driver makes its own).
+            named = {"secrets", "configmaps"} if name == "genrec-pipeline" else {"secrets"}
+            if named & set(rule["resources"]):
+                assert rule["verbs"] == ["get"] and rule.get("resourceNames"), f"{name} reads any of {named}: {rule}"
+            assert not {"escalate", "bind", "impersonate"} & set(rule["verbs"]), rule
+    verbs = {r: set(rule["verbs"]) for rule in roles["genrec-pipeline"]["rules"] for r in rule["resources"]}
     assert verbs["sparkapplications"] == verbs["trainjobs"] == {"create", "get", "list", "watch", "delete"}
     assert verbs["pods"] == {"get", "list", "watch"}  # read only: the jobs' pods are made by their operators
-    (binding,) = [d for d in docs if d["kind"] == "RoleBinding"]
-    assert binding["subjects"] == [{"kind": "ServiceAccount", "name": "genrec-pipeline", "namespace": "genrec"}]
+    # The Spark driver manages its executors' pods, Service and ConfigMap, and nothing of the pipeline's.
+    spark = {r: set(rule["verbs"]) for rule in roles["genrec-spark"]["rules"] for r in rule["resources"]}
+    assert set(spark) == {"pods", "services", "configmaps", "persistentvolumeclaims"}
+    bindings = {d["metadata"]["name"]: d for d in docs if d["kind"] == "RoleBinding"}
+    for name in roles:
+        assert bindings[name]["roleRef"]["name"] == name
+        assert bindings[name]["subjects"] == [{"kind": "ServiceAccount", "name": name, "namespace": "genrec"}]
 
 
 def test_no_secret_value_anywhere_and_templates_cover_every_reference(built):
@@ -138,3 +147,4 @@ def test_what_the_gpu_config_names_is_created_by_the_gpu_overlay():
     assert ("ConfigMap", cluster.object_store_config_map) in created
     templates = {yaml.safe_load(p.read_text())["metadata"]["name"] for p in (INFRA / "secrets").glob("*.yaml")}
     assert {cluster.mlflow_secret, cluster.object_store_secret} <= templates
+    assert ("ServiceAccount", cluster.spark.service_account) in created

@@ -21,7 +21,9 @@ Rules (all deterministic; ties are broken by event_id):
   only (no leakage into the embedding stage), counted over sessions; optionally (sequence_pair_window)
   also each positive interaction with the user's next few, for sources without real sessions.
 
-Outputs under --out: pages/ (parquet, partitioned by split), sessions/, pairs/, report.json.
+Outputs under --out: pages/ (parquet, partitioned by split), sessions/, pairs/, report.json. --out and --events may
+be URIs (s3a://bucket/..., file:///...) when the job runs on a cluster; the report then goes to _report/ (a one-line
+text dataset), since only Spark can write there.
 """
 
 from __future__ import annotations
@@ -45,6 +47,9 @@ def intensity(col: str = "event_type"):
     for name, rank in INTENSITY.items():
         expr = F.when(F.col(col) == name, rank).otherwise(expr)
     return expr
+
+# Where the report goes when the output is a URI: a text dataset of one JSON line.
+REMOTE_REPORT = "_report"
 
 GROUPS = {3: "ordered_items", 2: "carted_items", 1: "clicked_items", 0: "exposed_items"}
 
@@ -165,32 +170,47 @@ def _histogram(df: DataFrame, col: str, cap: int) -> dict[int, int]:
     return {int(r["v"]): int(r["count"]) for r in sorted(rows, key=lambda r: r["v"])}
 
 
+def is_uri(path: str) -> bool:
+    """An s3a://, file://, hdfs:// ... location rather than a local path."""
+    return "://" in str(path)
+
+
+def _at(out_dir: str, name: str) -> str:
+    # Path() would fold s3a://bucket into s3a:/bucket
+    return f"{str(out_dir).rstrip('/')}/{name}"
+
+
 def sessionize(spark: SparkSession, events_path: str, out_dir: str, cfg: SessionizeConfig) -> dict:
-    """Run the job; returns the report (also written to out_dir/report.json)."""
+    """Run the job; returns the report (also written to out_dir/report.json, or out_dir/_report/ for a URI)."""
     t0 = time.time()
-    out = Path(out_dir)
     events = spark.read.parquet(str(events_path))
     ev = assign_pages(assign_sessions(events, cfg.session_gap_minutes), cfg.fallback_page_size).cache()
     pages = assign_split(build_pages(ev, cfg.max_history), cfg.split.mode, cfg.split.test_days).cache()
-    pages.repartition(cfg.output_partitions, "split").write.mode("overwrite").partitionBy("split").parquet(str(out / "pages"))
+    pages.repartition(cfg.output_partitions, "split").write.mode("overwrite").partitionBy("split").parquet(
+        _at(out_dir, "pages"))
 
     sessions = ev.groupBy("session_id").agg(
         F.min("user_id").alias("user_id"), F.min("ts").alias("session_start"), F.max("ts").alias("session_end"),
         F.count("*").alias("n_events"), F.countDistinct("page_id").alias("n_pages"))
-    sessions.write.mode("overwrite").parquet(str(out / "sessions"))
+    sessions.write.mode("overwrite").parquet(_at(out_dir, "sessions"))
     pairs = coengagement_pairs(ev, pages, cfg.max_items_per_session_for_pairs, cfg.sequence_pair_window)
-    pairs.write.mode("overwrite").parquet(str(out / "pairs"))
+    pairs.write.mode("overwrite").parquet(_at(out_dir, "pairs"))
 
-    report = _report(spark, ev, pages, out)
+    report = _report(spark, ev, pages, out_dir)
     report["duration_s"] = round(time.time() - t0, 2)
     report["spark_master"] = spark.sparkContext.master
-    (out / "report.json").write_text(json.dumps(report, indent=2))
+    text = json.dumps(report, indent=2)
+    if is_uri(out_dir):
+        spark.createDataFrame([(json.dumps(report),)], ["report"]).coalesce(1).write.mode("overwrite").text(
+            _at(out_dir, REMOTE_REPORT))
+    else:
+        (Path(out_dir) / "report.json").write_text(text)
     ev.unpersist()
     pages.unpersist()
     return report
 
 
-def _report(spark: SparkSession, ev: DataFrame, pages: DataFrame, out: Path) -> dict:
+def _report(spark: SparkSession, ev: DataFrame, pages: DataFrame, out: str) -> dict:
     counts = {r["split"]: int(r["count"]) for r in pages.groupBy("split").count().collect()}
     train = pages.where(F.col("split") == "train")
     test = pages.where(F.col("split") == "test")
@@ -200,10 +220,10 @@ def _report(spark: SparkSession, ev: DataFrame, pages: DataFrame, out: Path) -> 
     sizes = pages.select((F.size("ordered_items") + F.size("carted_items") + F.size("clicked_items")
                           + F.size("exposed_items")).alias("page_size"), F.size("history_items").alias("history_len"))
     stats = sizes.agg(F.avg("page_size").alias("ps"), F.avg("history_len").alias("hl")).collect()[0]
-    pairs = spark.read.parquet(str(out / "pairs"))
+    pairs = spark.read.parquet(_at(out, "pairs"))
     return {
         "n_events": ev.count(),
-        "n_sessions": spark.read.parquet(str(out / "sessions")).count(),
+        "n_sessions": spark.read.parquet(_at(out, "sessions")).count(),
         "n_pages": sum(counts.values()),
         **{f"n_pages_{k}": counts.get(k, 0) for k in ("train", "valid", "test")},
         "n_test_users": test.select("user_id").distinct().count(),

@@ -1,7 +1,8 @@
 """Stage sessionize: validated events -> sessions, training pages (train/test), co-engagement pairs.
 
 The Spark work lives in genrec.spark.sessionize (spark-submit entry: spark_jobs/sessionize.py); this stage
-starts Spark for the configured master, runs the job and tracks it in MLflow.
+starts Spark for the configured master (or, with cluster.spark.mode=operator, has the Kubeflow Spark operator run
+the job: genrec.spark.on_kubernetes), and tracks it in MLflow.
 """
 
 from __future__ import annotations
@@ -28,13 +29,18 @@ def run_sessionize(cfg: PipelineConfig, validated_dir: str | Path, out_dir: str 
         raise InputDataError(f"{events} not found: run validate-events first")
     with tracking.stage_run(cfg, "sessionize", pipeline_run_id) as track:
         track.params({"sessionize": cfg.sessionize.model_dump(mode="json")})
-        own = spark is None
-        spark = spark or build_spark(cfg.sessionize)
-        try:
-            report = sessionize(spark, str(events), str(out_dir), cfg.sessionize)
-        finally:
-            if own:
-                spark.stop()
+        if cfg.cluster.spark.mode == "operator":
+            from genrec.spark.on_kubernetes import run_on_operator
+
+            report = run_on_operator(cfg, events, Path(out_dir), pipeline_run_id)
+        else:
+            own = spark is None
+            spark = spark or build_spark(cfg.sessionize)
+            try:
+                report = sessionize(spark, str(events), str(out_dir), cfg.sessionize)
+            finally:
+                if own:
+                    spark.stop()
         track.metrics({k: v for k, v in report.items() if isinstance(v, (int, float))})
         track.tag("genrec.spark_master", report["spark_master"])
         track.json(report, "sessionize/report.json")

@@ -1,0 +1,159 @@
+"""sessionize with cluster.spark.mode=operator: the SparkApplication against the Spark operator's generated API
+models, the job writing to URIs, and the whole task against moto's S3 server and a stand-in API server that plays
+the operator (it runs the application's job with this machine's Spark, on the bucket's files)."""
+
+import json
+import os
+import signal
+import sys
+import tempfile
+from pathlib import Path
+
+import pyarrow.parquet as pq
+import pytest
+
+from k8s_standin import StandIn, strict_errors
+from test_sessionize import _events
+
+pytestmark = pytest.mark.spark
+REPO = Path(__file__).resolve().parents[1]
+BUCKET = "genrec-data"
+
+
+def _cfg(make_cfg, *extra):
+    return make_cfg("cluster.spark.mode=operator", f"cluster.spark.data_root=s3a://{BUCKET}/sessionize",
+                    "cluster.spark.poll_s=0.5", "cluster.object_store_secret=genrec-object-store",
+                    "sessionize.shuffle_partitions=4", "sessionize.output_partitions=1",
+                    "sessionize.fallback_page_size=5", *extra)
+
+
+def test_application_matches_the_spark_operator_api(make_cfg):
+    from kubeflow_spark_api.models import SparkV1beta2SparkApplication
+
+    from genrec.spark.on_kubernetes import MAIN_FILE, application_manifest
+
+    cfg = _cfg(make_cfg, "cluster.spark.executor_instances=8", "cluster.spark.executor_memory=12g")
+    m = application_manifest(cfg, "genrec-sessionize-x", "s3a://b/in/events.parquet", "s3a://b/out",
+                             "http://minio:9000")
+    assert strict_errors(SparkV1beta2SparkApplication, m) == []
+    spec = m["spec"]
+    assert (spec["type"], spec["mode"], spec["mainApplicationFile"]) == ("Python", "cluster", MAIN_FILE)
+    assert spec["arguments"][:4] == ["--events", "s3a://b/in/events.parquet", "--out", "s3a://b/out"]
+    assert json.loads(spec["arguments"][5])["sessionize"]["shuffle_partitions"] == 4
+    assert (spec["executor"]["instances"], spec["executor"]["memory"]) == (8, "12g")
+    assert spec["driver"]["serviceAccount"] == "genrec-spark"
+    assert spec["sparkConf"]["spark.hadoop.fs.s3a.endpoint"] == "http://minio:9000"
+    keys = {e["valueFrom"]["secretKeyRef"]["name"] for e in spec["executor"]["env"]}
+    assert keys == {"genrec-object-store"} and "AWS_SECRET_ACCESS_KEY" not in json.dumps(spec["sparkConf"])
+    m["spec"]["executor"]["instance"] = 3
+    assert any("instance" in e for e in strict_errors(SparkV1beta2SparkApplication, m))
+
+
+def test_job_writes_to_a_uri_and_leaves_its_report_there(spark, tmp_path):
+    from genrec.config import SessionizeConfig
+    from genrec.spark.on_kubernetes import read_remote_report
+    from genrec.spark.sessionize import sessionize
+
+    pq.write_table(_events(), tmp_path / "events.parquet")
+    cfg = SessionizeConfig(shuffle_partitions=4, output_partitions=1, fallback_page_size=5)
+    report = sessionize(spark, f"file://{tmp_path}/events.parquet", f"file://{tmp_path}/out", cfg)
+    assert not (tmp_path / "out" / "report.json").exists()
+    assert read_remote_report(tmp_path / "out") == json.loads(json.dumps(report)) and (tmp_path / "out" / "report.json").is_file()
+    assert report["n_pages"] > 0 and (tmp_path / "out" / "pages" / "split=train").is_dir()
+
+
+@pytest.fixture
+def s3(tmp_path, monkeypatch):
+    sys.path.insert(0, str(REPO / "mlflow"))
+    import boto3
+    import local_stack
+
+    port = local_stack.free_port()
+    pid = local_stack.start_moto(tmp_path, port)
+    for key, value in {"AWS_ENDPOINT_URL": f"http://127.0.0.1:{port}", "AWS_ACCESS_KEY_ID": "test",
+                       "AWS_SECRET_ACCESS_KEY": "test", "AWS_DEFAULT_REGION": "us-east-1"}.items():
+        monkeypatch.setenv(key, value)
+    client = boto3.client("s3", endpoint_url=f"http://127.0.0.1:{port}")
+    client.create_bucket(Bucket=BUCKET)
+    yield client
+    os.killpg(pid, signal.SIGTERM)
+
+
+class FakeOperator:
+    """Runs a SparkApplication's job here: the s3a:// input fetched from the bucket, the output put back."""
+
+    def __init__(self, spark, s3):
+        self.spark, self.s3, self.state = spark, s3, {}
+
+    def create(self, obj):
+        from genrec.config import config_from_json
+        from genrec.spark.on_kubernetes import download_folder, upload_folder
+        from genrec.spark.sessionize import sessionize
+
+        name, args = obj["metadata"]["name"], obj["spec"]["arguments"]
+        events, out, config = args[1], args[3], config_from_json(args[5])
+        self.state[name] = "RUNNING"
+        with tempfile.TemporaryDirectory() as tmp:
+            download_folder(events.rsplit("/", 1)[0], Path(tmp) / "in", self.s3)
+            try:
+                sessionize(self.spark, str(Path(tmp) / "in" / "events.parquet"), f"file://{tmp}/out",
+                           config.sessionize)
+            except Exception as exc:
+                self.state[name] = ("FAILED", f"driver container failed with ExitCode: 1, Reason: Error ({exc})")
+                return
+            upload_folder(Path(tmp) / "out", out, self.s3)
+        self.state[name] = "COMPLETED"
+
+    def status(self, obj):
+        state = self.state.get(obj["metadata"]["name"], "SUBMITTED")
+        state, message = state if isinstance(state, tuple) else (state, "")
+        return {"applicationState": {"state": state, "errorMessage": message},
+                "driverInfo": {"podName": obj["metadata"]["name"] + "-driver"}}
+
+
+def test_sessionize_task_runs_its_job_on_the_operator(spark, s3, make_cfg, tmp_path, monkeypatch):
+    from genrec import k8s_jobs
+    from genrec.stages.sessionize import run_sessionize
+
+    validated = tmp_path / "validated"
+    validated.mkdir()
+    pq.write_table(_events(), validated / "events.parquet")
+    operator = FakeOperator(spark, s3)
+    api = StandIn(on_create=operator.create, status_of=operator.status)
+    monkeypatch.setattr(k8s_jobs, "api_client", api.client)
+    monkeypatch.setattr(k8s_jobs, "current_namespace", lambda: "team-a")
+    try:
+        report = run_sessionize(_cfg(make_cfg), validated, tmp_path / "out", "kfp-run-5")
+    finally:
+        api.stop()
+    (name,) = api.objects
+    assert ("POST", "/apis/sparkoperator.k8s.io/v1beta2/namespaces/team-a/sparkapplications") in api.calls
+    assert report["n_pages"] > 0 and json.loads((tmp_path / "out" / "report.json").read_text()) == report
+    assert (tmp_path / "out" / "pages" / "split=train").is_dir() and (tmp_path / "out" / "pairs").is_dir()
+    keys = [o["Key"] for o in s3.list_objects_v2(Bucket=BUCKET)["Contents"]]
+    assert "sessionize/kfp-run-5/sessionize/input/events.parquet" in keys
+    assert any(k.startswith("sessionize/kfp-run-5/sessionize/output/pages/split=train/") for k in keys)
+
+
+def test_a_failed_application_fails_the_task_with_the_drivers_error(spark, s3, make_cfg, tmp_path, monkeypatch):
+    from genrec import k8s_jobs
+    from genrec.k8s_jobs import JobFailed
+    from genrec.stages.sessionize import run_sessionize
+
+    validated = tmp_path / "validated"
+    validated.mkdir()
+    (validated / "events.parquet").write_bytes(b"not parquet")  # the job fails reading it
+    operator = FakeOperator(spark, s3)
+    logs = {}
+    api = StandIn(on_create=lambda obj: (operator.create(obj), logs.update(
+        {obj["metadata"]["name"] + "-driver": ({}, "Failed", "Traceback ...\nAnalysisException: not a Parquet file")})),
+                  status_of=operator.status, pod_logs=logs)
+    monkeypatch.setattr(k8s_jobs, "api_client", api.client)
+    monkeypatch.setattr(k8s_jobs, "current_namespace", lambda: "team-a")
+    try:
+        with pytest.raises(JobFailed, match=r"(?s)SparkApplication team-a/.* failed: FAILED: driver container failed"
+                                            r".*driver .*-driver:\n  \| Traceback.*not a Parquet file"):
+            run_sessionize(_cfg(make_cfg), validated, tmp_path / "out", "kfp-run-6")
+    finally:
+        api.stop()
+    assert (tmp_path / "out" / "_GENREC_INCOMPLETE.json").exists()  # the half-made output is never used
