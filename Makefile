@@ -22,7 +22,7 @@ SHELL := /bin/bash
 QUIET_PIP = 2>&1 | { grep -v "^WARNING: Location" || true; }
 
 .PHONY: run test install compile lint bench-sessionize ui clean lock help wheelhouse wheelhouse-gpu image image-gpu e2e-docker \
-	mlflow-image mlflow-up mlflow-down
+	mlflow-image mlflow-up mlflow-down image-spark
 
 help:
 	@echo "make run      create the environment (first time) and run the demo pipeline end to end"
@@ -31,7 +31,7 @@ help:
 	@echo "make ui       start the MLflow UI on http://127.0.0.1:5000 over the work folder's sqlite store"
 	@echo "make mlflow-up    start the team server here: PostgreSQL + object store + mlflow server with logins (mlflow/README.md)"
 	@echo "make mlflow-image build the MLflow server image \$$(MLFLOW_IMAGE)"
-	@echo "make image    build the CPU runtime image \$$(IMAGE) (make image-gpu: \$$(GPU_IMAGE))"
+	@echo "make image    build the CPU runtime image \$$(IMAGE) (make image-gpu: \$$(GPU_IMAGE); make image-spark: \$$(SPARK_IMAGE))"
 	@echo "make e2e-docker   build the CPU image and run the whole pipeline in its containers (kfp.local DockerRunner)"
 	@echo "make bench-sessionize   time the Spark job on 1M/10M/30M simulated events (long)"
 
@@ -82,6 +82,7 @@ VERSION    := $(shell sed -n 's/^version = "\(.*\)"/\1/p' pyproject.toml)
 IMAGE      ?= ghcr.io/genrec/genrec:$(VERSION)
 GPU_IMAGE  ?= ghcr.io/genrec/genrec-gpu:$(VERSION)
 MLFLOW_IMAGE ?= ghcr.io/genrec/genrec-mlflow:$(VERSION)
+SPARK_IMAGE ?= ghcr.io/genrec/genrec-spark:$(VERSION)
 BASE_IMAGE ?=
 OFFLINE    ?=
 WHEELHOUSE := docker/wheelhouse
@@ -122,6 +123,14 @@ image-gpu: $(if $(OFFLINE),wheelhouse wheelhouse-gpu)
 		docker/Dockerfile.gpu docker/requirements.py docker/wheelhouse docker/wheelhouse-gpu \
 		| $(DOCKER_BUILD) -f docker/Dockerfile.gpu -t $(GPU_IMAGE) -
 	docker run --rm --network host -v "$(CURDIR)/docker/smoke.py:/tmp/smoke.py:ro" $(GPU_IMAGE) python /tmp/smoke.py --expect cuda
+
+# The driver/executor image of sessionize's SparkApplication: $(IMAGE) + Spark's pod entry point + the s3a jars
+# (from Maven Central, or MAVEN=<a mirror>; not reachable from the project's build machines, see NOTES).
+image-spark:
+	@echo "building $(SPARK_IMAGE) from docker/Dockerfile.spark on $(IMAGE) ..."
+	$(DOCKER_BUILD) -f docker/Dockerfile.spark --build-arg GENREC_IMAGE=$(IMAGE) $(if $(MAVEN),--build-arg MAVEN=$(MAVEN)) \
+		-t $(SPARK_IMAGE) .
+	docker run --rm --network host --entrypoint sh $(SPARK_IMAGE) -c 'ls "$$(python -c "import os, pyspark; print(os.path.dirname(pyspark.__file__))")"/jars | grep -E "^(hadoop-aws|bundle)-"'
 
 mlflow-image: $(if $(OFFLINE),wheelhouse)
 	@echo "building $(MLFLOW_IMAGE) from mlflow/Dockerfile ..."

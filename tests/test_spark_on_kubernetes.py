@@ -5,6 +5,7 @@ the operator (it runs the application's job with this machine's Spark, on the bu
 import json
 import os
 import signal
+import subprocess
 import sys
 import tempfile
 from pathlib import Path
@@ -157,3 +158,68 @@ def test_a_failed_application_fails_the_task_with_the_drivers_error(spark, s3, m
     finally:
         api.stop()
     assert (tmp_path / "out" / "_GENREC_INCOMPLETE.json").exists()  # the half-made output is never used
+
+
+def test_spark_image_entry_point_runs_the_driver(tmp_path, make_cfg):
+    """docker/spark-entrypoint.sh in driver mode, as Spark's Kubernetes backend starts the driver pod (here with a
+    local master, since no cluster runs here): the job runs and writes its report at the URI."""
+    from genrec.spark.on_kubernetes import read_remote_report
+
+    pq.write_table(_events(), tmp_path / "events.parquet")
+    cfg = _cfg(make_cfg)
+    env = dict(os.environ, PATH=f"{Path(sys.executable).parent}:{os.environ['PATH']}",
+               SPARK_DRIVER_BIND_ADDRESS="127.0.0.1", PYSPARK_PYTHON=sys.executable)
+    env.pop("SPARK_HOME", None)
+    proc = subprocess.run(["bash", str(REPO / "docker" / "spark-entrypoint.sh"), "driver", "--master", "local[2]",
+                           "--conf", "spark.ui.enabled=false", str(REPO / "spark_jobs" / "sessionize.py"),
+                           "--events", f"file://{tmp_path}/events.parquet", "--out", f"file://{tmp_path}/out",
+                           "--config-json", cfg.to_json()], env=env, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert read_remote_report(tmp_path / "out")["n_pages"] > 0
+    # An executor pod without the backend's settings stops with a message, not a Java stack trace.
+    bare = subprocess.run(["bash", str(REPO / "docker" / "spark-entrypoint.sh"), "executor"], env=env,
+                          capture_output=True, text=True, timeout=120)
+    assert bare.returncode != 0 and "SPARK_DRIVER_URL" in bare.stderr
+
+
+def test_spark_jars_are_fetched_for_pysparks_hadoop_and_checked(tmp_path):
+    """docker/spark_jars.py against a stand-in Maven repository on 127.0.0.1 (Maven Central is out of reach here)."""
+    import hashlib
+    import threading
+    from functools import partial
+    from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
+
+    import pyspark
+
+    jars = Path(pyspark.__file__).parent / "jars"
+    hadoop = next(jars.glob("hadoop-client-api-*.jar")).name.removeprefix("hadoop-client-api-").removesuffix(".jar")
+    repo = tmp_path / "maven"
+
+    def publish(group, name, version, ext, data: bytes, sha1: str = ""):
+        folder = repo / group.replace(".", "/") / name / version
+        folder.mkdir(parents=True, exist_ok=True)
+        (folder / f"{name}-{version}.{ext}").write_bytes(data)
+        (folder / f"{name}-{version}.{ext}.sha1").write_text(sha1 or hashlib.sha1(data).hexdigest())
+
+    publish("org.apache.hadoop", "hadoop-project", hadoop, "pom",
+            b'<project xmlns="http://maven.apache.org/POM/4.0.0"><properties>'
+            b'<aws-java-sdk-v2.version>2.99.1</aws-java-sdk-v2.version></properties></project>')
+    publish("org.apache.hadoop", "hadoop-aws", hadoop, "jar", b"aws jar")
+    publish("software.amazon.awssdk", "bundle", "2.99.1", "jar", b"sdk jar")
+    server = ThreadingHTTPServer(("127.0.0.1", 0), partial(SimpleHTTPRequestHandler, directory=str(repo)))
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    into = tmp_path / "jars"
+    into.mkdir()
+    (into / f"hadoop-client-api-{hadoop}.jar").write_bytes(b"")
+    cmd = [sys.executable, str(REPO / "docker" / "spark_jars.py"), "--into", str(into), "--maven",
+           f"http://127.0.0.1:{server.server_port}"]
+    try:
+        ok = subprocess.run(cmd, capture_output=True, text=True, timeout=60)
+        assert ok.returncode == 0, ok.stderr
+        assert (into / f"hadoop-aws-{hadoop}.jar").read_bytes() == b"aws jar"
+        assert (into / "bundle-2.99.1.jar").read_bytes() == b"sdk jar"
+        publish("software.amazon.awssdk", "bundle", "2.99.1", "jar", b"tampered", sha1="0" * 40)
+        bad = subprocess.run(cmd, capture_output=True, text=True, timeout=60)
+        assert bad.returncode != 0 and "SHA-1 does not match" in bad.stderr
+    finally:
+        server.shutdown()
