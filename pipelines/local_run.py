@@ -21,13 +21,16 @@ from typing import TextIO
 
 from components import Images
 from genrec.config import PipelineConfig
+from genrec.data.io import is_object_store
 from genrec.errors import ConfigError
 from genrec.tracking_server import is_server, tracking_uri
 
 # What a task container gets from this process's environment: where it tracks to and as whom (kfp.local's
 # DockerRunner passes no environment; on a cluster a Kubernetes Secret provides these).
 CONTAINER_ENV = ("MLFLOW_TRACKING_URI", "MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_PASSWORD",
-                 "MLFLOW_HTTP_REQUEST_MAX_RETRIES", "MLFLOW_HTTP_REQUEST_TIMEOUT")
+                 "MLFLOW_HTTP_REQUEST_MAX_RETRIES", "MLFLOW_HTTP_REQUEST_TIMEOUT",
+                 # an s3:// source (source.kind=parquet)
+                 "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_ENDPOINT_URL", "AWS_DEFAULT_REGION")
 
 RUNNERS = ("subprocess", "docker")
 _ANSI = re.compile(r"\x1b\[[0-9;]*m")
@@ -153,9 +156,9 @@ def check_runner(cfg: PipelineConfig, runner: str) -> None:
         raise ConfigError(f"--runner docker needs an MLflow server the containers can reach (the tracking store is "
                           f"{uri}): start one with proxied artifacts (mlflow/README.md: the containers see no path of "
                           "this machine) and set MLFLOW_TRACKING_URI to its http:// address")
-    if getattr(cfg.source, "path", None):
+    if getattr(cfg.source, "path", None) and not is_object_store(cfg.source.path):
         raise ConfigError(f"--runner docker mounts only the pipeline root into the containers, not source.path "
-                          f"({cfg.source.path}): run this source with the subprocess runner, or put its files in the image")
+                          f"({cfg.source.path}): run this source with the subprocess runner, put its files in the image, or read them from an object store (s3://)")
 
 
 def _docker_runner(root: Path):

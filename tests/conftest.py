@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
 import sys
 import time
@@ -145,3 +146,21 @@ def kill_at_first_checkpoint(cmd: list[str], ckpt_dir: Path, env: dict) -> None:
         time.sleep(0.02)
     proc.send_signal(signal.SIGKILL)
     assert proc.wait() == -signal.SIGKILL, "the run ended before it could be killed"
+
+
+@pytest.fixture
+def s3(tmp_path, monkeypatch):
+    """moto's S3 server on 127.0.0.1 with the bucket genrec-data; AWS_* point at it for this test."""
+    sys.path.insert(0, str(REPO / "mlflow"))
+    import boto3
+    import local_stack
+
+    port = local_stack.free_port()
+    pid = local_stack.start_moto(tmp_path, port)
+    for key, value in {"AWS_ENDPOINT_URL": f"http://127.0.0.1:{port}", "AWS_ACCESS_KEY_ID": "test",
+                       "AWS_SECRET_ACCESS_KEY": "test", "AWS_DEFAULT_REGION": "us-east-1"}.items():
+        monkeypatch.setenv(key, value)
+    client = boto3.client("s3", endpoint_url=f"http://127.0.0.1:{port}")
+    client.create_bucket(Bucket="genrec-data")
+    yield client
+    os.killpg(pid, signal.SIGTERM)

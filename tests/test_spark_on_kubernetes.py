@@ -4,7 +4,6 @@ the operator (it runs the application's job with this machine's Spark, on the bu
 
 import json
 import os
-import signal
 import subprocess
 import sys
 import tempfile
@@ -18,7 +17,7 @@ from test_sessionize import _events
 
 pytestmark = pytest.mark.spark
 REPO = Path(__file__).resolve().parents[1]
-BUCKET = "genrec-data"
+BUCKET = "genrec-data"  # the s3 fixture (conftest.py) creates it
 
 
 def _cfg(make_cfg, *extra):
@@ -61,23 +60,6 @@ def test_job_writes_to_a_uri_and_leaves_its_report_there(spark, tmp_path):
     assert not (tmp_path / "out" / "report.json").exists()
     assert read_remote_report(tmp_path / "out") == json.loads(json.dumps(report)) and (tmp_path / "out" / "report.json").is_file()
     assert report["n_pages"] > 0 and (tmp_path / "out" / "pages" / "split=train").is_dir()
-
-
-@pytest.fixture
-def s3(tmp_path, monkeypatch):
-    sys.path.insert(0, str(REPO / "mlflow"))
-    import boto3
-    import local_stack
-
-    port = local_stack.free_port()
-    pid = local_stack.start_moto(tmp_path, port)
-    for key, value in {"AWS_ENDPOINT_URL": f"http://127.0.0.1:{port}", "AWS_ACCESS_KEY_ID": "test",
-                       "AWS_SECRET_ACCESS_KEY": "test", "AWS_DEFAULT_REGION": "us-east-1"}.items():
-        monkeypatch.setenv(key, value)
-    client = boto3.client("s3", endpoint_url=f"http://127.0.0.1:{port}")
-    client.create_bucket(Bucket=BUCKET)
-    yield client
-    os.killpg(pid, signal.SIGTERM)
 
 
 class FakeOperator:

@@ -52,7 +52,9 @@ class SourceConfig(_Section):
     path: str = Field(
         "",
         description="Dataset folder for movielens / amazon_beauty (the unpacked original files), or a folder with "
-        "events.parquet and items.parquet for kind=parquet. Unused for the simulator.",
+        "events.parquet and items.parquet for kind=parquet, which may be s3://bucket/prefix (an S3-compatible store: "
+        "AWS_ENDPOINT_URL and the AWS_* keys of the environment; item images are not read from there). Unused for "
+        "the simulator.",
     )
     period_start: Optional[date] = Field(
         None, description="First day the logs are meant to cover (UTC). Empty: the simulator's month, else the first day in the data."

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
+from urllib.parse import urlparse
 
 import pyarrow as pa
 import pyarrow.compute as pc
@@ -12,8 +14,34 @@ import pyarrow.parquet as pq
 from genrec.errors import InputDataError
 
 
-def read_parquet(path: Path, missing_hint: str) -> pa.Table:
-    """Read one parquet file; a missing or unreadable file raises InputDataError naming it."""
+def is_object_store(path: str | Path) -> bool:
+    """An s3:// location (an S3-compatible object store) rather than a local path."""
+    return str(path).startswith("s3://")
+
+
+def object_store() -> "pa.fs.S3FileSystem":
+    """Arrow's S3 filesystem for AWS_ENDPOINT_URL (MinIO, Ceph; empty: AWS), with the AWS_* keys of the environment,
+    as the pods get them from cluster.object_store_secret / _config_map."""
+    from pyarrow import fs
+
+    endpoint = urlparse(os.environ.get("AWS_ENDPOINT_URL", ""))
+    where = {"endpoint_override": endpoint.netloc, "scheme": endpoint.scheme} if endpoint.netloc else {}
+    return fs.S3FileSystem(region=os.environ.get("AWS_DEFAULT_REGION", "us-east-1"), **where)
+
+
+def read_parquet(path: str | Path, missing_hint: str) -> pa.Table:
+    """Read one parquet file, local or s3://; a missing or unreadable file raises InputDataError naming it."""
+    if is_object_store(path):
+        from pyarrow import fs
+
+        store, key = object_store(), str(path).removeprefix("s3://")
+        try:
+            if store.get_file_info(key).type != fs.FileType.File:
+                raise InputDataError(f"{path} not found ({missing_hint})")
+            return pq.read_table(key, filesystem=store)
+        except (pa.ArrowInvalid, OSError) as exc:
+            raise InputDataError(f"{path}: not readable: {exc}") from None
+    path = Path(path)
     if not path.is_file():
         raise InputDataError(f"{path} not found ({missing_hint})")
     try:

@@ -18,7 +18,7 @@ import pyarrow.parquet as pq
 
 from genrec import plots, stage_outputs, tracking
 from genrec.config import PipelineConfig
-from genrec.data.io import read_parquet
+from genrec.data.io import is_object_store, read_parquet
 from genrec.data.schema import EVENTS_FILE, ITEMS_FILE, MANIFEST_FILE
 from genrec.errors import InputDataError
 
@@ -43,6 +43,11 @@ def _load(cfg: PipelineConfig, out_dir: Path) -> tuple[pa.Table, pa.Table, dict]
         return logs.events, items, extra
     if not cfg.source.path:
         raise InputDataError(f"source.kind={kind} needs source.path (the dataset folder)")
+    if is_object_store(cfg.source.path):
+        if kind != "parquet":
+            raise InputDataError(f"source.path={cfg.source.path}: only source.kind=parquet reads from an object store")
+        base, hint = cfg.source.path.rstrip("/"), f"source.kind=parquet needs {EVENTS_FILE} and {ITEMS_FILE} there"
+        return read_parquet(f"{base}/{EVENTS_FILE}", hint), read_parquet(f"{base}/{ITEMS_FILE}", hint), extra
     path = Path(cfg.source.path)
     if kind == "movielens":
         from genrec.data.movielens import load_movielens
