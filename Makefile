@@ -21,7 +21,7 @@ SHELL := /bin/bash
 # pip on the project's machines warns about unreachable extra indexes; hide only that line.
 QUIET_PIP = 2>&1 | { grep -v "^WARNING: Location" || true; }
 
-.PHONY: run test install compile lint bench-sessionize ui clean lock help wheelhouse wheelhouse-gpu image image-gpu e2e-docker \
+.PHONY: run test install compile infra-templates lint bench-sessionize ui clean lock help wheelhouse wheelhouse-gpu image image-gpu e2e-docker \
 	mlflow-image mlflow-up mlflow-down image-spark
 
 help:
@@ -57,6 +57,9 @@ test: install
 
 compile: install
 	$(BIN)/genrec compile
+
+infra-templates: install
+	$(BIN)/python -m pipelines.k8s_templates
 
 ui: install
 	$(BIN)/genrec ui --config $(CONFIG)
