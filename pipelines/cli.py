@@ -103,7 +103,7 @@ def compile(config: Optional[Path] = ConfigOpt,
     names Secrets, never their values. `genrec config-help` lists the cluster.* keys."""
     from pipelines.genrec_pipeline import COMPILED_PATH, compile_pipeline
 
-    cfg = _with_images(resolve_config(config, overrides), image, gpu_image)
+    cfg = _with_images(resolve_config(config, overrides, here=False), image, gpu_image)
     images = Images.resolve(cfg.cluster)
     path = compile_pipeline(out or COMPILED_PATH, cfg, images)
     c = cfg.cluster
@@ -153,7 +153,7 @@ def submit(config: Optional[Path] = ConfigOpt,
 
     from pipelines import submit as sub
 
-    cfg = _with_images(resolve_config(config, overrides), image, gpu_image)
+    cfg = _with_images(resolve_config(config, overrides, here=False), image, gpu_image)
     out = out or Path(tempfile.mkdtemp(prefix="genrec-submit-")) / "genrec_pipeline.yaml"
     request = sub.build_request(cfg, host, out, Images.resolve(cfg.cluster), pipeline, experiment,
                                 run_name, namespace, service_account,

@@ -98,6 +98,7 @@ def test_submit_creates_the_run_with_config_cluster_settings_and_token(kfp_serve
     config = json.loads(params["config_json"])
     assert config["sft"]["epochs"] == 3 and config["cluster"]["gpu"]["count"] == 1
     assert config["cluster"]["image"] == "reg/genrec:1"  # the tasks see the flag too
+    assert config["run"]["work_dir"] == "/scratch/work"  # as the config says: a path of the pods, not of this machine
     assert len(params["pipeline_run_id"]) == 32 and params["pipeline_run_id"] in proc.stdout
     # The pipeline went whole, its Kubernetes settings included.
     spec, platform = run["pipeline_spec"]["pipeline_spec"], run["pipeline_spec"]["platform_spec"]
@@ -119,6 +120,8 @@ def test_dry_run_prints_the_request_and_sends_nothing(kfp_server, tmp_path):
     assert request["experiment"] == "genrec-cluster" and request["auth"].startswith("bearer token")
     assert TOKEN not in proc.stdout + proc.stderr
     assert request["arguments"]["config_json"]["run"]["name"] == "cluster-gpu"
+    relative = _submit("--host", kfp_server, "--dry-run", HOME=str(tmp_path))
+    assert json.loads(relative.stdout)["arguments"]["config_json"]["run"]["work_dir"] == "work"
     assert len(request["arguments"]["pipeline_run_id"]) == 32
     tasks = request["pipeline"]["tasks"]
     assert len(tasks) == 12 and tasks["train-sft"]["gpu"] == "1 x nvidia.com/gpu"

@@ -43,13 +43,15 @@ def friendly(fn):
     return wrapper
 
 
-def resolve_config(config: Optional[Path], overrides: Optional[List[str]]) -> PipelineConfig:
-    """The config file + overrides, with absolute paths; refuses credentials in the config or in MLFLOW_TRACKING_URI."""
+def resolve_config(config: Optional[Path], overrides: Optional[List[str]], here: bool = True) -> PipelineConfig:
+    """The config file + overrides; refuses credentials in the config or in MLFLOW_TRACKING_URI. here: the run is on
+    this machine, so run.work_dir becomes absolute (stages may run in other processes and folders: kfp.local,
+    spark-submit); a config for a cluster keeps it as written (the pods resolve it in their own file system)."""
     os.environ.setdefault("SPARK_LOCAL_IP", "127.0.0.1")
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     cfg = load_config(config, overrides or [])
-    # Absolute paths: stages may run in other processes and folders (kfp.local, spark-submit).
-    cfg.run.work_dir = str(Path(cfg.run.work_dir).resolve())
+    if here:
+        cfg.run.work_dir = str(Path(cfg.run.work_dir).resolve())
     from genrec import tracking
 
     tracking.tracking_uri(cfg)  # the tracking store comes from the environment; refuse a URI with a password early
