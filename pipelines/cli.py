@@ -169,7 +169,7 @@ def submit(config: Optional[Path] = ConfigOpt,
     typer.echo(f"MLflow:          the parent run tagged genrec.pipeline_run_id="
                f"{request.arguments['pipeline_run_id']} in experiment {cfg.run.experiment}")
     if wait:
-        state = sub.wait(client, run_id, timeout, typer.echo)
+        state = sub.wait(client, run_id, timeout, typer.echo, request.host)
         typer.echo(f"run {run_id}: {state}")
         if state != "SUCCEEDED":
             raise typer.Exit(2)

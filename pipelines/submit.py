@@ -161,11 +161,11 @@ def send(request: SubmitRequest, client) -> tuple[str, str]:
     return result.run_id, f"{client._get_url_prefix()}/#/runs/details/{result.run_id}"
 
 
-def wait(client, run_id: str, timeout_s: float, echo: Callable[[str], None], poll_s: float = 30) -> str:
+def wait(client, run_id: str, timeout_s: float, echo: Callable[[str], None], host: str = "", poll_s: float = 30) -> str:
     """Poll the run until it ends (or timeout_s passes), echoing each change of state; returns the last state."""
     deadline, last = time.time() + timeout_s, None
     while True:
-        with _explained(""):
+        with _explained(host):
             state = str(client.get_run(run_id).state or "UNKNOWN")
         if state != last:
             echo(f"  {time.strftime('%H:%M:%S')} {state}")

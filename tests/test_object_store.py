@@ -26,3 +26,20 @@ def test_a_missing_object_is_named(s3, make_cfg, tmp_path):
         run_ingest(cfg, tmp_path / "out", "store-3")
     with pytest.raises(InputDataError, match="only source.kind=parquet reads from an object store"):
         run_ingest(make_cfg("source.kind=movielens", "source.path=s3://genrec-data/ml"), tmp_path / "o2", "store-4")
+
+
+def test_copy_tree_both_ways_and_a_missing_source_is_named(s3, tmp_path):
+    from genrec.data.io import copy_tree
+
+    local = tmp_path / "out"
+    (local / "pages" / "split=train").mkdir(parents=True)
+    (local / "pages" / "split=train" / "part-0.parquet").write_bytes(b"a")
+    (local / "report.json").write_text("{}")
+    assert copy_tree(local, "s3a://genrec-data/run-1/output") == 2
+    # (Arrow also leaves empty "folder/" marker objects; the files are what counts)
+    keys = sorted(o["Key"] for o in s3.list_objects_v2(Bucket="genrec-data")["Contents"] if not o["Key"].endswith("/"))
+    assert keys == ["run-1/output/pages/split=train/part-0.parquet", "run-1/output/report.json"]
+    assert copy_tree("s3://genrec-data/run-1/output", tmp_path / "back") == 2
+    assert (tmp_path / "back" / "pages" / "split=train" / "part-0.parquet").read_bytes() == b"a"
+    with pytest.raises(InputDataError, match="s3a://genrec-data/run-2/output not found"):
+        copy_tree("s3a://genrec-data/run-2/output", tmp_path / "none")

@@ -65,26 +65,26 @@ def test_job_writes_to_a_uri_and_leaves_its_report_there(spark, tmp_path):
 class FakeOperator:
     """Runs a SparkApplication's job here: the s3a:// input fetched from the bucket, the output put back."""
 
-    def __init__(self, spark, s3):
-        self.spark, self.s3, self.state = spark, s3, {}
+    def __init__(self, spark):
+        self.spark, self.state = spark, {}
 
     def create(self, obj):
         from genrec.config import config_from_json
-        from genrec.spark.on_kubernetes import download_folder, upload_folder
+        from genrec.data.io import copy_tree
         from genrec.spark.sessionize import sessionize
 
         name, args = obj["metadata"]["name"], obj["spec"]["arguments"]
         events, out, config = args[1], args[3], config_from_json(args[5])
         self.state[name] = "RUNNING"
         with tempfile.TemporaryDirectory() as tmp:
-            download_folder(events.rsplit("/", 1)[0], Path(tmp) / "in", self.s3)
+            copy_tree(events, Path(tmp) / "in" / "events.parquet")
             try:
                 sessionize(self.spark, str(Path(tmp) / "in" / "events.parquet"), f"file://{tmp}/out",
                            config.sessionize)
             except Exception as exc:
                 self.state[name] = ("FAILED", f"driver container failed with ExitCode: 1, Reason: Error ({exc})")
                 return
-            upload_folder(Path(tmp) / "out", out, self.s3)
+            copy_tree(Path(tmp) / "out", out)
         self.state[name] = "COMPLETED"
 
     def status(self, obj):
@@ -101,7 +101,7 @@ def test_sessionize_task_runs_its_job_on_the_operator(spark, s3, make_cfg, tmp_p
     validated = tmp_path / "validated"
     validated.mkdir()
     pq.write_table(_events(), validated / "events.parquet")
-    operator = FakeOperator(spark, s3)
+    operator = FakeOperator(spark)
     api = StandIn(on_create=operator.create, status_of=operator.status)
     monkeypatch.setattr(k8s_jobs, "api_client", api.client)
     monkeypatch.setattr(k8s_jobs, "current_namespace", lambda: "team-a")
@@ -126,7 +126,7 @@ def test_a_failed_application_fails_the_task_with_the_drivers_error(spark, s3, m
     validated = tmp_path / "validated"
     validated.mkdir()
     (validated / "events.parquet").write_bytes(b"not parquet")  # the job fails reading it
-    operator = FakeOperator(spark, s3)
+    operator = FakeOperator(spark)
     logs = {}
     api = StandIn(on_create=lambda obj: (operator.create(obj), logs.update(
         {obj["metadata"]["name"] + "-driver": ({}, "Failed", "Traceback ...\nAnalysisException: not a Parquet file")})),
@@ -216,7 +216,8 @@ def test_job_reads_and_writes_s3a(s3, tmp_path, make_cfg):
     if not list(jars.glob("hadoop-aws-*.jar")):
         pytest.skip(f"no hadoop-aws jar in {jars}: s3a is not available here (Maven Central is out of reach from the "
                     f"project's machines; `python docker/spark_jars.py --into {jars}` where it is not)")
-    from genrec.spark.on_kubernetes import application_manifest, download_folder, read_remote_report
+    from genrec.data.io import copy_tree
+    from genrec.spark.on_kubernetes import application_manifest, read_remote_report
 
     s3.upload_file(str(_write_events(tmp_path)), BUCKET, "in/events.parquet")
     cfg = _cfg(make_cfg)
@@ -228,7 +229,7 @@ def test_job_reads_and_writes_s3a(s3, tmp_path, make_cfg):
                           capture_output=True, text=True, timeout=600,
                           env=dict(os.environ, PYSPARK_PYTHON=sys.executable))
     assert proc.returncode == 0, proc.stderr[-3000:]
-    download_folder(f"s3a://{BUCKET}/out", tmp_path / "out", s3)
+    copy_tree(f"s3a://{BUCKET}/out", tmp_path / "out")
     assert read_remote_report(tmp_path / "out")["n_pages"] > 0
 
 

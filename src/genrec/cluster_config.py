@@ -13,18 +13,27 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-def default_image() -> str:
-    """What `make image` tags: the image of every task unless cluster.image says otherwise."""
+
+def _published(name: str) -> str:
     from genrec import __version__
 
-    return f"ghcr.io/genrec/genrec:{__version__}"
+    return f"ghcr.io/genrec/{name}:{__version__}"
+
+
+def default_image() -> str:
+    """What `make image` tags: the image of every task unless cluster.image says otherwise."""
+    return _published("genrec")
 
 
 def default_gpu_image() -> str:
     """What `make image-gpu` tags: the image of the GPU tasks unless cluster.gpu_image says otherwise."""
-    from genrec import __version__
+    return _published("genrec-gpu")
 
-    return f"ghcr.io/genrec/genrec-gpu:{__version__}"
+
+def default_spark_image() -> str:
+    """What `make image-spark` tags: the driver and executors of a SparkApplication unless cluster.spark.image says
+    otherwise."""
+    return _published("genrec-spark")
 
 
 TaskName = Literal["ingest", "validate_events", "sessionize", "validate_pages", "embed_items", "assign_sids",
@@ -226,9 +235,13 @@ class ClusterConfig(_Section):
                              "read their inputs and write checkpoints and the model there")
         return self
 
+    def gpu_job(self, task: str) -> bool:
+        """Whether the task's training runs on GPUs (in its own pod, or in the pods of its TrainJob)."""
+        return bool(self.gpu.count) and task in self.gpu.tasks
+
     def gets_gpu(self, task: str) -> bool:
         """Whether the task's own pod asks for GPUs (not when it only watches a TrainJob that has them)."""
-        return bool(self.gpu.count) and task in self.gpu.tasks and not self.watches_trainjob(task)
+        return self.gpu_job(task) and not self.watches_trainjob(task)
 
     def watches_trainjob(self, task: str) -> bool:
         return self.training.launcher == "trainjob" and task in ("train_sft", "align")
@@ -244,4 +257,4 @@ class ClusterConfig(_Section):
 
     def training_resources(self, task: str) -> Resources:
         """What each pod of a TrainJob for the task asks for (besides its GPUs)."""
-        return self.gpu.resources if self.gpu.count and task in self.gpu.tasks else getattr(self.resources, task)
+        return self.gpu.resources if self.gpu_job(task) else getattr(self.resources, task)

@@ -1,4 +1,5 @@
-"""Reading parquet with errors that name the file and what to do about it."""
+"""Reading parquet (local or in an object store) with errors that name the file and what to do about it; copying
+files to and from the object store."""
 
 from __future__ import annotations
 
@@ -15,8 +16,34 @@ from genrec.errors import InputDataError
 
 
 def is_object_store(path: str | Path) -> bool:
-    """An s3:// location (an S3-compatible object store) rather than a local path."""
-    return str(path).startswith("s3://")
+    """An s3:// or s3a:// location (an S3-compatible object store; s3a is Hadoop's name for the same bucket) rather
+    than a local path."""
+    return str(path).startswith(("s3://", "s3a://"))
+
+
+def _where(location: str | Path):
+    """(filesystem, path in it) of a local path or an s3:// / s3a:// location."""
+    from pyarrow import fs
+
+    if is_object_store(location):
+        return object_store(), str(location).split("://", 1)[1].rstrip("/")
+    return fs.LocalFileSystem(), str(Path(location).resolve())
+
+
+def copy_tree(source: str | Path, target: str | Path) -> int:
+    """Copy a file or a folder between this machine and the object store, either way; returns the files copied. A
+    source that is not there raises InputDataError naming it."""
+    from pyarrow import fs
+
+    src_fs, src = _where(source)
+    dst_fs, dst = _where(target)
+    info = src_fs.get_file_info(src)
+    if info.type == fs.FileType.NotFound:
+        raise InputDataError(f"{source} not found")
+    files = 1 if info.type == fs.FileType.File else sum(
+        f.type == fs.FileType.File for f in src_fs.get_file_info(fs.FileSelector(src, recursive=True)))
+    fs.copy_files(src, dst, source_filesystem=src_fs, destination_filesystem=dst_fs)
+    return files
 
 
 def object_store() -> "pa.fs.S3FileSystem":
@@ -34,7 +61,7 @@ def read_parquet(path: str | Path, missing_hint: str) -> pa.Table:
     if is_object_store(path):
         from pyarrow import fs
 
-        store, key = object_store(), str(path).removeprefix("s3://")
+        store, key = _where(path)
         try:
             if store.get_file_info(key).type != fs.FileType.File:
                 raise InputDataError(f"{path} not found ({missing_hint})")

@@ -12,21 +12,15 @@ import json
 import os
 import time
 from pathlib import Path
-from urllib.parse import urlparse
 
 from genrec import k8s_jobs
+from genrec.cluster_config import default_spark_image
 from genrec.config import PipelineConfig
+from genrec.data.io import copy_tree
 from genrec.errors import InputDataError
 
 # Where docker/Dockerfile.spark puts the job's entry file.
 MAIN_FILE = "local:///opt/genrec/spark_jobs/sessionize.py"
-
-
-def default_spark_image() -> str:
-    """What `make image-spark` tags."""
-    from genrec import __version__
-
-    return f"ghcr.io/genrec/genrec-spark:{__version__}"
 
 
 def spark_version() -> str:
@@ -72,45 +66,6 @@ def application_manifest(cfg: PipelineConfig, name: str, events_uri: str, out_ur
     }
 
 
-# ---- the object store (boto3 speaks S3; s3a:// is Hadoop's name for the same bucket) --------------------------------
-
-def _bucket_key(uri: str) -> tuple[str, str]:
-    u = urlparse(uri)
-    if u.scheme not in ("s3a", "s3"):
-        raise InputDataError(f"{uri}: not an s3a:// or s3:// location")
-    return u.netloc, u.path.lstrip("/").rstrip("/")
-
-
-def s3_client():
-    """boto3's S3 client for AWS_ENDPOINT_URL (MinIO, Ceph) or AWS, with the AWS_* keys of the environment."""
-    import boto3
-
-    return boto3.client("s3", endpoint_url=os.environ.get("AWS_ENDPOINT_URL") or None)
-
-
-def upload_folder(local: Path, uri: str, client=None) -> int:
-    """Copy a file or folder under `uri`; returns the files copied."""
-    client, (bucket, prefix), local = client or s3_client(), _bucket_key(uri), Path(local)
-    files = [local] if local.is_file() else sorted(p for p in local.rglob("*") if p.is_file())
-    for path in files:
-        key = prefix if local.is_file() else f"{prefix}/{path.relative_to(local).as_posix()}"
-        client.upload_file(str(path), bucket, key)
-    return len(files)
-
-
-def download_folder(uri: str, local: Path, client=None) -> int:
-    """Copy everything under `uri` into `local`; returns the files copied."""
-    client, (bucket, prefix) = client or s3_client(), _bucket_key(uri)
-    n = 0
-    for page in client.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=prefix + "/"):
-        for obj in page.get("Contents", []):
-            target = Path(local) / obj["Key"][len(prefix) + 1:]
-            target.parent.mkdir(parents=True, exist_ok=True)
-            client.download_file(bucket, obj["Key"], str(target))
-            n += 1
-    return n
-
-
 def read_remote_report(out_dir: Path) -> dict:
     """The report the job wrote as _report/part-*.txt (a URI output), as report.json beside it."""
     from genrec.spark.sessionize import REMOTE_REPORT
@@ -125,12 +80,11 @@ def read_remote_report(out_dir: Path) -> dict:
 
 
 def run_on_operator(cfg: PipelineConfig, events: Path, out_dir: Path, pipeline_run_id: str, api_client=None,
-                    namespace: str = "", s3=None) -> dict:
+                    namespace: str = "") -> dict:
     """Stage the events, run the SparkApplication, fetch its output into out_dir; returns the job's report."""
     s = cfg.cluster.spark
     base = f"{s.data_root.rstrip('/')}/{pipeline_run_id}/sessionize"
-    s3 = s3 or s3_client()
-    n = upload_folder(events, f"{base}/input/events.parquet", s3)
+    n = copy_tree(events, f"{base}/input/events.parquet")
     print(f"sessionize: {n} input files -> {base}/input", flush=True)
     name = f"genrec-sessionize-{pipeline_run_id[:12]}-{int(time.time()) % 100000}".lower()
     manifest = application_manifest(cfg, name, f"{base}/input/events.parquet", f"{base}/output",
@@ -144,6 +98,6 @@ def run_on_operator(cfg: PipelineConfig, events: Path, out_dir: Path, pipeline_r
 
     k8s_jobs.run_job(client, k8s_jobs.SPARK_APPLICATION, namespace, manifest, s.timeout_s, s.poll_s,
                      echo=lambda line: print(line, flush=True), failure_detail=driver_log)
-    n = download_folder(f"{base}/output", out_dir, s3)
+    n = copy_tree(f"{base}/output", out_dir)
     print(f"sessionize: {n} output files <- {base}/output", flush=True)
     return read_remote_report(out_dir)

@@ -84,7 +84,7 @@ def trainjob_manifest(cfg: PipelineConfig, stage: str, name: str, argv: list[str
     processes_per_node ranks, with the pipeline's image, GPUs, scheduling, Secrets and the shared volume."""
     c, t = cfg.cluster, cfg.cluster.training
     task = stage.replace("-", "_")
-    gpu = c.gpu.count and task in c.gpu.tasks
+    gpu = c.gpu_job(task)
     r = c.training_resources(task)
     limits = {"cpu": r.cpu_limit, "memory": r.memory_limit, **({c.gpu.accelerator: str(c.gpu.count)} if gpu else {})}
     requests = {"cpu": r.cpu_request, "memory": r.memory_request, **({c.gpu.accelerator: str(c.gpu.count)} if gpu else {})}
