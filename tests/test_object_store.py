@@ -41,5 +41,8 @@ def test_copy_tree_both_ways_and_a_missing_source_is_named(s3, tmp_path):
     assert keys == ["run-1/output/pages/split=train/part-0.parquet", "run-1/output/report.json"]
     assert copy_tree("s3://genrec-data/run-1/output", tmp_path / "back") == 2
     assert (tmp_path / "back" / "pages" / "split=train" / "part-0.parquet").read_bytes() == b"a"
+    # One file into a local folder that does not exist yet (how the Spark job's input is staged and fetched)
+    assert copy_tree("s3a://genrec-data/run-1/output/report.json", tmp_path / "new" / "dir" / "report.json") == 1
+    assert (tmp_path / "new" / "dir" / "report.json").read_text() == "{}"
     with pytest.raises(InputDataError, match="s3a://genrec-data/run-2/output not found"):
         copy_tree("s3a://genrec-data/run-2/output", tmp_path / "none")

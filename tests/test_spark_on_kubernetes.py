@@ -22,7 +22,8 @@ BUCKET = "genrec-data"  # the s3 fixture (conftest.py) creates it
 
 def _cfg(make_cfg, *extra):
     return make_cfg("cluster.spark.mode=operator", f"cluster.spark.data_root=s3a://{BUCKET}/sessionize",
-                    "cluster.spark.poll_s=0.5", "cluster.object_store_secret=genrec-object-store",
+                    "cluster.spark.poll_s=0.5", "cluster.spark.timeout_s=300",
+                    "cluster.object_store_secret=genrec-object-store",
                     "sessionize.shuffle_partitions=4", "sessionize.output_partitions=1",
                     "sessionize.fallback_page_size=5", *extra)
 
@@ -69,23 +70,26 @@ class FakeOperator:
         self.spark, self.state = spark, {}
 
     def create(self, obj):
+        name = obj["metadata"]["name"]
+        self.state[name] = "RUNNING"
+        try:
+            self._run(obj)
+        except Exception as exc:  # as the operator reports a driver that failed, so the task ends rather than waits
+            self.state[name] = ("FAILED", f"driver container failed with ExitCode: 1, Reason: Error ({exc!r})")
+            return
+        self.state[name] = "COMPLETED"
+
+    def _run(self, obj):
         from genrec.config import config_from_json
         from genrec.data.io import copy_tree
         from genrec.spark.sessionize import sessionize
 
-        name, args = obj["metadata"]["name"], obj["spec"]["arguments"]
+        args = obj["spec"]["arguments"]
         events, out, config = args[1], args[3], config_from_json(args[5])
-        self.state[name] = "RUNNING"
         with tempfile.TemporaryDirectory() as tmp:
             copy_tree(events, Path(tmp) / "in" / "events.parquet")
-            try:
-                sessionize(self.spark, str(Path(tmp) / "in" / "events.parquet"), f"file://{tmp}/out",
-                           config.sessionize)
-            except Exception as exc:
-                self.state[name] = ("FAILED", f"driver container failed with ExitCode: 1, Reason: Error ({exc})")
-                return
+            sessionize(self.spark, str(Path(tmp) / "in" / "events.parquet"), f"file://{tmp}/out", config.sessionize)
             copy_tree(Path(tmp) / "out", out)
-        self.state[name] = "COMPLETED"
 
     def status(self, obj):
         state = self.state.get(obj["metadata"]["name"], "SUBMITTED")

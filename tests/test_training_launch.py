@@ -51,7 +51,7 @@ def test_torchrun_failure_names_the_stage(sft_data, tmp_path, make_cfg):
 def _trainjob_cfg(make_cfg, volume, *extra):
     return _cfg(make_cfg, f"run.checkpoint_root={volume}", "cluster.checkpoint_pvc=genrec-checkpoints",
                 "cluster.training.launcher=trainjob", "cluster.training.processes_per_node=2",
-                "cluster.training.poll_s=0.5", "cluster.gpu.count=1",
+                "cluster.training.poll_s=0.5", "cluster.training.timeout_s=900", "cluster.gpu.count=1",
                 "cluster.gpu.node_selector={nvidia.com/gpu.present: 'true'}",
                 "cluster.tracking_config_map=genrec-tracking", *extra)
 
@@ -102,11 +102,15 @@ class FakeTrainer:
         env = dict(self.env, PET_NNODES="1", PET_NPROC_PER_NODE=str(t["numProcPerNode"]), PET_NODE_RANK="0",
                    PET_MASTER_ADDR="127.0.0.1", PET_MASTER_PORT=str(_free_port()),
                    PATH=f"{Path(sys.executable).parent}:{os.environ['PATH']}")
-        proc = subprocess.run(t["command"], env=env, capture_output=True, text=True, timeout=600)
+        try:
+            proc = subprocess.run(t["command"], env=env, capture_output=True, text=True, timeout=600)
+            rc, err = proc.returncode, proc.stderr
+        except Exception as exc:  # a node that could not run still fails the job, so the task ends rather than waits
+            rc, err = 1, repr(exc)
         name = obj["metadata"]["name"]
         self.pods[f"{name}-node-0-0-x7k2p"] = ({"jobset.sigs.k8s.io/jobset-name": name},
-                                               "Succeeded" if proc.returncode == 0 else "Failed", proc.stderr)
-        self.exit[name] = (proc.returncode, proc.stderr[-2000:])
+                                               "Succeeded" if rc == 0 else "Failed", err)
+        self.exit[name] = (rc, err[-2000:])
 
     def status(self, obj):
         name = obj["metadata"]["name"]

@@ -42,6 +42,9 @@ def copy_tree(source: str | Path, target: str | Path) -> int:
         raise InputDataError(f"{source} not found")
     files = 1 if info.type == fs.FileType.File else sum(
         f.type == fs.FileType.File for f in src_fs.get_file_info(fs.FileSelector(src, recursive=True)))
+    # A local target's folder may not exist yet (Arrow creates it for a folder copy, not for one file).
+    if not is_object_store(target):
+        Path(dst).parent.mkdir(parents=True, exist_ok=True)
     fs.copy_files(src, dst, source_filesystem=src_fs, destination_filesystem=dst_fs)
     return files
 
