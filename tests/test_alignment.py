@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 import torch
 
-from genrec.align.grpo_loss import grpo_sr_loss, rollout_batch, token_logprobs
+from genrec.align.grpo_loss import engaged_items_nll, grpo_sr_loss, rollout_batch, token_logprobs
 from genrec.align.rewards import ItemEmbeddings, group_advantages, hybrid_rewards
 from genrec.align.rollouts import sample_rollouts
 from genrec.eval.reward_metrics import reward_at_k
@@ -26,10 +26,14 @@ def test_hybrid_reward_gates_zeroes_invalid_and_calibrates_hits():
     np.testing.assert_allclose(r[1], [0.4, 0.2, 0.3, 0.4])
     no_gate = hybrid_rewards(r_pref, relevance, valid, hits, tau=0.5, gate=False, calibrate=False)
     np.testing.assert_allclose(no_gate[0], [0.9, 0.5, 0.2, 0.0])
-    # a hit whose own r_pref is the best keeps it even when the gate zeroes everything else
-    only = hybrid_rewards(np.array([[0.8, 0.3]]), np.array([[0.0, 0.0]]), np.ones((1, 2), bool),
-                          np.array([[True, False]]), tau=0.5, gate=True, calibrate=True)
-    np.testing.assert_allclose(only, [[0.8, 0.0]])
+    # eq. 7: a hit the gate zeroed gets exactly the group's maximum gated reward, not its own ungated 0.8
+    gated_hit = hybrid_rewards(np.array([[0.8, 0.3, 0.6]]), np.array([[0.0, 0.9, 0.9]]), np.ones((1, 3), bool),
+                               np.array([[True, False, False]]), tau=0.5, gate=True, calibrate=True)
+    np.testing.assert_allclose(gated_hit, [[0.6, 0.3, 0.6]])
+    # ... and 0 when the gate zeroed the whole group
+    alone = hybrid_rewards(np.array([[0.8, 0.3]]), np.array([[0.0, 0.0]]), np.ones((1, 2), bool),
+                           np.array([[True, False]]), tau=0.5, gate=True, calibrate=True)
+    np.testing.assert_allclose(alone, [[0.0, 0.0]])
 
 
 def test_group_advantages_are_standardised_and_zero_for_equal_rewards():
@@ -93,6 +97,38 @@ def test_an_all_equal_reward_group_gives_zero_policy_gradient(tiny):
     loss, _ = grpo_sr_loss(token_logprobs(model, batch, 3), adv, None, alpha=0.0)
     loss.backward()
     assert max(float(p.grad.abs().max()) for p in model.parameters() if p.grad is not None) > 0
+
+
+@pytest.mark.parametrize("merged", [True, False])
+def test_the_regulariser_is_each_engaged_items_nll_given_the_prompt_alone(merged):
+    """Eq. 8's NLL term by hand: one forward pass per (page, item) on <bos> history <sep> code_1 code_2 code_3,
+    -sum of the three codes' log-probabilities, averaged over the items of all pages."""
+    from genrec.model.samples import encode_prompt
+
+    codes = np.stack([np.arange(64) // 16, (np.arange(64) // 4) % 4, np.arange(64) % 4], axis=1)
+    sid_map = SidMap(np.arange(100, 164), codes, (4, 4, 4))
+    torch.manual_seed(0)
+    model = build_model("tiny", "", sid_map.sizes, merged, sid_map.fingerprint())
+    model.eval()
+    hist = [sid_map.item_codes([100, 101, 102]), sid_map.item_codes([140])]
+    engaged = [sid_map.item_codes([120, 133]), sid_map.item_codes([150])]
+    by_hand = []
+    for h, items in zip(hist, engaged):
+        p_ids, p_item = encode_prompt(h, model.vocab, merged)
+        for item in items:
+            nll = 0.0
+            for level in range(3):
+                prefix = model.vocab.code_tokens(item)[:level]
+                ids = np.concatenate([p_ids, np.repeat(prefix[:, None], 3, axis=1)])
+                is_item = np.concatenate([p_item, np.zeros(level, bool)])
+                with torch.no_grad():
+                    logits = model(torch.from_numpy(ids)[None], torch.from_numpy(is_item)[None],
+                                   torch.ones(1, len(ids), dtype=torch.long)).logits[0, -1]
+                nll -= float(torch.log_softmax(logits.float(), -1)[model.vocab.code_tokens(item)[level]])
+            by_hand.append(nll)
+    ours = engaged_items_nll(model, hist, engaged)
+    assert float(ours.detach()) == pytest.approx(float(np.mean(by_hand)), rel=1e-4)
+    assert ours.requires_grad
 
 
 def _masks(sid_map):

@@ -4,7 +4,9 @@
 
 The ratio equals 1 in value; its gradient is grad log pi, so the first term is the group-relative
 policy gradient, averaged over each rollout's tokens and then over the rollouts of all groups.
-alpha = 0 gives plain GRPO. The optional KL to the frozen SFT model uses the k3 estimator per token
+The regulariser is per item, as a rollout is decoded: each engaged item of the page conditioned on the
+prompt alone, its L code tokens' NLL summed, averaged over the items (no separators, no item seeing
+another; `engaged_items_nll`). alpha = 0 gives plain GRPO. The optional KL to the frozen SFT model uses the k3 estimator per token
 (exp(ref - logp) - (ref - logp) - 1, unbiased and non-negative).
 """
 
@@ -18,14 +20,30 @@ from genrec.model.samples import collate, encode_prompt, join_prompt_target
 from genrec.model.vocab import SidVocab
 
 
+def prompt_item_batch(history_codes: list[np.ndarray], item_codes: list[np.ndarray], vocab: SidVocab,
+                      token_merger: bool) -> dict:
+    """One row per (prompt r, item of item_codes[r]): the prompt then that item's L code tokens, labelled (no
+    <sep> or <eos>), so each item is conditioned on the prompt alone. Rows are prompt-major."""
+    encoded = []
+    for hist, items in zip(history_codes, item_codes):
+        p_ids, p_item = encode_prompt(hist, vocab, token_merger)
+        for codes in items:  # the codes may be no item (a free rollout): encoded from codes, not item ids
+            encoded.append(join_prompt_target(p_ids, p_item, vocab.code_tokens(codes), vocab.levels))
+    return collate(encoded, vocab.pad)
+
+
 def rollout_batch(history_codes: list[np.ndarray], codes: np.ndarray, vocab: SidVocab, token_merger: bool) -> dict:
     """Prompt + rollout SID as training sequences: N * G rows (request-major), labels on the L rollout tokens."""
-    encoded = []
-    for r, hist in enumerate(history_codes):
-        p_ids, p_item = encode_prompt(hist, vocab, token_merger)
-        for g in range(codes.shape[1]):  # the codes may be no item: encoded from codes, not item ids
-            encoded.append(join_prompt_target(p_ids, p_item, vocab.code_tokens(codes[r, g]), vocab.levels))
-    return collate(encoded, vocab.pad)
+    return prompt_item_batch(history_codes, list(codes), vocab, token_merger)
+
+
+def engaged_items_nll(model: GenRecModel, history_codes: list[np.ndarray], engaged_codes: list[np.ndarray]
+                      ) -> torch.Tensor:
+    """GRPO-SR's regulariser: mean over the pages' engaged items of -sum_l log p(code_l | prompt, earlier codes)."""
+    device = next(model.parameters()).device
+    batch = {k: v.to(device) for k, v in prompt_item_batch(history_codes, engaged_codes, model.vocab,
+                                                             model.token_merger).items()}
+    return -token_logprobs(model, batch, model.vocab.levels).sum(dim=1).mean()
 
 
 def token_logprobs(model: GenRecModel, batch: dict, levels: int) -> torch.Tensor:

@@ -5,9 +5,10 @@ between the rollout item's embedding (embed-items' vectors, the same space the S
 the mean embedding of the user's most recent history items: an item far from anything the user has
 recently engaged with earns nothing however much the reward model likes it, which is what stops the
 policy from drifting to items the reward model over-scores (reward hacking).
-A rollout that is no item earns 0. Calibration: a rollout that hits one of the page's engaged items
-(ordered, carted or clicked) gets the group's maximum reward (at least its own r_pref), so the true
-outcome is never ranked below a guess.
+A rollout that is no item earns 0. Calibration (eq. 7): a rollout that hits one of the page's engaged
+items (ordered, carted or clicked) gets exactly the group's maximum gated reward, so the true outcome is
+never ranked below a guess; a hit that the gate zeroed is raised to that maximum, not to its own ungated
+score.
 """
 
 from __future__ import annotations
@@ -49,13 +50,13 @@ class ItemEmbeddings:
 
 def hybrid_rewards(r_pref: np.ndarray, relevance: np.ndarray, valid: np.ndarray, hits: np.ndarray, tau: float,
                    gate: bool, calibrate: bool) -> np.ndarray:
-    """(N, G) rewards: gate * r_pref, 0 for invalid rollouts, hits raised to the group maximum."""
+    """(N, G) rewards: gate * r_pref, 0 for invalid rollouts, valid hits set to the group's maximum (eq. 7)."""
     reward = np.where(valid, r_pref, 0.0).astype(np.float64)
     if gate:
         reward = np.where(relevance > tau, reward, 0.0)
     if calibrate:
         group_max = reward.max(axis=1, keepdims=True)
-        reward = np.where(hits & valid, np.maximum(group_max, np.where(valid, r_pref, 0.0)), reward)
+        reward = np.where(hits & valid, group_max, reward)
     return reward
 
 

@@ -7,7 +7,7 @@ checkpoints/ (resumable; a rerun resumes), ds_config.json and report.json.
 
 Per step and prompt: G rollouts sampled from the policy (one item each); reward r = gate * r_pref with
 calibration (genrec.align.rewards); advantages relative to the group; loss = policy term + alpha * NLL of
-the page's engaged items [+ KL]. Through the same DeepSpeed loop as SFT (ZeRO, bf16 on GPU, checkpoints).
+the page's engaged items, each given the prompt alone [+ KL]. Through the same DeepSpeed loop as SFT (ZeRO, bf16 on GPU, checkpoints).
 """
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ import numpy as np
 import torch
 
 from genrec import stage_outputs, tracking
-from genrec.align.grpo_loss import grpo_sr_loss, rollout_batch, token_logprobs
+from genrec.align.grpo_loss import engaged_items_nll, grpo_sr_loss, rollout_batch, token_logprobs
 from genrec.align.rewards import ItemEmbeddings, group_advantages, hybrid_rewards
 from genrec.align.rollouts import sample_rollouts
 from genrec.config import PipelineConfig
@@ -51,9 +51,11 @@ def _load_checked(sft_dir: Path, reward_dir: Path, sid_map: SidMap) -> tuple[Gen
 
 
 def _tokens(batch: dict, group: int, levels: int) -> int:
-    """Tokens a micro-batch processes with gradient: the NLL pass plus G rollouts (prompt + L codes) per prompt."""
-    prompt = int(((batch["labels"] == -100) & (batch["attention_mask"] > 0)).sum())
-    return int(batch["attention_mask"].sum()) + group * (prompt + levels * len(batch["labels"]))
+    """Tokens a micro-batch processes with gradient: per prompt, G rollouts and each engaged item (its page sample
+    labels L + 1 tokens per item), each as the prompt then L codes."""
+    prompt = ((batch["labels"] == -100) & (batch["attention_mask"] > 0)).sum(dim=1)
+    rows = group + (batch["labels"] != -100).sum(dim=1) // (levels + 1)
+    return int((rows * (prompt + levels)).sum())
 
 
 def run_align(cfg: PipelineConfig, sft_dir: str | Path, reward_dir: str | Path, pages_dir: str | Path,
@@ -92,6 +94,7 @@ def run_align(cfg: PipelineConfig, sft_dir: str | Path, reward_dir: str | Path, 
     reward_hist = history_rows([list(h) for h in long_history], sid_map, cfg.reward.max_history, "a prompt's history")
     hist_codes = [sid_map.item_codes(s.history, f"the history of page {s.page_id}") for s in samples]
     encoded = [encode_sample(s, sid_map, policy.vocab, policy.token_merger) for s in samples]
+    target_codes = [sid_map.item_codes(s.target, f"the engaged items of page {s.page_id}") for s in samples]
     lengths = np.array([len(e[0]) for e in encoded])
     masks = PrefixMasks(sid_map.trie()) if a.constrained else None
     G, levels = a.group_size, policy.vocab.levels
@@ -113,7 +116,8 @@ def run_align(cfg: PipelineConfig, sft_dir: str | Path, reward_dir: str | Path, 
         rb = {k: v.to(device) for k, v in rollout_batch([hist_codes[i] for i in idx], codes, policy.vocab,
                                                           policy.token_merger).items()}
         logp = token_logprobs(model, rb, levels)
-        nll = model.loss(batch) if a.alpha > 0 else None
+        nll = engaged_items_nll(model, [hist_codes[i] for i in idx], [target_codes[i] for i in idx]) \
+            if a.alpha > 0 else None
         ref = None
         if reference is not None:
             with torch.no_grad():
