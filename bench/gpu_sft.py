@@ -118,8 +118,8 @@ def quality(args) -> dict:
     histories, truths, counts, _ = test_requests(read_split_pages(args.pages, "test"), e.truth_types,
                                                  cfg.model.max_history, e.max_requests, cfg.run.seed)
     t = time.perf_counter()
-    ranked = generate(model, sid_map, histories, e.beam_width, True, e.batch_size)
-    free = generate(model, sid_map, histories, e.beam_width, False, e.batch_size)
+    ranked, _ = generate(model, sid_map, histories, e.beam_width, True, e.batch_size)
+    free, _ = generate(model, sid_map, histories, e.beam_width, False, e.batch_size)
     eval_seconds = time.perf_counter() - t
     popularity = np.tile(popularity_ranking(read_split_pages(args.pages, "train"), e.beam_width), (len(histories), 1))
     return {"overrides": args.overrides, "model_size": cfg.model.size, "token_merger": cfg.model.token_merger,

@@ -82,7 +82,7 @@ N_ITEMS = 64
 
 @pytest.fixture(scope="session")
 def sft_data(tmp_path_factory):
-    """pages/ (train + test) and sids/ for 64 items; every user walks the catalog: the next item is the last + 1."""
+    """pages/ (train, then one validation and one test page per user) and sids/ for 64 items; every user walks the catalog: the next item is the last + 1."""
     root = tmp_path_factory.mktemp("sftdata")
     rng = np.random.default_rng(0)
     rows = []
@@ -95,7 +95,7 @@ def sft_data(tmp_path_factory):
                          "n_events": 4, "history_items": list(seen[-20:]), "history_ts": [], "history_intensity": [],
                          "ordered_items": [], "carted_items": [], "clicked_items": [nxt],
                          "exposed_items": [int(x) for x in rng.choice(N_ITEMS, 3, replace=False) if x != nxt],
-                         "split": "test" if p == 11 else "train"})
+                         "split": "test" if p == 11 else "valid" if p == 10 else "train"})
             seen.append(nxt)
             pos = nxt
     (root / "pages" / "pages").mkdir(parents=True)

@@ -7,7 +7,7 @@ import pandas as pd
 import pytest
 
 from genrec.eval.baselines import popularity_ranking, user_sequences
-from genrec.eval.metrics import hallucination_rate, ranking_metrics
+from genrec.eval.metrics import bootstrap_interval, hallucination_rate, per_request_metrics, ranking_metrics
 
 
 def test_metrics_match_hand_computed_cases():
@@ -35,6 +35,20 @@ def test_a_repeated_item_counts_once_and_bad_calls_are_clear():
 
 def test_hallucination_rate():
     assert hallucination_rate(np.array([[1, -1, 3, -1], [-1, 2, 2, 2]])) == pytest.approx(3 / 8)
+    assert hallucination_rate(np.array([[1, -1, 3, -1], [-1, 2, 2, 2]]), top=1) == pytest.approx(1 / 2)
+
+
+def test_per_request_values_and_their_bootstrap_interval():
+    per = per_request_metrics(np.array([[5, 1], [3, 4], [-1, 7]]), [{1}, {9}, {7}], 2)
+    np.testing.assert_allclose(per["hr@2"], [1, 0, 1])
+    np.testing.assert_allclose(per["ndcg@2"], [1 / math.log2(3), 0, 1 / math.log2(3)])
+    assert bootstrap_interval(np.full(50, 0.25), seed=0) == (0.25, 0.25)
+    # 0/1 hits at p = 0.3 over 2,000 requests: the normal approximation's half-width is 1.96 * sqrt(p(1-p)/n)
+    hits = (np.random.default_rng(1).random(2000) < 0.3).astype(float)
+    low, high = bootstrap_interval(hits, seed=0)
+    half = 1.96 * math.sqrt(hits.mean() * (1 - hits.mean()) / len(hits))
+    assert low < hits.mean() < high and (high - low) / 2 == pytest.approx(half, rel=0.15)
+    assert bootstrap_interval(hits, seed=0) == (low, high)  # seeded
 
 
 def test_popularity_counts_positive_interactions_only():

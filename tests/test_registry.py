@@ -13,7 +13,7 @@ import torch
 from genrec.config import GateConfig
 from genrec.registry.gate import decide
 
-GATE = GateConfig(min_metrics={"genrec/hr@10": 0.1}, max_metrics={"genrec/har": 0.5},
+GATE = GateConfig(min_metrics={"genrec/hr@10": 0.1}, max_metrics={"genrec/har": 0.5}, min_lift={},
                   max_regression={"genrec/hr@10": 0.1}, promote_metric="genrec/hr@10")
 
 
@@ -36,6 +36,22 @@ def test_gate_decisions_on_hand_made_metrics():
     assert d.passed and d.promote
 
 
+def test_the_gate_can_require_beating_a_baseline():
+    gate = GATE.model_copy(update={"min_lift": {"popularity/hr@10": 0.1, "sasrec/ndcg@10": 0.0}})
+    metrics = {"genrec/hr@10": 0.30, "genrec/ndcg@10": 0.20, "genrec/har": 0.2, "popularity/hr@10": 0.25,
+               "sasrec/ndcg@10": 0.19}
+    d = decide(metrics, None, gate)  # 0.30 > 1.1 * 0.25 = 0.275 and 0.20 > 0.19
+    assert d.passed
+    lift = next(c for c in d.checks if c.name == "lift genrec/hr@10 over popularity")
+    assert lift.bound == pytest.approx(0.275) and "+20.0%" in lift.note
+    d = decide(metrics | {"popularity/hr@10": 0.28}, None, gate)  # 0.30 < 1.1 * 0.28
+    assert not d.passed and "lift genrec/hr@10 over popularity" in d.reason
+    d = decide(metrics | {"sasrec/ndcg@10": 0.20}, None, gate)  # a tie is not a win
+    assert not d.passed and "lift genrec/ndcg@10 over sasrec" in d.reason
+    d = decide({k: v for k, v in metrics.items() if k != "popularity/hr@10"}, None, gate)  # a baseline not scored
+    assert not d.passed and any(c.note == "missing popularity/hr@10" for c in d.checks)
+
+
 @pytest.fixture
 def model_and_sids(sft_data, tmp_path):
     from genrec.model.genrec_model import build_model
@@ -54,9 +70,13 @@ def model_and_sids(sft_data, tmp_path):
     return save, sft_data / "sids"
 
 
-def _metrics(folder, hr10: float, har: float = 0.1):
+def _metrics(folder, hr10: float, har: float = 0.1, test_hr10: float = 0.0):
+    """evaluate's tables: the validation one the gate judges, and a test one it must not look at."""
     folder.mkdir(parents=True, exist_ok=True)
-    (folder / "metrics.json").write_text(json.dumps({"genrec": {"hr@10": hr10, "ndcg@10": hr10 / 2, "har": har}}))
+    (folder / "metrics_valid.json").write_text(json.dumps({"genrec": {"hr@10": hr10, "ndcg@10": hr10 / 2, "har": har},
+                                                           "popularity": {"hr@10": 0.15}}))
+    (folder / "metrics.json").write_text(json.dumps({"genrec": {"hr@10": test_hr10, "ndcg@10": 0.0, "har": har},
+                                                     "popularity": {"hr@10": 0.9}}))
     return folder
 
 
@@ -74,6 +94,9 @@ def test_gate_and_register_decisions_in_the_registry(model_and_sids, make_cfg, t
     r1 = run_gate_and_register(cfg, _metrics(tmp_path / "e1", 0.30), first, sids, tmp_path / "g1", "run-1")
     assert r1["decision"]["passed"] and r1["new_version"] and r1["version"] == "1" and r1["champion_version"] == "1"
     assert "PASS" in (tmp_path / "g1" / "decision.md").read_text()
+    assert "Judged on the valid split (metrics_valid.json)" in (tmp_path / "g1" / "decision.md").read_text()
+    lift = next(c for c in r1["decision"]["checks"] if c["name"].startswith("lift"))
+    assert lift["passed"] and lift["bound"] == pytest.approx(0.15)
     assert "<table" in (tmp_path / "g1" / "decision.html").read_text()
 
     rerun = run_gate_and_register(cfg, _metrics(tmp_path / "e1", 0.30), first, sids, tmp_path / "g1b", "run-2")
@@ -112,3 +135,8 @@ def test_gate_and_register_decisions_in_the_registry(model_and_sids, make_cfg, t
 
     with pytest.raises(InputDataError, match="999"):
         loaded.predict(pd.DataFrame({"history": [[1, 999]]}))
+    # No validation table (a run without a validation split): the error says what to change.
+    (tmp_path / "e4").mkdir()
+    (tmp_path / "e4" / "metrics.json").write_text("{}")
+    with pytest.raises(InputDataError, match=r"metrics_valid.json not found .*valid_days > 0.*gate.split=test"):
+        run_gate_and_register(cfg, tmp_path / "e4", worse, sids, tmp_path / "g4", "run-5")

@@ -71,7 +71,7 @@ def run_job(spark, tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def handmade(run_job):
-    return run_job(_events())
+    return run_job(_events(), split=SplitConfig(valid_days=0))  # two days: one train, one test
 
 
 def test_sessions_and_pages(handmade):
@@ -119,6 +119,13 @@ def test_last_day_split_and_unseen(handmade):
     assert report["n_test_target_items"] == 1 and report["n_test_target_items_unseen"] == 1  # item 9 is new
 
 
+def test_validation_days_come_before_the_test_days(run_job):
+    report, pages, _ = run_job(_events(), split=SplitConfig(test_days=1, valid_days=1))
+    assert pages.loc["r104", "split"] == "test"
+    assert (pages.drop(index="r104")["split"] == "valid").all()  # day one is now validation; nothing is train
+    assert report["n_pages_valid"] == len(pages) - 1
+
+
 def test_leave_one_out_split(run_job):
     _, pages, _ = run_job(_events(), split=SplitConfig(mode="leave_one_out"))
     user1 = pages[pages.user_id == 1].sort_values("page_start")
@@ -163,7 +170,8 @@ def test_runs_under_spark_submit(tmp_path):
 
 
 def test_sequence_pairs_for_sources_without_sessions(run_job):
-    # user 3 buys items 50, 51, 52, 53 a day apart (one session each) and item 54 on the test day
+    # user 3 buys items 50, 51, 52 a day apart (one session each), item 53 on the validation day and item 54 on
+    # the test day
     rows = [dict(event_id=i, user_id=3, item_id=50 + i, event_type="order", ts=T0 + timedelta(days=i), request_id=None,
                  position=None) for i in range(5)]
     table = pa.Table.from_pylist(rows, schema=EVENTS_SCHEMA)
@@ -171,4 +179,4 @@ def test_sequence_pairs_for_sources_without_sessions(run_job):
     assert pq.read_table(out / "pairs").num_rows == 0  # no session holds two items
     _, _, out = run_job(table, sequence_pair_window=2)
     got = {(a, b) for a, b in pq.read_table(out / "pairs").to_pandas()[["item_a", "item_b"]].itertuples(index=False)}
-    assert got == {(50, 51), (50, 52), (51, 52), (51, 53), (52, 53)}  # item 54 is test: never paired
+    assert got == {(50, 51), (50, 52), (51, 52)}  # items 53 (validation) and 54 (test) are never paired

@@ -6,6 +6,7 @@ import subprocess
 import sys
 
 import numpy as np
+import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
@@ -66,6 +67,41 @@ def test_evaluate_scores_the_model_and_refuses_other_sids(sft_data, trained, tmp
     assert 0 <= rows["genrec"]["har"] <= 1 and rows["popularity"]["har"] == 0
     assert rows["genrec"]["hr@10"] > rows["popularity"]["hr@10"] + 0.2, rows
     assert (tmp_path / "eval" / "metrics.md").read_text().startswith("# evaluate")
+    g = rows["genrec"]
+    assert 0 <= g["har_top1"] <= 1 and 0 <= g["free_hr@10"] <= 1
+    # The per-request top-K recomputes every method's figures, free decoding included (a -1 there is a miss).
+    from genrec.eval.metrics import hallucination_rate, ranking_metrics
+
+    topk = pd.read_parquet(tmp_path / "eval" / "topk.parquet")
+    assert set(topk["split"]) == {"valid", "test"}
+    topk = topk[topk["split"] == "test"]
+    assert set(topk["method"]) == {"genrec", "genrec_free", "popularity", "sasrec", "bert4rec"}
+    for method, part in topk.groupby("method"):
+        part = part.sort_values("request")
+        ranked, truths = np.stack(part["ranked_items"]), [set(t) for t in part["true_items"]]
+        again = ranking_metrics(ranked, truths, [1, 10])
+        row = rows[method.removesuffix("_free")]
+        if method == "genrec_free":
+            assert again["hr@10"] == pytest.approx(row["free_hr@10"])
+            assert hallucination_rate(ranked) == pytest.approx(row["har"])
+            assert hallucination_rate(ranked, top=1) == pytest.approx(row["har_top1"])
+        else:
+            assert {k: again[k] for k in ("hr@10", "ndcg@10", "hr@1")} == pytest.approx(
+                {k: row[k] for k in ("hr@10", "ndcg@10", "hr@1")}), method
+        scores = np.stack(part["scores"])
+        assert scores.shape == ranked.shape and (np.diff(scores[np.isfinite(scores).all(1)], axis=1) <= 1e-6).all()
+    spans = json.loads((tmp_path / "eval" / "intervals.json").read_text())
+    for method, span in spans.items():
+        for metric, (low, high) in span.items():
+            assert low <= rows[method][metric] <= high, (method, metric)
+    assert spans["genrec"]["hr@10"][1] > spans["genrec"]["hr@10"][0]
+    # The baselines' epoch was chosen on the validation requests, which are scored too (for the gate).
+    report = json.loads((tmp_path / "eval" / "report.json").read_text())
+    sel = report["baseline_selection"]["sasrec"]
+    assert len(sel["curve"]) == 30 and sel["curve"][sel["epoch"] - 1] == max(sel["curve"])
+    assert sel["valid_ndcg@10"] == pytest.approx(max(sel["curve"]), abs=1e-5)
+    valid = json.loads((tmp_path / "eval" / "metrics_valid.json").read_text())
+    assert set(valid) == set(rows) and report["validation"]["requests"]["requests"] > 0
     other = tmp_path / "other_sids"
     other.mkdir()
     table = pq.read_table(sft_data / "sids" / "sid_table.parquet").to_pandas()

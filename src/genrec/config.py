@@ -109,10 +109,14 @@ class ValidationConfig(_Section):
 class SplitConfig(_Section):
     mode: Literal["last_days", "leave_one_out"] = Field(
         "last_days",
-        description="last_days: pages starting on the last `test_days` days are test. leave_one_out: each user's last "
-        "page is test, the one before it validation (for sources without real time, e.g. Amazon Beauty).",
+        description="last_days: pages starting on the last `test_days` days are test, the `valid_days` before them "
+        "validation. leave_one_out: each user's last page is test, the one before it validation (for sources without "
+        "real time, e.g. Amazon Beauty).",
     )
     test_days: int = Field(1, gt=0, description="Days at the end of the log that form the test set (mode last_days).")
+    valid_days: int = Field(
+        1, ge=0, description="Days before the test days that form the validation set (mode last_days): no stage trains "
+                             "on them; baselines pick their epoch and the gate judges on them. 0: no validation split.")
 
 
 class SessionizeConfig(_Section):
@@ -127,7 +131,7 @@ class SessionizeConfig(_Section):
     sequence_pair_window: int = Field(
         0, ge=0, description="Also pair each positive interaction with the user's next N positive ones (train pages only). "
                              "0: session pairs only. For sources without real sessions, e.g. Amazon Beauty.")
-    split: SplitConfig = Field(default_factory=SplitConfig, description="How pages are split into train and test.")
+    split: SplitConfig = Field(default_factory=SplitConfig, description="How pages are split into train, validation and test.")
     master: str = Field("local[*]", description="Spark master URL (local[*], spark://..., k8s://...).")
     shuffle_partitions: int = Field(8, gt=0, description="spark.sql.shuffle.partitions.")
     driver_memory: str = Field("4g", description="spark.driver.memory for local runs.")
@@ -249,6 +253,9 @@ class EvalConfig(_Section):
     max_requests: int = Field(0, ge=0, description="Evaluate at most this many test requests, a seeded subset (0: all).")
     baselines: list[Literal["popularity", "sasrec", "bert4rec"]] = Field(
         ["popularity", "sasrec"], description="Baselines trained and evaluated on the same split and requests.")
+    select_metric: str = Field("ndcg@10", pattern=r"^(hr|ndcg|recall)@[1-9][0-9]*$",
+                               description="The validation metric that picks SASRec's and BERT4Rec's epoch (their "
+                                           "`epochs` is then the most they train).")
     sasrec: SasrecConfig = Field(default_factory=SasrecConfig, description="The SASRec baseline.")
     bert4rec: Bert4recConfig = Field(default_factory=Bert4recConfig, description="The BERT4Rec baseline (optional).")
 
@@ -306,6 +313,14 @@ class AlignConfig(_Section):
 
 class GateConfig(_Section):
     method: str = Field("genrec", description="The row of the evaluation table the gate judges (the aligned model).")
+    split: Literal["valid", "test"] = Field(
+        "valid", description="The evaluation table the gate judges: valid (requests no stage trained or selected on "
+                             "besides the baselines' epoch; needs sessionize.split.valid_days > 0 or leave_one_out) "
+                             "or test.")
+    min_lift: dict[str, float] = Field(
+        {"popularity/hr@10": 0.0},
+        description="Baselines to beat, as {'baseline/metric': lift}: the gate's method must score strictly above "
+                    "(1 + lift) times the baseline's value on that metric.")
     min_metrics: dict[str, float] = Field(
         {"genrec/hr@10": 0.05}, description="Lower bounds, as {'method/metric': value}; a missing metric fails the gate.")
     max_metrics: dict[str, float] = Field(

@@ -27,14 +27,15 @@ from genrec.model.samples import page_items
 POSITIVE = ["order", "cart", "click"]
 
 
-def popularity_ranking(train_pages: pd.DataFrame, top: int) -> np.ndarray:
-    """The `top` items with the most positive interactions in the training pages (ties: smaller id first)."""
+def popularity_ranking(train_pages: pd.DataFrame, top: int, with_counts: bool = False):
+    """The `top` items with the most positive interactions in the training pages (ties: smaller id first); with
+    their counts (the popularity score) when `with_counts`."""
     items = [i for page in train_pages.itertuples(index=False) for i in page_items(page._asdict(), POSITIVE)]
     if not items:
         raise ValueError("no positive interaction in the training pages: popularity is undefined")
     ids, counts = np.unique(np.asarray(items, dtype=np.int64), return_counts=True)
-    order = np.lexsort((ids, -counts))
-    return ids[order][:top]
+    order = np.lexsort((ids, -counts))[:top]
+    return (ids[order], counts[order]) if with_counts else ids[order]
 
 
 def init_embeddings(item: nn.Embedding, pos: nn.Embedding) -> None:
@@ -127,11 +128,16 @@ def train_sasrec(sequences: list[list[int]], n_items: int, cfg: SasrecConfig, ma
 
 
 @torch.no_grad()
-def sasrec_rank(model: SASRec, histories: list[list[int]], max_len: int, top: int, batch_size: int = 256) -> np.ndarray:
+def sasrec_rank(model: SASRec, histories: list[list[int]], max_len: int, top: int, batch_size: int = 256,
+                with_scores: bool = False):
     """(N, top) item rows (1-based), best first, from the last position of each history (SASRec, or any model
-    with the same hidden/scores, e.g. BERT4Rec with a [mask] appended)."""
-    out, device = [], next(model.parameters()).device
+    with the same hidden/scores, e.g. BERT4Rec with a [mask] appended); and their logits when `with_scores`."""
+    rows, scores, device = [], [], next(model.parameters()).device
     for lo in range(0, len(histories), batch_size):
         x = torch.from_numpy(left_pad([h[-max_len:] for h in histories[lo:lo + batch_size]], max_len)).to(device)
-        out.append(torch.topk(model.scores(model.hidden(x)[:, -1]), top, dim=1).indices.cpu().numpy())
-    return np.concatenate(out) if out else np.zeros((0, top), dtype=np.int64)
+        top_k = torch.topk(model.scores(model.hidden(x)[:, -1]), top, dim=1)
+        rows.append(top_k.indices.cpu().numpy())
+        scores.append(top_k.values.float().cpu().numpy())
+    if not rows:
+        rows, scores = [np.zeros((0, top), dtype=np.int64)], [np.zeros((0, top), dtype=np.float32)]
+    return (np.concatenate(rows), np.concatenate(scores)) if with_scores else np.concatenate(rows)

@@ -84,7 +84,8 @@ def train_bert4rec(sequences: list[list[int]], n_items: int, cfg: Bert4recConfig
 
 
 def bert4rec_rank(model: BERT4Rec, histories: list[list[int]], max_len: int, top: int,
-                  batch_size: int = 256) -> np.ndarray:
-    """(N, top) item rows (1-based), best first: the catalog scored at a [mask] after each history."""
+                  batch_size: int = 256, with_scores: bool = False):
+    """(N, top) item rows (1-based), best first: the catalog scored at a [mask] after each history (and the
+    scores when `with_scores`)."""
     with_mask = [h[-(max_len - 1):] + [model.mask_row] for h in histories]
-    return sasrec_rank(model, with_mask, max_len, top, batch_size)
+    return sasrec_rank(model, with_mask, max_len, top, batch_size, with_scores)

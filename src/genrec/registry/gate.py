@@ -1,7 +1,9 @@
 """The evaluation gate: thresholds from the config decide pass or fail; a passing challenger is promoted
 when it is strictly better than the champion on the promotion metric (or there is no champion).
 
-Metrics are addressed as "method/metric" (rows and columns of evaluate's table, e.g. genrec/hr@10).
+Metrics are addressed as "method/metric" (rows and columns of evaluate's table, e.g. genrec/hr@10), on the split
+gate.split names (validation by default: the test figures stay a report, never a decision).
+A lift check requires the judged method to beat a baseline (e.g. most-popular) on a metric.
 A bound on a metric that is missing fails the gate: a gate that cannot check must not pass.
 Regression is relative: (champion - challenger) / |champion| must not exceed the allowed fraction.
 """
@@ -39,6 +41,18 @@ def flatten_metrics(rows: dict[str, dict[str, float]]) -> dict[str, float]:
     return {f"{m}/{k}": float(v) for m, r in rows.items() for k, v in r.items()}
 
 
+def lift_check(metrics: dict[str, float], method: str, baseline_key: str, lift: float) -> Check:
+    """`method` must beat the baseline: method/metric > (1 + lift) * baseline/metric (both must be present)."""
+    baseline, _, metric = baseline_key.partition("/")
+    v, b = metrics.get(f"{method}/{metric}"), metrics.get(baseline_key)
+    name = f"lift {method}/{metric} over {baseline}"
+    if v is None or b is None:
+        return Check(name, v, b, False, f"missing {f'{method}/{metric}' if v is None else baseline_key}")
+    bound = (1 + lift) * b
+    return Check(name, v, bound, v > bound, f"{baseline} {b:.4f}: lift {v / b - 1:+.1%}, required above {lift:+.1%}"
+                 if b else f"{baseline} 0")
+
+
 def decide(metrics: dict[str, float], champion: dict[str, float] | None, cfg: GateConfig,
            champion_version: str | None = None) -> GateDecision:
     """Apply the bounds, the regression limits against `champion` (None: no champion yet) and the promotion rule."""
@@ -49,6 +63,8 @@ def decide(metrics: dict[str, float], champion: dict[str, float] | None, cfg: Ga
     for key, bound in cfg.max_metrics.items():
         v = metrics.get(key)
         checks.append(Check(f"max {key}", v, bound, v is not None and v <= bound, "" if v is not None else "missing"))
+    for key, lift in cfg.min_lift.items():
+        checks.append(lift_check(metrics, cfg.method, key, lift))
     if champion is not None:
         for key, allowed in cfg.max_regression.items():
             v, c = metrics.get(key), champion.get(key)

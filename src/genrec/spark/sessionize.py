@@ -15,7 +15,8 @@ Rules (all deterministic; ties are broken by event_id):
 - History of a page: the user's positive interactions (click, cart, order; one per page and item,
   at the time of its first positive event) that happened strictly before the page's first event,
   chronological, the last `max_history` kept. Nothing from the page itself or later.
-- Split: `last_days` (pages starting on the last `test_days` days are test) or `leave_one_out`
+- Split: `last_days` (pages starting on the last `test_days` days are test, the `valid_days` before them
+  validation) or `leave_one_out`
   (per user with >= 3 pages: last page test, second last valid).
 - Co-engagement pairs: distinct items with a positive event in the same session, from train pages
   only (no leakage into the embedding stage), counted over sessions; optionally (sequence_pair_window)
@@ -128,12 +129,15 @@ def build_pages(ev: DataFrame, max_history: int) -> DataFrame:
     )
 
 
-def assign_split(pages: DataFrame, mode: str, test_days: int) -> DataFrame:
+def assign_split(pages: DataFrame, mode: str, test_days: int, valid_days: int = 0) -> DataFrame:
     """Add split: train / valid / test."""
     if mode == "last_days":
         last_day = pages.agg(F.max(F.to_date("page_start")).alias("d")).collect()[0]["d"]
-        boundary = F.date_sub(F.lit(last_day), test_days - 1)
-        return pages.withColumn("split", F.when(F.to_date("page_start") >= boundary, "test").otherwise("train"))
+        test_from = F.date_sub(F.lit(last_day), test_days - 1)
+        valid_from = F.date_sub(F.lit(last_day), test_days + valid_days - 1)
+        day = F.to_date("page_start")
+        return pages.withColumn("split", F.when(day >= test_from, "test").when(day >= valid_from, "valid")
+                                .otherwise("train"))
     w = Window.partitionBy("user_id").orderBy(F.col("page_start").desc(), F.col("page_id").desc())
     n = F.count("*").over(Window.partitionBy("user_id"))
     rank = F.row_number().over(w)
@@ -185,7 +189,8 @@ def sessionize(spark: SparkSession, events_path: str, out_dir: str, cfg: Session
     t0 = time.time()
     events = spark.read.parquet(str(events_path))
     ev = assign_pages(assign_sessions(events, cfg.session_gap_minutes), cfg.fallback_page_size).cache()
-    pages = assign_split(build_pages(ev, cfg.max_history), cfg.split.mode, cfg.split.test_days).cache()
+    pages = assign_split(build_pages(ev, cfg.max_history), cfg.split.mode, cfg.split.test_days,
+                         cfg.split.valid_days).cache()
     pages.repartition(cfg.output_partitions, "split").write.mode("overwrite").partitionBy("split").parquet(
         _at(out_dir, "pages"))
 

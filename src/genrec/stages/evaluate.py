@@ -3,15 +3,21 @@
 Reads the model's folder (align's or train-sft's model/), validate-pages' folder (pages/, both splits:
 baselines train on the train split) and assign-sids' folder; optionally the SFT model (to show what
 alignment changed), the reward model (R@K) and ingest's folder (the simulator's true preference).
-Writes into `out_dir`: metrics.json, metrics.csv, metrics.md and report.json.
+Writes into `out_dir`: metrics.json, metrics.csv, metrics.md, intervals.json, topk.parquet and report.json.
 
 Requests: the test pages with a history and at least one true item (eval.truth_types); the others are
 counted, not scored. GenRec ranks by trie-constrained beam search (every output is an item); the same
-requests decoded without the trie give the hallucination rate. Baselines rank the full catalog.
+requests decoded without the trie give the hallucination rate (over all beams and over the top beam) and
+free-decoding HR (`free_hr@K`: a SID that is no item is a miss). Baselines rank the full catalog.
+intervals.json holds a 95% bootstrap interval (over requests) of every method's HR@K and NDCG@K.
+topk.parquet holds every method's ranked list per request (one row per method and request: page_id, user_id,
+true_items, ranked_items, scores; GenRec's free decoding as method `<name>_free`), so anyone can recompute
+the metrics from it.
 """
 
 from __future__ import annotations
 
+import copy
 import json
 from pathlib import Path
 
@@ -25,7 +31,7 @@ from genrec.data.io import read_split_pages
 from genrec.errors import ConfigError, InputDataError
 from genrec.eval.baselines import popularity_ranking, sasrec_rank, train_sasrec, user_sequences
 from genrec.eval.bert4rec import bert4rec_rank, train_bert4rec
-from genrec.eval.metrics import hallucination_rate, ranking_metrics
+from genrec.eval.metrics import bootstrap_interval, hallucination_rate, per_request_metrics, ranking_metrics
 from genrec.model.beam_search import PrefixMasks, beam_search
 from genrec.model.genrec_model import GenRecModel
 from genrec.model.samples import page_items
@@ -55,15 +61,40 @@ def test_requests(pages: pd.DataFrame, truth_types: list[str], max_history: int,
 
 
 def generate(model: GenRecModel, sid_map: SidMap, histories: list[list[int]], beam: int, constrained: bool,
-             batch_size: int) -> np.ndarray:
-    """(N, beam) item ids by beam search, -1 where the generated SID is no item."""
+             batch_size: int) -> tuple[np.ndarray, np.ndarray]:
+    """(N, beam) item ids by beam search, -1 where the generated SID is no item, and their summed log-probs."""
     masks = PrefixMasks(sid_map.trie()) if constrained else None
-    out = []
+    items, scores = [], []
     desc = "beam search" + (" (trie)" if constrained else " (free)")
     for lo in tqdm(range(0, len(histories), batch_size), desc=desc, unit="batch"):
         codes = [sid_map.item_codes(h, "a test history") for h in histories[lo:lo + batch_size]]
-        out.append(beam_search(model, codes, sid_map, beam, constrained, masks).items)
-    return np.concatenate(out)
+        out = beam_search(model, codes, sid_map, beam, constrained, masks)
+        items.append(out.items)
+        scores.append(out.scores)
+    return np.concatenate(items), np.concatenate(scores)
+
+
+def intervals(rankings: dict[str, np.ndarray], truths: list[set[int]], ks: list[int], seed: int) -> dict:
+    """{method: {metric: [low, high]}}: 95% bootstrap intervals of HR@K and NDCG@K over the requests."""
+    out = {}
+    for name, ranked in rankings.items():
+        out[name] = {}
+        for k in ks:
+            per = per_request_metrics(ranked, truths, k)
+            out[name] |= {m: list(bootstrap_interval(per[m], seed)) for m in (f"hr@{k}", f"ndcg@{k}")}
+    return out
+
+
+def topk_table(rankings: dict[str, np.ndarray], scores: dict[str, np.ndarray], scored: pd.DataFrame,
+               truths: list[set[int]]) -> pd.DataFrame:
+    """One row per method and request: the request's page and user, its true items, the ranked items and scores."""
+    frames = []
+    for name, ranked in rankings.items():
+        frames.append(pd.DataFrame({
+            "method": name, "request": np.arange(len(ranked)), "page_id": scored["page_id"].to_numpy(),
+            "user_id": scored["user_id"].to_numpy(np.int64), "true_items": [sorted(t) for t in truths],
+            "ranked_items": list(ranked.astype(np.int64)), "scores": list(scores[name].astype(np.float64))}))
+    return pd.concat(frames, ignore_index=True)
 
 
 def metrics_table(rows: dict[str, dict[str, float]]) -> pd.DataFrame:
@@ -79,7 +110,8 @@ def _load_model(model_dir: Path, sid_map: SidMap) -> GenRecModel:
 def run_evaluate(cfg: PipelineConfig, model_dir: str | Path, pages_dir: str | Path, sids_dir: str | Path,
                  out_dir: str | Path, pipeline_run_id: str, *, sft_dir: str | Path | None = None,
                  reward_dir: str | Path | None = None, raw_dir: str | Path | None = None) -> dict:
-    """Score the model and the baselines on the test requests; returns {method: {metric: value}}.
+    """Score the model and the baselines on the test requests (and the validation requests, for the gate and
+    the baselines' epoch); returns the test table {method: {metric: value}}.
 
     Optional: `sft_dir`, the SFT model the evaluated one was aligned from (row genrec_sft); `reward_dir`,
     the reward model (R@K from r_pref for every method); `raw_dir`, ingest's folder (R@K from the
@@ -96,39 +128,85 @@ def run_evaluate(cfg: PipelineConfig, model_dir: str | Path, pages_dir: str | Pa
         models = {"genrec": _load_model(model_dir, sid_map)}
         if sft_dir:
             models["genrec_sft"] = _load_model(Path(sft_dir), sid_map)
-        histories, truths, counts, scored = test_requests(read_split_pages(pages_dir, "test"), e.truth_types,
-                                                          cfg.model.max_history, e.max_requests, cfg.run.seed)
-        if not histories:
+        splits = {split: test_requests(read_split_pages(pages_dir, split), e.truth_types, cfg.model.max_history,
+                                       e.max_requests, cfg.run.seed) for split in ("valid", "test")}
+        if not splits["test"][0]:
             raise InputDataError(f"{pages_dir / 'pages'}: no test page has both a history and a true item of "
-                                 f"{e.truth_types} ({counts})")
-        rows: dict[str, dict[str, float]] = {}
-        rankings: dict[str, np.ndarray] = {}
-        for name, model in models.items():
-            rankings[name] = generate(model, sid_map, histories, e.beam_width, True, e.batch_size)
-            free = generate(model, sid_map, histories, e.beam_width, False, e.batch_size)
-            rows[name] = ranking_metrics(rankings[name], truths, e.ks) | {"har": hallucination_rate(free)}
+                                 f"{e.truth_types} ({splits['test'][2]})")
+        if not splits["valid"][0]:  # sessionize.split.valid_days=0: the gate and the baselines use what they can
+            del splits["valid"]
         train = read_split_pages(pages_dir, "train") if e.baselines else None
-        if "popularity" in e.baselines:
-            rankings["popularity"] = np.tile(popularity_ranking(train, e.beam_width), (len(histories), 1))
-            rows["popularity"] = ranking_metrics(rankings["popularity"], truths, e.ks) | {"har": 0.0}
-        for name in ("sasrec", "bert4rec"):
-            if name in e.baselines:
-                rankings[name] = _item_sequence_ranking(cfg, name, train, sid_map, histories)
-                rows[name] = ranking_metrics(rankings[name], truths, e.ks) | {"har": 0.0}
-        _add_reward_metrics(cfg, rows, rankings, scored, sid_map, reward_dir, raw_dir)
+        baselines, selection = _train_baselines(cfg, train, sid_map, splits.get("valid"))
+        results, frames = {}, []
+        for split, (histories, truths, counts, scored) in splits.items():
+            rows, rankings, scores = _score(cfg, models, baselines, sid_map, histories, truths)
+            _add_reward_metrics(cfg, rows, rankings, scored, sid_map, reward_dir, raw_dir)
+            spans = intervals({m: r for m, r in rankings.items() if not m.endswith("_free")}, truths, e.ks,
+                              cfg.run.seed)
+            frames.append(topk_table(rankings, scores, scored, truths).assign(split=split))
+            results[split] = {"requests": counts, "metrics": rows, "intervals": spans}
+        topk = pd.concat(frames, ignore_index=True)
+        topk.to_parquet(out_dir / "topk.parquet", index=False)
+        rows, spans, counts = results["test"]["metrics"], results["test"]["intervals"], results["test"]["requests"]
         table = metrics_table(rows)
         table.to_csv(out_dir / "metrics.csv", index=False)
-        (out_dir / "metrics.md").write_text(_markdown(table, counts, cfg))
+        (out_dir / "metrics.md").write_text(_markdown(results, selection, cfg))
         (out_dir / "metrics.json").write_text(json.dumps(rows, indent=2))
-        (out_dir / "report.json").write_text(json.dumps({"requests": counts, "metrics": rows}, indent=2))
-        # MLflow metric names may not hold "@": hr@10 is logged as <method>/hr_at_10.
-        track.metrics({f"{m}/{k.replace('@', '_at_')}": v for m, r in rows.items() for k, v in r.items()})
-        track.metrics({f"requests/{k}": v for k, v in counts.items()})
-        track.artifact(out_dir / "metrics.md", "eval")
-        track.artifact(out_dir / "metrics.csv", "eval")
+        (out_dir / "intervals.json").write_text(json.dumps(spans, indent=2))
+        if "valid" in results:
+            (out_dir / "metrics_valid.json").write_text(json.dumps(results["valid"]["metrics"], indent=2))
+        (out_dir / "report.json").write_text(json.dumps({**results["test"], "validation": results.get("valid"),
+                                                         "baseline_selection": selection}, indent=2))
+        # MLflow metric names may not hold "@": hr@10 is logged as <method>/hr_at_10 (valid/<method>/... for the
+        # validation split).
+        for split, result in results.items():
+            prefix = "" if split == "test" else "valid/"
+            track.metrics({f"{prefix}{m}/{k.replace('@', '_at_')}": v for m, r in result["metrics"].items()
+                           for k, v in r.items()})
+            track.metrics({f"{prefix}{m}/{k.replace('@', '_at_')}_ci_{end}": v for m, r in result["intervals"].items()
+                           for k, span in r.items() for end, v in zip(("low", "high"), span)})
+            track.metrics({f"{prefix}requests/{k}": v for k, v in result["requests"].items()})
+        for name in ("metrics.md", "metrics.csv", "intervals.json", "topk.parquet"):
+            track.artifact(out_dir / name, "eval")
         track.json(rows, "eval/metrics.json")
+        if "valid" in results:
+            track.json(results["valid"]["metrics"], "eval/metrics_valid.json")
     stage_outputs.complete(out_dir)
     return rows
+
+
+def _score(cfg: PipelineConfig, models: dict[str, GenRecModel], baselines: dict, sid_map: SidMap,
+           histories: list[list[int]], truths: list[set[int]]):
+    """(rows, rankings, scores) of every method on one split's requests; GenRec's free decoding as <name>_free."""
+    e = cfg.eval
+    rows: dict[str, dict[str, float]] = {}
+    rankings: dict[str, np.ndarray] = {}
+    scores: dict[str, np.ndarray] = {}
+    for name, model in models.items():
+        rankings[name], scores[name] = generate(model, sid_map, histories, e.beam_width, True, e.batch_size)
+        free, scores[f"{name}_free"] = generate(model, sid_map, histories, e.beam_width, False, e.batch_size)
+        rankings[f"{name}_free"] = free
+        rows[name] = ranking_metrics(rankings[name], truths, e.ks) | {
+            f"free_{m}": v for m, v in ranking_metrics(free, truths, e.ks).items() if m.startswith("hr@")} | {
+            "har": hallucination_rate(free), "har_top1": hallucination_rate(free, top=1)}
+    for name, rank in baselines.items():
+        rankings[name], scores[name] = rank(histories)
+        rows[name] = ranking_metrics(rankings[name], truths, e.ks) | {"har": 0.0}
+    return rows, rankings, scores
+
+
+def _train_baselines(cfg: PipelineConfig, train: pd.DataFrame | None, sid_map: SidMap, valid) -> tuple[dict, dict]:
+    """({name: histories -> (items, scores)}, {name: how its epoch was chosen}) for the configured baselines.
+    SASRec and BERT4Rec keep the epoch that is best on the validation requests (eval.select_metric)."""
+    e = cfg.eval
+    rankers, selection = {}, {}
+    if "popularity" in e.baselines:
+        ids, counts = popularity_ranking(train, e.beam_width, with_counts=True)
+        rankers["popularity"] = lambda h: (np.tile(ids, (len(h), 1)), np.tile(counts.astype(np.float64), (len(h), 1)))
+    for name in ("sasrec", "bert4rec"):
+        if name in e.baselines:
+            rankers[name], selection[name] = _item_sequence_ranker(cfg, name, train, sid_map, valid)
+    return rankers, selection
 
 
 def _add_reward_metrics(cfg: PipelineConfig, rows: dict, rankings: dict, scored: pd.DataFrame, sid_map: SidMap,
@@ -154,35 +232,72 @@ def _add_reward_metrics(cfg: PipelineConfig, rows: dict, rankings: dict, scored:
             rows[name].update({f"true_{k}": v for k, v in reward_at_k(values, cfg.eval.ks).items()})
 
 
-def _item_sequence_ranking(cfg: PipelineConfig, name: str, train: pd.DataFrame, sid_map: SidMap,
-                           histories) -> np.ndarray:
-    """Train SASRec or BERT4Rec on the users' training sequences; (N, beam_width) item ids ranked over the full
-    catalog."""
+def _item_sequence_ranker(cfg: PipelineConfig, name: str, train: pd.DataFrame, sid_map: SidMap, valid):
+    """Train SASRec or BERT4Rec on the users' training sequences, keeping the epoch best on the validation
+    requests (all epochs when there are none); (histories -> (N, beam_width) item ids over the full catalog and
+    their scores, the selection record)."""
     row_of = {int(i): r + 1 for r, i in enumerate(sid_map.item_ids)}  # 1-based rows; 0 pads
     sequences = user_sequences(train, row_of)
     if not sequences:
         raise InputDataError(f"no user has two positive interactions in the training pages: {name} cannot be trained")
-    max_len, n_items, seed = cfg.model.max_history, len(sid_map.item_ids), cfg.run.seed
-    rows_of_histories = [[row_of[i] for i in h] for h in histories]
-    if name == "sasrec":
-        model = train_sasrec(sequences, n_items, cfg.eval.sasrec, max_len, seed)
-        rows = sasrec_rank(model, rows_of_histories, max_len, cfg.eval.beam_width)
-    else:
-        model = train_bert4rec(sequences, n_items, cfg.eval.bert4rec, max_len, seed)
-        rows = bert4rec_rank(model, rows_of_histories, max_len, cfg.eval.beam_width)
-    return sid_map.item_ids[rows - 1]
+    max_len, n_items, seed, e = cfg.model.max_history, len(sid_map.item_ids), cfg.run.seed, cfg.eval
+    train_fn, rank_fn, mcfg = (train_sasrec, sasrec_rank, e.sasrec) if name == "sasrec" else \
+        (train_bert4rec, bert4rec_rank, e.bert4rec)
+    metric, k = e.select_metric, int(e.select_metric.split("@")[1])
+    best = {"epoch": mcfg.epochs, "metric": metric, f"valid_{metric}": None, "curve": []}
+    state = {}
+
+    def on_epoch(epoch, model):
+        model.eval()
+        rows = rank_fn(model, [[row_of[i] for i in h] for h in valid[0]], max_len, k)
+        value = ranking_metrics(sid_map.item_ids[rows - 1], valid[1], [k])[metric]
+        model.train()
+        best["curve"].append(round(value, 5))
+        if best[f"valid_{metric}"] is None or value > best[f"valid_{metric}"]:
+            best.update({"epoch": epoch, f"valid_{metric}": value})
+            state["weights"] = copy.deepcopy(model.state_dict())
+
+    model = train_fn(sequences, n_items, mcfg, max_len, seed, on_epoch if valid else None)
+    if state:
+        model.load_state_dict(state["weights"])
+        print(f"{name}: epoch {best['epoch']} of {mcfg.epochs} kept (validation {metric} "
+              f"{best[f'valid_{metric}']:.4f})", flush=True)
+
+    def rank(histories):
+        rows, scores = rank_fn(model, [[row_of[i] for i in h] for h in histories], max_len, e.beam_width,
+                               with_scores=True)
+        return sid_map.item_ids[rows - 1], scores
+
+    return rank, best
 
 
-def _markdown(table: pd.DataFrame, counts: dict, cfg: PipelineConfig) -> str:
-    cols = list(table.columns)
-    lines = ["# evaluate", "",
-             f"{counts['requests']} test requests (of {counts['test_pages']} test pages; {counts['no_history']} without "
-             f"history, {counts['no_truth']} without a true item of {cfg.eval.truth_types}). Beam width "
-             f"{cfg.eval.beam_width}. GenRec rows rank by trie-constrained beam search; their `har` is the share of "
-             "SIDs that are no item when the same beams run without the trie. `r@K`: the highest reward-model "
-             "score among the top K (mean over requests); `true_r@K`: the same with the simulator's true preference.",
-             "",
-             "| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
-    for row in table.itertuples(index=False):
-        lines.append("| " + " | ".join(f"{v:.4f}" if isinstance(v, float) else str(v) for v in row) + " |")
+def _markdown(results: dict, selection: dict, cfg: PipelineConfig) -> str:
+    lines = ["# evaluate", ""]
+    for split, title in (("test", "Test"), ("valid", "Validation (what the gate judges and the baselines' epochs "
+                                                       "were chosen on)")):
+        if split not in results:
+            continue
+        counts, rows, spans = (results[split][k] for k in ("requests", "metrics", "intervals"))
+        table = metrics_table(rows)
+        cols = list(table.columns)
+        lines += [f"## {title}", "",
+                  f"{counts['requests']} requests (of {counts['test_pages']} pages; {counts['no_history']} without "
+                  f"history, {counts['no_truth']} without a true item of {cfg.eval.truth_types}).", "",
+                  "| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
+        for row in table.itertuples(index=False):
+            lines.append("| " + " | ".join(f"{v:.4f}" if isinstance(v, float) else str(v) for v in row) + " |")
+        lines += ["", "95% bootstrap intervals over the requests (1000 resamples):", ""]
+        for name, span in spans.items():
+            lines.append(f"- {name}: " + "; ".join(f"{m} [{lo:.4f}, {hi:.4f}]" for m, (lo, hi) in span.items()))
+        lines.append("")
+    lines += [f"Beam width {cfg.eval.beam_width}. GenRec rows rank by trie-constrained beam search; their `har` is "
+              "the share of SIDs that are no item when the same beams run without the trie (`har_top1`: of the top "
+              "beams only), and `free_hr@K` the hit rate of those free beams (a SID that is no item is a miss). "
+              "`r@K`: the highest reward-model score among the top K (mean over requests); `true_r@K`: the same with "
+              "the simulator's true preference."]
+    for name, sel in selection.items():
+        metric = sel["metric"]
+        lines.append(f"- {name}: epoch {sel['epoch']} kept" + (
+            f", best validation {metric} {sel[f'valid_{metric}']:.4f}" if sel[f"valid_{metric}"] is not None
+            else " (no validation split: the last epoch)"))
     return "\n".join(lines) + "\n"

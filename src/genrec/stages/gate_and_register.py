@@ -1,7 +1,7 @@
 """Stage gate-and-register: evaluation metrics + thresholds + the current champion -> a decision, and a model
 version in the MLflow registry.
 
-Reads evaluate's folder (metrics.json), the model folder that was evaluated (align's model/) and
+Reads evaluate's folder (metrics_valid.json, or metrics.json with gate.split=test), the model folder that was evaluated (align's model/) and
 assign-sids' folder. Writes into `out_dir`: decision.json, decision.md and decision.html.
 
 The gate (genrec.registry.gate) applies the config's bounds and, when a champion exists, the regression
@@ -33,9 +33,13 @@ def run_gate_and_register(cfg: PipelineConfig, eval_dir: str | Path, model_dir: 
     eval_dir, model_dir, sids_dir, out_dir = map(Path, (eval_dir, model_dir, sids_dir, out_dir))
     stage_outputs.begin(out_dir, "gate-and-register", pipeline_run_id, {"evaluation": eval_dir, "model": model_dir, "sids": sids_dir})
     model_dir = model_folder(model_dir)
-    if not (eval_dir / "metrics.json").is_file():
-        raise InputDataError(f"{eval_dir / 'metrics.json'} not found (run evaluate first)")
-    metrics = flatten_metrics(json.loads((eval_dir / "metrics.json").read_text()))
+    table = eval_dir / ("metrics_valid.json" if cfg.gate.split == "valid" else "metrics.json")
+    if not table.is_file():
+        hint = "run evaluate first" if not (eval_dir / "metrics.json").is_file() else (
+            "evaluate found no validation requests: set sessionize.split.valid_days > 0 (or split.mode="
+            "leave_one_out), or gate.split=test to judge the test table")
+        raise InputDataError(f"{table} not found ({hint})")
+    metrics = flatten_metrics(json.loads(table.read_text()))
     name = cfg.registry.model_name
     serving = {"top_k": cfg.registry.top_k, "beam_width": max(cfg.registry.beam_width, cfg.registry.top_k),
                "max_history": cfg.model.max_history}
@@ -70,7 +74,7 @@ def run_gate_and_register(cfg: PipelineConfig, eval_dir: str | Path, model_dir: 
             result["version"] = str(mv.version)
             new_champ = reg.champion(name)
             result["champion_version"] = str(new_champ.version) if new_champ else None
-        note = _registry_note(result)
+        note = f"Judged on the {cfg.gate.split} split ({table.name}). " + _registry_note(result)
         result["decision"] = decision.to_dict()
         (out_dir / "decision.json").write_text(json.dumps(result, indent=2))
         (out_dir / "decision.md").write_text(decision_markdown(decision, note))
