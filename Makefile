@@ -74,7 +74,7 @@ lock:
 	/tmp/genrec-lock/bin/pip freeze --exclude-editable | sed 's/^torch==2.13.0+cpu$$/torch==2.13.0/' > constraints.txt
 
 clean:
-	rm -rf work .pytest_cache
+	rm -rf work .pytest_cache build  # build/: setuptools reuses build/lib, so a stale module there would ride along in the next wheel
 
 # ---- images (docker/) -----------------------------------------------------------------------------------------------
 # IMAGE / GPU_IMAGE: the tags built here and named by `genrec compile --image/--gpu-image`.

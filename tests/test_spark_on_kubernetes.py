@@ -60,7 +60,7 @@ def test_job_writes_to_a_uri_and_leaves_its_report_there(spark, tmp_path):
     report = sessionize(spark, f"file://{tmp_path}/events.parquet", f"file://{tmp_path}/out", cfg)
     assert not (tmp_path / "out" / "report.json").exists()
     assert read_remote_report(tmp_path / "out") == json.loads(json.dumps(report)) and (tmp_path / "out" / "report.json").is_file()
-    assert report["n_pages"] > 0 and (tmp_path / "out" / "pages" / "split=train").is_dir()
+    assert report["n_pages"] > 0 and (tmp_path / "out" / "pages" / "split=test").is_dir()
 
 
 class FakeOperator:
@@ -116,10 +116,10 @@ def test_sessionize_task_runs_its_job_on_the_operator(spark, s3, make_cfg, tmp_p
     (name,) = api.objects
     assert ("POST", "/apis/sparkoperator.k8s.io/v1beta2/namespaces/team-a/sparkapplications") in api.calls
     assert report["n_pages"] > 0 and json.loads((tmp_path / "out" / "report.json").read_text()) == report
-    assert (tmp_path / "out" / "pages" / "split=train").is_dir() and (tmp_path / "out" / "pairs").is_dir()
+    assert (tmp_path / "out" / "pages" / "split=test").is_dir() and (tmp_path / "out" / "pairs").is_dir()
     keys = [o["Key"] for o in s3.list_objects_v2(Bucket=BUCKET)["Contents"]]
     assert "sessionize/kfp-run-5/sessionize/input/events.parquet" in keys
-    assert any(k.startswith("sessionize/kfp-run-5/sessionize/output/pages/split=train/") for k in keys)
+    assert any(k.startswith("sessionize/kfp-run-5/sessionize/output/pages/split=test/") for k in keys)
 
 
 def test_a_failed_application_fails_the_task_with_the_drivers_error(spark, s3, make_cfg, tmp_path, monkeypatch):

@@ -140,9 +140,9 @@ def run_evaluate(cfg: PipelineConfig, model_dir: str | Path, pages_dir: str | Pa
         results, frames = {}, []
         for split, (histories, truths, counts, scored) in splits.items():
             rows, rankings, scores = _score(cfg, models, baselines, sid_map, histories, truths)
-            _add_reward_metrics(cfg, rows, rankings, scored, sid_map, reward_dir, raw_dir)
-            spans = intervals({m: r for m, r in rankings.items() if not m.endswith("_free")}, truths, e.ks,
-                              cfg.run.seed)
+            ranked = {m: r for m, r in rankings.items() if m in rows}  # the table's rows (not the free decodings)
+            _add_reward_metrics(cfg, rows, ranked, scored, sid_map, reward_dir, raw_dir)
+            spans = intervals(ranked, truths, e.ks, cfg.run.seed)
             frames.append(topk_table(rankings, scores, scored, truths).assign(split=split))
             results[split] = {"requests": counts, "metrics": rows, "intervals": spans}
         topk = pd.concat(frames, ignore_index=True)
@@ -284,8 +284,9 @@ def _markdown(results: dict, selection: dict, cfg: PipelineConfig) -> str:
                   f"{counts['requests']} requests (of {counts['test_pages']} pages; {counts['no_history']} without "
                   f"history, {counts['no_truth']} without a true item of {cfg.eval.truth_types}).", "",
                   "| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
-        for row in table.itertuples(index=False):
-            lines.append("| " + " | ".join(f"{v:.4f}" if isinstance(v, float) else str(v) for v in row) + " |")
+        for row in table.itertuples(index=False):  # "-": a column that does not apply to the row (free_hr@K)
+            lines.append("| " + " | ".join(("-" if np.isnan(v) else f"{v:.4f}") if isinstance(v, float) else str(v)
+                                           for v in row) + " |")
         lines += ["", "95% bootstrap intervals over the requests (1000 resamples):", ""]
         for name, span in spans.items():
             lines.append(f"- {name}: " + "; ".join(f"{m} [{lo:.4f}, {hi:.4f}]" for m, (lo, hi) in span.items()))
