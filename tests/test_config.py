@@ -23,6 +23,13 @@ def test_overrides_apply_and_parse_types():
     assert cfg.simulator.n_items == 5000  # untouched keys keep the file's value
 
 
+def test_a_mapping_setting_is_replaced_by_its_override_while_sections_merge():
+    cfg = load_config(REPO / "configs" / "demo.yaml", ["gate.min_lift={}", "gate.min_metrics={genrec/ndcg@10: 0.1}",
+                                                        "cluster.gpu.count=2"])
+    assert cfg.gate.min_lift == {} and cfg.gate.min_metrics == {"genrec/ndcg@10": 0.1}
+    assert cfg.gate.split == "valid" and cfg.cluster.gpu.count == 2 and cfg.cluster.gpu.tasks  # the rest kept
+
+
 def test_unknown_key_in_file_names_key_and_file(tmp_path):
     f = tmp_path / "bad.yaml"
     f.write_text("simulator:\n  n_userz: 5\n")

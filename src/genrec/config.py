@@ -430,11 +430,17 @@ def parse_overrides(overrides: list[str]) -> dict:
     return tree
 
 
-def _merge(base: dict, extra: dict) -> dict:
+def _merge(base: dict, extra: dict, model: type[BaseModel] = None) -> dict:
+    """`extra` over `base`: a config section merges key by key; any other value, a mapping-valued setting such as
+    gate.min_lift included, is replaced whole (so `gate.min_lift={}` clears it)."""
+    model = model or PipelineConfig
     out = dict(base)
     for key, value in extra.items():
-        if isinstance(value, dict) and isinstance(out.get(key), dict):
-            out[key] = _merge(out[key], value)
+        field = model.model_fields.get(key)
+        section = field.annotation if field is not None else None
+        if isinstance(value, dict) and isinstance(out.get(key), dict) and isinstance(section, type) \
+                and issubclass(section, BaseModel):
+            out[key] = _merge(out[key], value, section)
         else:
             out[key] = value
     return out

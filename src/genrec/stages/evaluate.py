@@ -1,18 +1,20 @@
 """Stage evaluate: the model and the test pages -> HR@K, NDCG@K, Recall@K, HaR and R@K, beside baselines.
 
-Reads the model's folder (align's or train-sft's model/), validate-pages' folder (pages/, both splits:
-baselines train on the train split) and assign-sids' folder; optionally the SFT model (to show what
+Reads the model's folder (align's or train-sft's model/), validate-pages' folder (pages/: baselines train
+on the train split) and assign-sids' folder; optionally the SFT model (to show what
 alignment changed), the reward model (R@K) and ingest's folder (the simulator's true preference).
-Writes into `out_dir`: metrics.json, metrics.csv, metrics.md, intervals.json, topk.parquet and report.json.
+Writes into `out_dir`: metrics.json, metrics_valid.json, metrics.csv, metrics.md, intervals.json, topk.parquet
+and report.json.
 
 Requests: the test pages with a history and at least one true item (eval.truth_types); the others are
 counted, not scored. GenRec ranks by trie-constrained beam search (every output is an item); the same
 requests decoded without the trie give the hallucination rate (over all beams and over the top beam) and
 free-decoding HR (`free_hr@K`: a SID that is no item is a miss). Baselines rank the full catalog.
-intervals.json holds a 95% bootstrap interval (over requests) of every method's HR@K and NDCG@K.
-topk.parquet holds every method's ranked list per request (one row per method and request: page_id, user_id,
-true_items, ranked_items, scores; GenRec's free decoding as method `<name>_free`), so anyone can recompute
-the metrics from it.
+The validation requests (metrics_valid.json, for the gate and the baselines' epochs) are scored for the
+baselines and for the GenRec row the gate judges (gate.method). intervals.json holds a 95% bootstrap
+interval (over requests) of every method's HR@K and NDCG@K. topk.parquet holds every method's ranked list
+per split and request (page_id, user_id, true_items, ranked_items, scores; GenRec's free decoding as method
+`<name>_free`), so anyone can recompute the metrics from it.
 """
 
 from __future__ import annotations
@@ -139,7 +141,10 @@ def run_evaluate(cfg: PipelineConfig, model_dir: str | Path, pages_dir: str | Pa
         baselines, selection = _train_baselines(cfg, train, sid_map, splits.get("valid"))
         results, frames = {}, []
         for split, (histories, truths, counts, scored) in splits.items():
-            rows, rankings, scores = _score(cfg, models, baselines, sid_map, histories, truths)
+            # Validation serves the gate: of the GenRec models only the one it judges is decoded there (beam search
+            # is most of evaluate's time); the baselines are cheap and are what it compares with.
+            scored_models = models if split == "test" else {m: v for m, v in models.items() if m == cfg.gate.method}
+            rows, rankings, scores = _score(cfg, scored_models, baselines, sid_map, histories, truths)
             ranked = {m: r for m, r in rankings.items() if m in rows}  # the table's rows (not the free decodings)
             _add_reward_metrics(cfg, rows, ranked, scored, sid_map, reward_dir, raw_dir)
             spans = intervals(ranked, truths, e.ks, cfg.run.seed)
