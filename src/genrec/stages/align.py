@@ -50,11 +50,11 @@ def _load_checked(sft_dir: Path, reward_dir: Path, sid_map: SidMap) -> tuple[Gen
     return policy, reward
 
 
-def _tokens(batch: dict, group: int, levels: int) -> int:
-    """Tokens a micro-batch processes with gradient: per prompt, G rollouts and each engaged item (its page sample
-    labels L + 1 tokens per item), each as the prompt then L codes."""
+def _tokens(batch: dict, group: int, levels: int, with_nll: bool) -> int:
+    """Tokens a micro-batch processes with gradient: per prompt, G rollouts and (with the NLL term) each engaged
+    item (its page sample labels L + 1 tokens per item), each as the prompt then L codes."""
     prompt = ((batch["labels"] == -100) & (batch["attention_mask"] > 0)).sum(dim=1)
-    rows = group + (batch["labels"] != -100).sum(dim=1) // (levels + 1)
+    rows = group + ((batch["labels"] != -100).sum(dim=1) // (levels + 1) if with_nll else 0)
     return int((rows * (prompt + levels)).sum())
 
 
@@ -147,7 +147,7 @@ def run_align(cfg: PipelineConfig, sft_dir: str | Path, reward_dir: str | Path, 
                           lambda epoch: batch_order(lengths, a.prompts_per_step, cfg.run.seed, epoch, True),
                           loop, ckpt_dir,
                           lambda step, row: track.metrics({f"align/{k}": v for k, v in row.items()}, step=step),
-                          lambda b: _tokens(b, G, levels), desc="align")
+                          lambda b: _tokens(b, G, levels, a.alpha > 0), desc="align")
         last = result.history[-1] if result.history else {}
         report.update({"steps": result.steps, "resumed_from_step": result.resumed_from_step,
                        "final_loss": result.final_loss,
