@@ -101,6 +101,11 @@ def test_untrained_sasrec_scores_the_catalog_near_uniformly_and_learns_a_success
     assert np.mean(top1 == successor) > 0.9
     assert sorted(curve) == list(range(1, cfg.epochs + 1))
     assert curve[cfg.epochs] == np.mean(top1 == successor) and curve[1] < curve[cfg.epochs]
+    # A hook that answers True stops training after that epoch (evaluate's early stopping on validation).
+    seen = []
+    train_sasrec([list(range(s, s + max_len + 1)) for s in starts], n_items, cfg, max_len, 0,
+                 lambda epoch, m: seen.append(epoch) or epoch == 2)
+    assert seen == [1, 2]
 
 
 def test_bert4rec_masks_at_least_one_item_per_sequence_and_learns_a_successor_rule():

@@ -60,7 +60,7 @@ def test_evaluate_scores_the_model_and_refuses_other_sids(sft_data, trained, tmp
     from genrec.stages.evaluate import run_evaluate
 
     cfg = make_cfg("eval.ks=[1,10]", "eval.beam_width=10", "eval.sasrec.epochs=30",
-                   "eval.baselines=[popularity,sasrec,bert4rec]")
+                   "eval.baselines=[popularity,sasrec,bert4rec]", "eval.sasrec.patience=3")
     rows = run_evaluate(cfg, trained, sft_data / "pages", sft_data / "sids", tmp_path / "eval", "eval-test")
     assert set(rows) == {"genrec", "popularity", "sasrec", "bert4rec"}
     assert rows["bert4rec"]["hr@10"] > rows["popularity"]["hr@10"], rows  # it learned from the sequences
@@ -97,9 +97,13 @@ def test_evaluate_scores_the_model_and_refuses_other_sids(sft_data, trained, tmp
     assert spans["genrec"]["hr@10"][1] > spans["genrec"]["hr@10"][0]
     # The baselines' epoch was chosen on the validation requests, which are scored too (for the gate).
     report = json.loads((tmp_path / "eval" / "report.json").read_text())
-    sel = report["baseline_selection"]["sasrec"]
-    assert len(sel["curve"]) == 30 and sel["curve"][sel["epoch"] - 1] == max(sel["curve"])
+    # BERT4Rec (no patience) runs every epoch; SASRec (patience 3) stops 3 epochs after its best, or at its last.
+    sel = report["baseline_selection"]["bert4rec"]
+    assert len(sel["curve"]) == cfg.eval.bert4rec.epochs and sel["curve"][sel["epoch"] - 1] == max(sel["curve"])
     assert sel["valid_ndcg@10"] == pytest.approx(max(sel["curve"]), abs=1e-5)
+    sel = report["baseline_selection"]["sasrec"]
+    assert sel["epochs_run"] == len(sel["curve"]) == min(30, sel["epoch"] + 3)
+    assert sel["curve"][sel["epoch"] - 1] == max(sel["curve"])
     valid = json.loads((tmp_path / "eval" / "metrics_valid.json").read_text())
     assert set(valid) == set(rows) and report["validation"]["requests"]["requests"] > 0
     other = tmp_path / "other_sids"

@@ -229,7 +229,10 @@ class SasrecConfig(_Section):
     hidden: int = Field(64, gt=0, description="Embedding and hidden size.")
     layers: int = Field(2, gt=0, description="Transformer blocks.")
     heads: int = Field(2, gt=0, description="Attention heads.")
-    epochs: int = Field(20, gt=0, description="Passes over the users' training sequences.")
+    epochs: int = Field(20, gt=0, description="Passes over the users' training sequences (the most; see patience).")
+    patience: int = Field(0, ge=0, description="Stop after this many epochs without a better validation "
+                                               "eval.select_metric (0: run every epoch). The best epoch is kept "
+                                               "either way; without validation requests every epoch runs.")
     batch_size: int = Field(128, gt=0, description="Sequences per step.")
     lr: float = Field(1e-3, gt=0, description="Adam learning rate.")
     dropout: float = Field(0.2, ge=0, lt=1, description="Dropout on embeddings and blocks.")

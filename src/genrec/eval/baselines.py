@@ -100,9 +100,10 @@ def user_sequences(train_pages: pd.DataFrame, row_of: dict[int, int]) -> list[li
 
 
 def train_sasrec(sequences: list[list[int]], n_items: int, cfg: SasrecConfig, max_len: int, seed: int,
-                 on_epoch: Callable[[int, SASRec], None] | None = None) -> SASRec:
+                 on_epoch: Callable[[int, SASRec], bool | None] | None = None) -> SASRec:
     """Train next-item prediction at every position of the sequences (1-based item rows; 0 pads).
-    On the GPU when there is one. `on_epoch(epoch, model)`, if given, runs after each epoch (in train mode)."""
+    On the GPU when there is one. `on_epoch(epoch, model)`, if given, runs after each epoch (in train mode);
+    training stops early when it returns True."""
     torch.manual_seed(seed)
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     model = SASRec(n_items, cfg, max_len).to(device)
@@ -122,8 +123,8 @@ def train_sasrec(sequences: list[list[int]], n_items: int, cfg: SasrecConfig, ma
             opt.zero_grad()
             loss.backward()
             opt.step()
-        if on_epoch is not None:
-            on_epoch(epoch + 1, model)
+        if on_epoch is not None and on_epoch(epoch + 1, model):
+            break
     return model.eval()
 
 

@@ -56,9 +56,10 @@ def cloze_batch(items: np.ndarray, mask_prob: float, mask_row: int, rng: np.rand
 
 
 def train_bert4rec(sequences: list[list[int]], n_items: int, cfg: Bert4recConfig, max_len: int, seed: int,
-                   on_epoch: Callable[[int, BERT4Rec], None] | None = None) -> BERT4Rec:
+                   on_epoch: Callable[[int, BERT4Rec], bool | None] | None = None) -> BERT4Rec:
     """Train the cloze task on windows of max_len items cut from the end of each sequence (1-based rows).
-    On the GPU when there is one. `on_epoch(epoch, model)`, if given, runs after each epoch (in train mode)."""
+    On the GPU when there is one. `on_epoch(epoch, model)`, if given, runs after each epoch (in train mode);
+    training stops early when it returns True."""
     torch.manual_seed(seed)
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     model = BERT4Rec(n_items, cfg, max_len).to(device)
@@ -78,8 +79,8 @@ def train_bert4rec(sequences: list[list[int]], n_items: int, cfg: Bert4recConfig
             opt.zero_grad()
             loss.backward()
             opt.step()
-        if on_epoch is not None:
-            on_epoch(epoch + 1, model)
+        if on_epoch is not None and on_epoch(epoch + 1, model):
+            break
     return model.eval()
 
 

@@ -261,12 +261,14 @@ def _item_sequence_ranker(cfg: PipelineConfig, name: str, train: pd.DataFrame, s
         if best[f"valid_{metric}"] is None or value > best[f"valid_{metric}"]:
             best.update({"epoch": epoch, f"valid_{metric}": value})
             state["weights"] = copy.deepcopy(model.state_dict())
+        return bool(mcfg.patience) and epoch - best["epoch"] >= mcfg.patience
 
     model = train_fn(sequences, n_items, mcfg, max_len, seed, on_epoch if valid else None)
     if state:
         model.load_state_dict(state["weights"])
-        print(f"{name}: epoch {best['epoch']} of {mcfg.epochs} kept (validation {metric} "
-              f"{best[f'valid_{metric}']:.4f})", flush=True)
+        best["epochs_run"] = len(best["curve"])
+        print(f"{name}: epoch {best['epoch']} kept of {best['epochs_run']} run (at most {mcfg.epochs}; validation "
+              f"{metric} {best[f'valid_{metric}']:.4f})", flush=True)
 
     def rank(histories):
         rows, scores = rank_fn(model, [[row_of[i] for i in h] for h in histories], max_len, e.beam_width,
@@ -304,6 +306,7 @@ def _markdown(results: dict, selection: dict, cfg: PipelineConfig) -> str:
     for name, sel in selection.items():
         metric = sel["metric"]
         lines.append(f"- {name}: epoch {sel['epoch']} kept" + (
-            f", best validation {metric} {sel[f'valid_{metric}']:.4f}" if sel[f"valid_{metric}"] is not None
+            f" of {sel['epochs_run']} run, best validation {metric} {sel[f'valid_{metric}']:.4f}"
+            if sel[f"valid_{metric}"] is not None
             else " (no validation split: the last epoch)"))
     return "\n".join(lines) + "\n"
