@@ -51,6 +51,26 @@ def test_per_request_values_and_their_bootstrap_interval():
     assert bootstrap_interval(hits, seed=0) == (low, high)  # seeded
 
 
+def test_paired_differences_resample_requests_jointly():
+    from genrec.stages.evaluate import paired_differences
+
+    rng = np.random.default_rng(2)
+    truths = [{int(t)} for t in rng.integers(0, 5, 2000)]
+    base = np.array([[t, 9] if rng.random() < 0.3 else [8, 9] for (t,) in truths])  # hits 30% of requests
+    better = base.copy()  # the same hits plus 5% more: the difference is small but certain
+    for n in np.flatnonzero((base[:, 0] != [min(t) for t in truths]) & (rng.random(len(truths)) < 0.07)):
+        better[n, 1] = min(truths[n])
+    rankings = {"a": better, "b": base}
+    diff = paired_differences(rankings, truths, [2], seed=0, pairs=[("a", "b"), ("b", "b")])
+    mean, low, high = diff["a - b"]["hr@2"]
+    assert mean == pytest.approx(per_request_metrics(better, truths, 2)["hr@2"].mean()
+                                 - per_request_metrics(base, truths, 2)["hr@2"].mean())
+    assert 0 < low < mean < high  # ahead: the paired interval excludes 0
+    unpaired = [bootstrap_interval(per_request_metrics(r, truths, 2)["hr@2"], 0) for r in (better, base)]
+    assert unpaired[0][0] < unpaired[1][1]  # while the two methods' own intervals overlap
+    assert diff["b - b"]["hr@2"] == [0.0, 0.0, 0.0] and set(diff["a - b"]) == {"hr@2", "ndcg@2"}
+
+
 def test_popularity_counts_positive_interactions_only():
     pages = pd.DataFrame({"ordered_items": [[3], [], []], "carted_items": [[], [3], []],
                           "clicked_items": [[2, 3], [2, 1], [1, 4]], "exposed_items": [[9, 9, 9], [9], [9]]})

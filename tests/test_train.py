@@ -95,6 +95,14 @@ def test_evaluate_scores_the_model_and_refuses_other_sids(sft_data, trained, tmp
         for metric, (low, high) in span.items():
             assert low <= rows[method][metric] <= high, (method, metric)
     assert spans["genrec"]["hr@10"][1] > spans["genrec"]["hr@10"][0]
+    # GenRec minus each baseline on the same requests: the mean is the difference of the table's rows
+    paired = json.loads((tmp_path / "eval" / "paired.json").read_text())["test"]
+    assert set(paired) == {"genrec - popularity", "genrec - sasrec", "genrec - bert4rec"}
+    for pair, diffs in paired.items():
+        a, b = pair.split(" - ")
+        for metric, (mean, low, high) in diffs.items():
+            assert mean == pytest.approx(rows[a][metric] - rows[b][metric]) and low <= mean <= high, (pair, metric)
+    assert "genrec - popularity: hr@1" in (tmp_path / "eval" / "metrics.md").read_text()
     # The baselines' epoch was chosen on the validation requests, which are scored too (for the gate).
     report = json.loads((tmp_path / "eval" / "report.json").read_text())
     # BERT4Rec (no patience) runs every epoch; SASRec (patience 3) stops 3 epochs after its best, or at its last.

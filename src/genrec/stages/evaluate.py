@@ -87,6 +87,21 @@ def intervals(rankings: dict[str, np.ndarray], truths: list[set[int]], ks: list[
     return out
 
 
+def paired_differences(rankings: dict[str, np.ndarray], truths: list[set[int]], ks: list[int], seed: int,
+                       pairs: list[tuple[str, str]]) -> dict:
+    """{"a - b": {metric: [mean, low, high]}}: method a minus method b on the same requests, HR@K and NDCG@K,
+    with a 95% paired bootstrap interval (requests resampled jointly, so what both get right cancels out)."""
+    out = {}
+    for a, b in pairs:
+        out[f"{a} - {b}"] = {}
+        for k in ks:
+            per_a, per_b = per_request_metrics(rankings[a], truths, k), per_request_metrics(rankings[b], truths, k)
+            for m in (f"hr@{k}", f"ndcg@{k}"):
+                diff = per_a[m] - per_b[m]
+                out[f"{a} - {b}"][m] = [float(diff.mean()), *bootstrap_interval(diff, seed)]
+    return out
+
+
 def topk_table(rankings: dict[str, np.ndarray], scores: dict[str, np.ndarray], scored: pd.DataFrame,
                truths: list[set[int]]) -> pd.DataFrame:
     """One row per method and request: the request's page and user, its true items, the ranked items and scores."""
@@ -148,8 +163,10 @@ def run_evaluate(cfg: PipelineConfig, model_dir: str | Path, pages_dir: str | Pa
             ranked = {m: r for m, r in rankings.items() if m in rows}  # the table's rows (not the free decodings)
             _add_reward_metrics(cfg, rows, ranked, scored, sid_map, reward_dir, raw_dir)
             spans = intervals(ranked, truths, e.ks, cfg.run.seed)
+            paired = paired_differences(ranked, truths, e.ks, cfg.run.seed,
+                                        [(m, b) for m in scored_models for b in baselines])
             frames.append(topk_table(rankings, scores, scored, truths).assign(split=split))
-            results[split] = {"requests": counts, "metrics": rows, "intervals": spans}
+            results[split] = {"requests": counts, "metrics": rows, "intervals": spans, "paired": paired}
         topk = pd.concat(frames, ignore_index=True)
         topk.to_parquet(out_dir / "topk.parquet", index=False)
         rows, spans, counts = results["test"]["metrics"], results["test"]["intervals"], results["test"]["requests"]
@@ -158,6 +175,7 @@ def run_evaluate(cfg: PipelineConfig, model_dir: str | Path, pages_dir: str | Pa
         (out_dir / "metrics.md").write_text(_markdown(results, selection, cfg))
         (out_dir / "metrics.json").write_text(json.dumps(rows, indent=2))
         (out_dir / "intervals.json").write_text(json.dumps(spans, indent=2))
+        (out_dir / "paired.json").write_text(json.dumps({split: r["paired"] for split, r in results.items()}, indent=2))
         if "valid" in results:
             (out_dir / "metrics_valid.json").write_text(json.dumps(results["valid"]["metrics"], indent=2))
         (out_dir / "report.json").write_text(json.dumps({**results["test"], "validation": results.get("valid"),
@@ -171,7 +189,11 @@ def run_evaluate(cfg: PipelineConfig, model_dir: str | Path, pages_dir: str | Pa
             track.metrics({f"{prefix}{m}/{k.replace('@', '_at_')}_ci_{end}": v for m, r in result["intervals"].items()
                            for k, span in r.items() for end, v in zip(("low", "high"), span)})
             track.metrics({f"{prefix}requests/{k}": v for k, v in result["requests"].items()})
-        for name in ("metrics.md", "metrics.csv", "intervals.json", "topk.parquet"):
+            # "genrec - popularity" -> genrec_minus_popularity/hr_at_10 (mean), ..._ci_low, ..._ci_high
+            track.metrics({f"{prefix}{pair.replace(' - ', '_minus_')}/{k.replace('@', '_at_')}{end}": v
+                           for pair, r in result["paired"].items() for k, span in r.items()
+                           for end, v in zip(("", "_ci_low", "_ci_high"), span)})
+        for name in ("metrics.md", "metrics.csv", "intervals.json", "paired.json", "topk.parquet"):
             track.artifact(out_dir / name, "eval")
         track.json(rows, "eval/metrics.json")
         if "valid" in results:
@@ -297,6 +319,12 @@ def _markdown(results: dict, selection: dict, cfg: PipelineConfig) -> str:
         lines += ["", "95% bootstrap intervals over the requests (1000 resamples):", ""]
         for name, span in spans.items():
             lines.append(f"- {name}: " + "; ".join(f"{m} [{lo:.4f}, {hi:.4f}]" for m, (lo, hi) in span.items()))
+        if results[split]["paired"]:
+            lines += ["", "Paired differences on the same requests, with 95% paired bootstrap intervals (an interval "
+                      "above 0: ahead beyond what these requests can resolve):", ""]
+            for pair, diffs in results[split]["paired"].items():
+                lines.append(f"- {pair}: " + "; ".join(f"{m} {d:+.4f} [{lo:+.4f}, {hi:+.4f}]"
+                                                       for m, (d, lo, hi) in diffs.items()))
         lines.append("")
     lines += [f"Beam width {cfg.eval.beam_width}. GenRec rows rank by trie-constrained beam search; their `har` is "
               "the share of SIDs that are no item when the same beams run without the trie (`har_top1`: of the top "
