@@ -237,8 +237,8 @@ def evaluate(config: Optional[Path] = ConfigOpt,
              out: Optional[Path] = typer.Option(None, help="Output folder [work_dir/stages/eval]."),
              pipeline_run_id: str = RunIdOpt, overrides: Optional[List[str]] = OverridesArg):
     """Reads the model, the test pages and the SID table; writes HR@K / NDCG@K / Recall@K / HaR (and R@K with a reward
-    model) of GenRec and the baselines to OUT (metrics.md, metrics.csv, metrics.json, intervals.json, and every method's
-    per-request top-K in topk.parquet) and prints the table."""
+    model) of GenRec and the baselines to OUT (metrics.md, metrics.csv, metrics.json, intervals.json, paired.json: GenRec
+    minus each baseline, and every method's per-request top-K in topk.parquet) and prints the table."""
     from genrec.stages.evaluate import run_evaluate
 
     cfg = resolve_config(config, overrides)

@@ -433,7 +433,7 @@ def parse_overrides(overrides: list[str]) -> dict:
     return tree
 
 
-def _merge(base: dict, extra: dict, model: type[BaseModel] = None) -> dict:
+def _merge(base: dict, extra: dict, model: type[BaseModel] | None = None) -> dict:
     """`extra` over `base`: a config section merges key by key; any other value, a mapping-valued setting such as
     gate.min_lift included, is replaced whole (so `gate.min_lift={}` clears it)."""
     model = model or PipelineConfig

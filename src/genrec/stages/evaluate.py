@@ -3,8 +3,8 @@
 Reads the model's folder (align's or train-sft's model/), validate-pages' folder (pages/: baselines train
 on the train split) and assign-sids' folder; optionally the SFT model (to show what
 alignment changed), the reward model (R@K) and ingest's folder (the simulator's true preference).
-Writes into `out_dir`: metrics.json, metrics_valid.json, metrics.csv, metrics.md, intervals.json, topk.parquet
-and report.json.
+Writes into `out_dir`: metrics.json, metrics_valid.json, metrics.csv, metrics.md, intervals.json, paired.json,
+topk.parquet and report.json.
 
 Requests: the test pages with a history and at least one true item (eval.truth_types); the others are
 counted, not scored. GenRec ranks by trie-constrained beam search (every output is an item); the same
@@ -12,7 +12,8 @@ requests decoded without the trie give the hallucination rate (over all beams an
 free-decoding HR (`free_hr@K`: a SID that is no item is a miss). Baselines rank the full catalog.
 The validation requests (metrics_valid.json, for the gate and the baselines' epochs) are scored for the
 baselines and for the GenRec row the gate judges (gate.method). intervals.json holds a 95% bootstrap
-interval (over requests) of every method's HR@K and NDCG@K. topk.parquet holds every method's ranked list
+interval (over requests) of every method's HR@K and NDCG@K; paired.json each GenRec row minus each
+baseline on the same requests, with a paired bootstrap interval. topk.parquet holds every method's ranked list
 per split and request (page_id, user_id, true_items, ranked_items, scores; GenRec's free decoding as method
 `<name>_free`), so anyone can recompute the metrics from it.
 """
