@@ -195,6 +195,9 @@ class ModelConfig(_Section):
     token_merger: bool = Field(True, description="Token Merger (paper eq. 5): one prompt position per history item. "
                                                  "Off ('w/o TM'): every SID code of the history is its own position.")
     max_history: int = Field(50, gt=0, description="Most recent history items in a prompt.")
+    copy_head: bool = Field(False, description="Copy head: mix the generated SID distribution with a learned pointer "
+                                               "over the prompt's history items, so the model can recommend an item "
+                                               "again (genrec.model.copy_head). Off: the paper's model.")
     attn_implementation: Literal["sdpa", "eager"] = Field("sdpa", description="Attention kernel of the backbone.")
 
 

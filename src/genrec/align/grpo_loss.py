@@ -47,12 +47,10 @@ def engaged_items_nll(model: GenRecModel, history_codes: list[np.ndarray], engag
 
 
 def token_logprobs(model: GenRecModel, batch: dict, levels: int) -> torch.Tensor:
-    """(M, L) log-probabilities of each row's L labelled tokens under `model` (with gradient)."""
-    logits = model(batch["ids"], batch["is_item"], batch["attention_mask"]).logits[:, :-1].float()
-    labels = batch["labels"][:, 1:]
-    mask = labels != -100
-    logp = torch.log_softmax(logits, dim=-1).gather(-1, labels.clamp(min=0).unsqueeze(-1)).squeeze(-1)
-    return logp[mask].view(len(labels), levels)
+    """(M, L) log-probabilities of each row's L labelled tokens under `model` (with gradient; with a copy head,
+    the mixture's per-code conditionals, which sum to the item's log-probability)."""
+    logp = model.target_logprobs(batch)
+    return logp[batch["labels"][:, 1:] != -100].view(len(logp), levels)
 
 
 def grpo_sr_loss(token_logp: torch.Tensor, advantages: torch.Tensor, nll: torch.Tensor | None, alpha: float,

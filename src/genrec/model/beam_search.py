@@ -10,6 +10,9 @@ Masks:
   per-prefix masks over the prefixes that exist), so every output is a real item;
 - unconstrained: any code of the right level; the output may be no item (counted as a hallucination).
 Ties are broken by index (torch.topk on CPU and GPU is deterministic for equal inputs).
+
+With a copy head the beams are ranked by the mixture's prefix probability, log((1 - g) p_gen(prefix) +
+g p_copy(prefix)) (genrec.model.copy_head), and an item's score is log p_mix(item).
 """
 
 from __future__ import annotations
@@ -20,6 +23,7 @@ import numpy as np
 import torch
 
 from genrec.errors import InputDataError
+from genrec.model.copy_head import copy_level_logmass, mixture_logprob
 from genrec.model.genrec_model import GenRecModel
 from genrec.model.samples import encode_prompt
 from genrec.model.vocab import SidMap
@@ -81,9 +85,11 @@ def beam_search(model: GenRecModel, history_codes: list[np.ndarray], sid_map: Si
         masks = PrefixMasks(sid_map.trie())
     ids, is_item, attn, pos = left_pad_prompts(history_codes, model, device)
     out = model(ids, is_item, attn, position_ids=pos, use_cache=True, logits_to_keep=1)
+    copy = model.copy_state(out, ids, is_item, attn)
     cache, logits = out.past_key_values, out.logits[:, -1]
     next_pos = pos[:, -1:] + 1  # (N, 1)
     scores = torch.zeros(n, 1, device=device)  # one live beam per request before the first step
+    gen_scores = scores  # the backbone's own log p(prefix); equal to scores without a copy head
     codes = torch.zeros(n, 1, 0, dtype=torch.int64, device=device)
     for level in range(levels):
         start, size = vocab.level_start(level), vocab.sizes[level]
@@ -92,12 +98,15 @@ def beam_search(model: GenRecModel, history_codes: list[np.ndarray], sid_map: Si
         if constrained:
             allowed = masks.allowed(level, codes.reshape(n * width, level)).to(device)
             logp = logp.masked_fill(~allowed, float("-inf"))
-        cand = (scores.reshape(n * width, 1) + logp).reshape(n, width * size)
+        gen_cand = (gen_scores.reshape(n * width, 1) + logp).reshape(n, width * size)
+        cand = gen_cand if copy is None else mixture_logprob(
+            gen_cand.reshape(n, width, size), copy_level_logmass(copy.log_attn, copy.slot_codes, codes, size),
+            copy.log_g, copy.log_1m_g).reshape(n, width * size).masked_fill(~torch.isfinite(gen_cand), float("-inf"))
         k = min(beam, width * size)
         top, idx = torch.topk(cand, k, dim=1)
         parent, code = idx // size, idx % size
         codes = torch.cat([torch.gather(codes, 1, parent.unsqueeze(-1).expand(-1, -1, level)), code.unsqueeze(-1)], dim=2)
-        scores = top
+        scores, gen_scores = top, torch.gather(gen_cand, 1, idx)
         if level == levels - 1:
             break
         # Row r * width + j of the cache is request r's beam j; the new beams take their parents' rows

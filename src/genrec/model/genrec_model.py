@@ -14,6 +14,7 @@ builds the modules from the JSON and reads tensors only: nothing is unpickled.
 from __future__ import annotations
 
 import json
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -23,6 +24,7 @@ from torch.nn.attention import SDPBackend, sdpa_kernel
 from transformers import Qwen2Config, Qwen2ForCausalLM
 
 from genrec.errors import ConfigError
+from genrec.model.copy_head import (CopyHead, copy_prefix_logmass, history_slots, mixture_token_logprobs)
 from genrec.model.vocab import SidVocab
 
 MODEL_FILE, CONFIG_FILE = "model.safetensors", "genrec_model.json"
@@ -53,10 +55,29 @@ SIZES: dict[str, dict] = {
 }
 
 
-class GenRecModel(nn.Module):
-    """Qwen2ForCausalLM + Token Merger. `forward` takes (ids (B,T,L), is_item (B,T)) instead of input ids."""
+@dataclass
+class ModelOut:
+    logits: torch.Tensor  # (B, T or logits_to_keep, V)
+    hidden: torch.Tensor  # (B, T, d) the backbone's last hidden states (after the final norm)
+    past_key_values: object = None
 
-    def __init__(self, lm: Qwen2ForCausalLM, vocab: SidVocab, token_merger: bool, sid_fingerprint: str = ""):
+
+@dataclass
+class CopyState:
+    """A prompt's copy distribution for decoding (genrec.model.copy_head); one row per prompt."""
+
+    log_attn: torch.Tensor  # (N, H)
+    slot_codes: torch.Tensor  # (N, H, L)
+    log_g: torch.Tensor  # (N,)
+    log_1m_g: torch.Tensor  # (N,)
+
+
+class GenRecModel(nn.Module):
+    """Qwen2ForCausalLM + Token Merger (+ copy head). `forward` takes (ids (B,T,L), is_item (B,T)) instead of
+    input ids."""
+
+    def __init__(self, lm: Qwen2ForCausalLM, vocab: SidVocab, token_merger: bool, sid_fingerprint: str = "",
+                 copy_head: bool = False):
         super().__init__()
         self.lm = lm
         self.vocab = vocab
@@ -68,10 +89,15 @@ class GenRecModel(nn.Module):
             with torch.no_grad():
                 self.merger.weight.copy_(torch.cat([torch.eye(d) / levels] * levels, dim=1))
                 self.merger.bias.zero_()
+        self.copy = CopyHead(d) if copy_head else None
 
     @property
     def token_merger(self) -> bool:
         return self.merger is not None
+
+    @property
+    def copy_head(self) -> bool:
+        return self.copy is not None
 
     def embed(self, ids: torch.Tensor, is_item: torch.Tensor) -> torch.Tensor:
         """(B, T, L) ids and (B, T) flags -> (B, T, d) input embeddings."""
@@ -85,24 +111,61 @@ class GenRecModel(nn.Module):
     def forward(self, ids: torch.Tensor, is_item: torch.Tensor, attention_mask: torch.Tensor | None = None,
                 position_ids: torch.Tensor | None = None, past_key_values=None, use_cache: bool = False,
                 logits_to_keep: int = 0):
-        """The backbone's output (logits, and the KV cache when `use_cache`)."""
+        """Logits (of the last `logits_to_keep` positions, 0: all), hidden states, and the KV cache when `use_cache`."""
         with sdpa_kernel(SDPA_BACKENDS):
-            return self.lm(inputs_embeds=self.embed(ids, is_item), attention_mask=attention_mask,
-                           position_ids=position_ids, past_key_values=past_key_values, use_cache=use_cache,
-                           logits_to_keep=logits_to_keep)
+            out = self.lm.model(inputs_embeds=self.embed(ids, is_item), attention_mask=attention_mask,
+                                position_ids=position_ids, past_key_values=past_key_values, use_cache=use_cache)
+        hidden = out.last_hidden_state
+        kept = hidden if logits_to_keep == 0 else hidden[:, -logits_to_keep:]
+        return ModelOut(self.lm.lm_head(kept), hidden, out.past_key_values)
+
+    def target_logprobs(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        """(B, T-1): log p(token t+1 | tokens <= t) of each labelled token (labels[:, 1:]; garbage where -100).
+        With the copy head, an item's code tokens get the mixture's per-code conditionals (copy_head.py)."""
+        out = self(batch["ids"], batch["is_item"], batch["attention_mask"])
+        labels = batch["labels"][:, 1:]
+        logp = torch.log_softmax(out.logits[:, :-1].float(), dim=-1).gather(-1, labels.clamp(min=0).unsqueeze(-1))
+        logp = logp.squeeze(-1)
+        if self.copy is None:
+            return logp
+        levels, k0 = self.vocab.levels, self.vocab.level_start(0)
+        rows, starts = torch.nonzero((labels >= k0) & (labels < k0 + self.vocab.sizes[0]), as_tuple=True)
+        if len(rows) == 0:
+            return logp
+        prompt = (batch["labels"] == -100).cumprod(dim=1).bool() & batch["attention_mask"].bool()
+        slots = history_slots(batch["ids"], batch["is_item"], prompt, self.vocab)
+        span = starts.unsqueeze(1) + torch.arange(levels, device=logp.device)  # (M, L) shifted indices of the codes
+        level_starts = torch.tensor([self.vocab.level_start(i) for i in range(levels)], device=logp.device)
+        codes = labels[rows.unsqueeze(1), span] - level_starts
+        # The query is the state that predicts the item's first code: shifted index s is position s.
+        slot_h = torch.gather(out.hidden, 1, slots.pos.unsqueeze(-1).expand(-1, -1, out.hidden.shape[-1]))
+        log_attn, log_g, log_1m_g = self.copy(out.hidden[rows, starts], slot_h[rows], slots.valid[rows],
+                                              slots.recency[rows])
+        mixed = mixture_token_logprobs(logp[rows.unsqueeze(1), span], copy_prefix_logmass(
+            log_attn, slots.codes[rows], codes), log_g, log_1m_g)
+        return logp.index_put((rows.unsqueeze(1).expand_as(span), span), mixed)
 
     def loss(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
-        """Next-token cross-entropy over the target tokens only (labels -100 elsewhere), mean per target token."""
-        logits = self(batch["ids"], batch["is_item"], batch["attention_mask"]).logits
-        return nn.functional.cross_entropy(logits[:, :-1].flatten(0, 1).float(), batch["labels"][:, 1:].flatten(),
-                                           ignore_index=-100)
+        """Negative log-likelihood of the target tokens only (labels -100 elsewhere), mean per target token."""
+        return -self.target_logprobs(batch)[batch["labels"][:, 1:] != -100].mean()
+
+    def copy_state(self, out: ModelOut, ids: torch.Tensor, is_item: torch.Tensor, attention_mask: torch.Tensor
+                   ) -> CopyState | None:
+        """The copy distribution of prompts just run through `forward` (their last position is the query);
+        None without a copy head."""
+        if self.copy is None:
+            return None
+        slots = history_slots(ids, is_item, attention_mask.bool(), self.vocab)
+        slot_h = torch.gather(out.hidden, 1, slots.pos.unsqueeze(-1).expand(-1, -1, out.hidden.shape[-1]))
+        log_attn, log_g, log_1m_g = self.copy(out.hidden[:, -1], slot_h, slots.valid, slots.recency)
+        return CopyState(log_attn, slots.codes, log_g, log_1m_g)
 
     def save(self, out_dir: str | Path) -> Path:
         """model.safetensors + genrec_model.json in `out_dir`."""
         out_dir = Path(out_dir)
         out_dir.mkdir(parents=True, exist_ok=True)
         meta = {"format": 1, "backbone": self.lm.config.to_diff_dict(), "vocab": self.vocab.to_dict(),
-                "token_merger": self.token_merger, "sid_fingerprint": self.sid_fingerprint}
+                "token_merger": self.token_merger, "copy_head": self.copy_head, "sid_fingerprint": self.sid_fingerprint}
         (out_dir / CONFIG_FILE).write_text(json.dumps(meta, indent=2))
         save_model(self, str(out_dir / MODEL_FILE))  # handles the tied input/output embeddings
         return out_dir
@@ -119,7 +182,8 @@ class GenRecModel(nn.Module):
         meta = json.loads(cfg_path.read_text())
         backbone = {k: v for k, v in meta["backbone"].items() if k not in ("model_type", "transformers_version")}
         lm = Qwen2ForCausalLM(Qwen2Config(**backbone))
-        model = cls(lm, SidVocab.from_dict(meta["vocab"]), meta["token_merger"], meta.get("sid_fingerprint", ""))
+        model = cls(lm, SidVocab.from_dict(meta["vocab"]), meta["token_merger"], meta.get("sid_fingerprint", ""),
+                    meta.get("copy_head", False))
         load_model(model, str(weights))
         return model.eval()
 
@@ -131,7 +195,8 @@ def model_folder(path: str | Path) -> Path:
 
 
 def build_model(size: str, pretrained_path: str, vocab_sizes: tuple[int, ...], token_merger: bool,
-                sid_fingerprint: str, attn_implementation: str = "sdpa", max_positions: int = 4096) -> GenRecModel:
+                sid_fingerprint: str, attn_implementation: str = "sdpa", max_positions: int = 4096,
+                copy_head: bool = False) -> GenRecModel:
     """A new model: from a size preset (random init) or a local Qwen2 checkpoint (embeddings resized).
 
     With a checkpoint, our tokens are appended after its own vocabulary and the new rows start at the
@@ -157,4 +222,4 @@ def build_model(size: str, pretrained_path: str, vocab_sizes: tuple[int, ...], t
                           pad_token_id=vocab.pad, bos_token_id=vocab.bos, eos_token_id=vocab.eos,
                           attn_implementation=attn_implementation, **shape)
         lm = Qwen2ForCausalLM(cfg)
-    return GenRecModel(lm, vocab, token_merger, sid_fingerprint)
+    return GenRecModel(lm, vocab, token_merger, sid_fingerprint, copy_head)

@@ -66,11 +66,12 @@ def prepare_training(cfg: PipelineConfig, pages_dir: Path, sids_dir: Path, world
                              f"{counts.skipped_empty_target})")
     torch.manual_seed(cfg.run.seed)  # the initialisation is part of the run: a resumed or repeated run must match
     model = build_model(cfg.model.size, cfg.model.pretrained_path, sid_map.sizes, cfg.model.token_merger,
-                        sid_map.fingerprint(), cfg.model.attn_implementation)
+                        sid_map.fingerprint(), cfg.model.attn_implementation, copy_head=cfg.model.copy_head)
     vocab = model.vocab
     encoded = [encode_sample(s, sid_map, vocab, cfg.model.token_merger) for s in samples]
     hist_len = np.array([len(s.history) for s in samples])
-    report = {"mode": cfg.sft.mode, "token_merger": cfg.model.token_merger, "n_pages": counts.pages,
+    report = {"mode": cfg.sft.mode, "token_merger": cfg.model.token_merger, "copy_head": cfg.model.copy_head,
+              "n_pages": counts.pages,
               "n_samples": len(samples), "skipped_empty_history": counts.skipped_empty_history,
               "skipped_empty_target": counts.skipped_empty_target, "truncated_targets": counts.truncated_targets,
               "prompt_len_merged": float(np.mean(hist_len + 2)),
