@@ -81,6 +81,15 @@ def test_a_closed_gate_gives_exactly_the_plain_model(sid_map):
     assert torch.allclose(closed.loss(batch), plain.loss(batch), atol=1e-6)
 
 
+def test_the_generator_weight_adds_the_backbones_own_nll(sid_map):
+    batch = collate([encode_sample(Sample("p", 1, list(sid_map.item_ids[:5]), [int(sid_map.item_ids[2]), 1009]),
+                                   sid_map, _model(sid_map, False).vocab, False)], 0)
+    m = _model(sid_map, False, gate_bias=0.0)
+    plain = _model(sid_map, False, copy_head=False)  # the same backbone: its loss is the generator's own NLL
+    assert torch.allclose(m.loss(batch, 0.5), m.loss(batch) + 0.5 * plain.loss(batch), atol=1e-5)
+    assert not torch.allclose(m.loss(batch), plain.loss(batch))
+
+
 def test_training_the_loss_reaches_the_gate_and_copied_targets_gain(sid_map):
     """A page whose target repeats a history item: the gradient opens the gate and the loss falls below the plain
     model's, which has to generate the item's three codes."""

@@ -209,6 +209,9 @@ class SftConfig(_Section):
         ["order", "cart", "click", "expose"], min_length=1,
         description="Which of a page's item groups form the target, strongest first (the paper: ordered, clicked, exposed).")
     max_target_items: int = Field(20, gt=0, description="Most items in a page-wise target (the strongest kept).")
+    generator_loss_weight: float = Field(
+        0.0, ge=0, description="With model.copy_head: weight of the SID generator's own NLL added to the model's, so "
+                               "the generator alone still ranks real items below the copied ones (free decoding).")
     epochs: int = Field(1, gt=0, description="Passes over the training samples (max_steps, when set, wins).")
     max_steps: int = Field(0, ge=0, description="Stop after this many optimizer steps (0: run all epochs).")
     max_samples: int = Field(0, ge=0, description="Use at most this many training samples, a seeded random subset "

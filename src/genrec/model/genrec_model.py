@@ -122,16 +122,20 @@ class GenRecModel(nn.Module):
     def target_logprobs(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
         """(B, T-1): log p(token t+1 | tokens <= t) of each labelled token (labels[:, 1:]; garbage where -100).
         With the copy head, an item's code tokens get the mixture's per-code conditionals (copy_head.py)."""
+        return self._logprobs(batch)[1]
+
+    def _logprobs(self, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+        """The backbone's own target log-probabilities and the model's (the mixture's, with a copy head)."""
         out = self(batch["ids"], batch["is_item"], batch["attention_mask"])
         labels = batch["labels"][:, 1:]
         logp = torch.log_softmax(out.logits[:, :-1].float(), dim=-1).gather(-1, labels.clamp(min=0).unsqueeze(-1))
         logp = logp.squeeze(-1)
         if self.copy is None:
-            return logp
+            return logp, logp
         levels, k0 = self.vocab.levels, self.vocab.level_start(0)
         rows, starts = torch.nonzero((labels >= k0) & (labels < k0 + self.vocab.sizes[0]), as_tuple=True)
         if len(rows) == 0:
-            return logp
+            return logp, logp
         prompt = (batch["labels"] == -100).cumprod(dim=1).bool() & batch["attention_mask"].bool()
         slots = history_slots(batch["ids"], batch["is_item"], prompt, self.vocab)
         span = starts.unsqueeze(1) + torch.arange(levels, device=logp.device)  # (M, L) shifted indices of the codes
@@ -143,11 +147,18 @@ class GenRecModel(nn.Module):
                                               slots.recency[rows])
         mixed = mixture_token_logprobs(logp[rows.unsqueeze(1), span], copy_prefix_logmass(
             log_attn, slots.codes[rows], codes), log_g, log_1m_g)
-        return logp.index_put((rows.unsqueeze(1).expand_as(span), span), mixed)
+        return logp, logp.index_put((rows.unsqueeze(1).expand_as(span), span), mixed)
 
-    def loss(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
-        """Negative log-likelihood of the target tokens only (labels -100 elsewhere), mean per target token."""
-        return -self.target_logprobs(batch)[batch["labels"][:, 1:] != -100].mean()
+    def loss(self, batch: dict[str, torch.Tensor], generator_weight: float = 0.0) -> torch.Tensor:
+        """Negative log-likelihood of the target tokens only (labels -100 elsewhere), mean per target token.
+        With a copy head, `generator_weight` adds the backbone's own NLL of the same targets, so the SID generator
+        keeps modelling every target item, the repeated ones too, rather than leaving them to the copy head."""
+        gen, model = self._logprobs(batch)
+        mask = batch["labels"][:, 1:] != -100
+        loss = -model[mask].mean()
+        if self.copy is not None and generator_weight > 0:
+            loss = loss - generator_weight * gen[mask].mean()
+        return loss
 
     def copy_state(self, out: ModelOut, ids: torch.Tensor, is_item: torch.Tensor, attention_mask: torch.Tensor
                    ) -> CopyState | None:

@@ -89,7 +89,10 @@ def train_model(cfg: PipelineConfig, data: TrainingSet, loop: LoopConfig, ckpt_d
     def epoch_batches(epoch: int):
         return batch_order(data.lengths, cfg.sft.micro_batch_size, cfg.run.seed, epoch, cfg.sft.length_grouped)
 
-    return run_loop(data.model, lambda m, b: m.loss(b), data.make_batch, epoch_batches, loop, ckpt_dir, on_log,
+    def loss_fn(model, batch):
+        return model.loss(batch, cfg.sft.generator_loss_weight)
+
+    return run_loop(data.model, loss_fn, data.make_batch, epoch_batches, loop, ckpt_dir, on_log,
                     lambda b: int(b["attention_mask"].sum()), desc="train-sft")
 
 
