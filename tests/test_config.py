@@ -116,3 +116,9 @@ def test_tracking_uri_comes_from_the_environment(monkeypatch, tmp_path):
     with pytest.raises(TrackingError) as err:
         tracking_uri(cfg)
     assert "hunter2" not in str(err.value) and "MLFLOW_TRACKING_PASSWORD" in str(err.value)
+
+
+def test_a_generator_loss_weight_without_the_copy_head_is_refused():
+    with pytest.raises(ConfigError, match="generator_loss_weight.*needs model.copy_head"):
+        load_config(REPO / "configs" / "demo.yaml", ["model.copy_head=false"])
+    assert load_config(REPO / "configs" / "demo.yaml", ["model.copy_head=false", "sft.generator_loss_weight=0"])

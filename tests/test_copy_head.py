@@ -8,6 +8,7 @@ import torch
 
 from genrec.align.grpo_loss import rollout_batch, token_logprobs
 from genrec.align.rollouts import sample_rollouts
+from genrec.errors import ConfigError
 from genrec.model.beam_search import PrefixMasks, beam_search, left_pad_prompts
 from genrec.model.copy_head import history_slots, mixture_token_logprobs
 from genrec.model.genrec_model import GenRecModel, build_model
@@ -120,3 +121,10 @@ def test_save_and_load_keep_the_copy_head(sid_map, tmp_path):
     hist = [sid_map.item_codes(sid_map.item_ids[[3, 9]])]
     a, b = beam_search(m, hist, sid_map, 5, True), beam_search(back, hist, sid_map, 5, True)
     assert np.array_equal(a.items, b.items) and np.allclose(a.scores, b.scores)
+
+
+def test_a_generator_weight_on_a_model_without_a_copy_head_is_an_error(sid_map):
+    plain = _model(sid_map, False, copy_head=False)
+    batch = collate([encode_sample(Sample("p", 1, list(sid_map.item_ids[:3]), [1005]), sid_map, plain.vocab, False)], 0)
+    with pytest.raises(ConfigError, match="copy head"):
+        plain.loss(batch, 1.0)

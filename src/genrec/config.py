@@ -374,6 +374,14 @@ class PipelineConfig(_Section):
                              f"absolute path to mount it at (e.g. /checkpoints); got {self.run.checkpoint_root!r}")
         return self
 
+    @model_validator(mode="after")
+    def _generator_weight_needs_the_copy_head(self):
+        # Without a copy head the model's NLL is the generator's: the weight would silently do nothing.
+        if self.sft.generator_loss_weight > 0 and not self.model.copy_head:
+            raise ValueError(f"sft.generator_loss_weight={self.sft.generator_loss_weight} needs model.copy_head: true "
+                             "(without the copy head the loss is already the generator's own NLL)")
+        return self
+
     def to_json(self) -> str:
         """Canonical JSON of the fully resolved config (what every run records)."""
         return json.dumps(self.model_dump(mode="json"), sort_keys=True)

@@ -156,7 +156,9 @@ class GenRecModel(nn.Module):
         gen, model = self._logprobs(batch)
         mask = batch["labels"][:, 1:] != -100
         loss = -model[mask].mean()
-        if self.copy is not None and generator_weight > 0:
+        if generator_weight > 0:
+            if self.copy is None:
+                raise ConfigError("a generator loss weight needs a model with a copy head (model.copy_head)")
             loss = loss - generator_weight * gen[mask].mean()
         return loss
 
