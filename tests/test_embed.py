@@ -78,6 +78,36 @@ def test_tiny_clip_encodes_both_views_into_one_space(tiny_clip):
     assert np.allclose(fused[2], vt[2], atol=1e-6)  # no image: the text view alone
 
 
+def test_length_ordered_batches_keep_each_item_its_own_vectors(tiny_clip, tmp_path):
+    """_encode batches items by text length; every row must still hold its own item's text and image views."""
+    from genrec.config import load_config
+    from genrec.stages.embed_items import _encode
+
+    texts = ["a red item with a much longer description than the others", "blue", "a red item", "green thing",
+             "a fairly long yellow item text", "x"]
+    colours = ["red", "blue", None, "green", "yellow", "red"]
+    paths = []
+    for k, c in enumerate(colours):
+        if c is None:
+            paths.append(None)
+            continue
+        paths.append(tmp_path / f"{k}.png")
+        Image.new("RGB", (40, 40), c).save(paths[-1])
+    cfg = load_config(None, [f"embed.text_model={tiny_clip}", f"embed.image_model={tiny_clip}", "embed.batch_size=2",
+                             "embed.chunk_size=4", "embed.fusion=concat"])
+    emb, n_img = _encode(cfg, texts, paths, tmp_path / "emb.npy")
+    txt, img = TextEncoder(tiny_clip), ImageEncoder(tiny_clip)
+    one_by_one = np.stack([fuse(txt.encode([t]), img.encode([Image.open(p)]) if p else np.zeros((1, img.dim), np.float32),
+                                np.array([p is not None]), "concat", cfg.embed.image_weight)[0]
+                           for t, p in zip(texts, paths)])
+    assert n_img == 5 and np.allclose(emb, one_by_one, atol=1e-5)
+    # embed.precision=bf16: the same rows in bf16 autocast, float32 out, close to the fp32 vectors
+    half, _ = _encode(cfg.model_copy(update={"embed": cfg.embed.model_copy(update={"precision": "bf16"})}), texts, paths,
+                      tmp_path / "emb16.npy")
+    assert half.dtype == np.float32 and not np.array_equal(half, emb)
+    assert ((half * emb).sum(1) / np.linalg.norm(half, axis=1) / np.linalg.norm(emb, axis=1)).min() > 0.99
+
+
 def test_fusion_rules():
     t = np.eye(3, 4, dtype=np.float32)
     i = np.eye(3, 2, dtype=np.float32)

@@ -69,6 +69,7 @@ def test_local_run_succeeds_and_says_where_things_are(demo_run):
     executor = json.loads(next(root.glob("*/evaluate/executor_output.json")).read_text())
     kfp_metrics = executor["artifacts"]["metrics"]["artifacts"][0]["metadata"]
     assert {"genrec/hr@10", "popularity/ndcg@10", "genrec/har", "genrec_sft/r@1", "genrec/true_r@10"} <= set(kfp_metrics)
+    assert "genrec_sft/har" not in kfp_metrics  # free decoding only for the row the gate judges
     assert next(root.glob("*/train-sft/model/model/model.safetensors"))
     assert next(root.glob("*/align/model/model/model.safetensors"))
     assert next(root.glob("*/train-reward/report")).read_text().startswith("# train-reward")

@@ -170,6 +170,10 @@ class EmbedConfig(_Section):
     batch_size: int = Field(64, gt=0, description="Items per encoder forward pass.")
     max_length: int = Field(96, gt=8, description="Most tokens of an item's text.")
     chunk_size: int = Field(8192, gt=0, description="Items read, encoded and written at a time (bounds memory on large catalogs).")
+    precision: Literal["fp32", "bf16"] = Field(
+        "fp32", description="Encoder inference precision. bf16 (autocast) is ~1.8x faster on CPUs with AVX-512 BF16 or "
+                            "AMX; on the demo catalog its vectors agree with fp32 to cosine 0.99999 (99.3% of top-10 "
+                            "neighbours the same). Fine-tuning itself stays fp32.")
     finetune: FinetuneConfig = Field(default_factory=FinetuneConfig, description="Collaborative fine-tuning on co-engagement pairs.")
 
 

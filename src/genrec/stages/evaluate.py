@@ -9,7 +9,8 @@ topk.parquet and report.json.
 Requests: the test pages with a history and at least one true item (eval.truth_types); the others are
 counted, not scored. GenRec ranks by trie-constrained beam search (every output is an item); the same
 requests decoded without the trie give the hallucination rate (over all beams and over the top beam) and
-free-decoding HR (`free_hr@K`: a SID that is no item is a miss). Baselines rank the full catalog.
+free-decoding HR (`free_hr@K`: a SID that is no item is a miss), for the GenRec row the gate judges (gate.method;
+the SFT row, shown for comparison, is decoded with the trie only). Baselines rank the full catalog.
 The validation requests (metrics_valid.json, for the gate and the baselines' epochs) are scored for the
 baselines and for the GenRec row the gate judges (gate.method). intervals.json holds a 95% bootstrap
 interval (over requests) of every method's HR@K and NDCG@K; paired.json each GenRec row minus each
@@ -212,10 +213,12 @@ def _score(cfg: PipelineConfig, models: dict[str, GenRecModel], baselines: dict,
     scores: dict[str, np.ndarray] = {}
     for name, model in models.items():
         rankings[name], scores[name] = generate(model, sid_map, histories, e.beam_width, True, e.batch_size)
+        rows[name] = ranking_metrics(rankings[name], truths, e.ks)
+        if name != cfg.gate.method:  # free decoding costs a second beam search: only for the model the gate judges
+            continue
         free, scores[f"{name}_free"] = generate(model, sid_map, histories, e.beam_width, False, e.batch_size)
         rankings[f"{name}_free"] = free
-        rows[name] = ranking_metrics(rankings[name], truths, e.ks) | {
-            f"free_{m}": v for m, v in ranking_metrics(free, truths, e.ks).items() if m.startswith("hr@")} | {
+        rows[name] |= {f"free_{m}": v for m, v in ranking_metrics(free, truths, e.ks).items() if m.startswith("hr@")} | {
             "har": hallucination_rate(free), "har_top1": hallucination_rate(free, top=1)}
     for name, rank in baselines.items():
         rankings[name], scores[name] = rank(histories)
