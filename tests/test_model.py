@@ -137,6 +137,22 @@ def test_beam_search_scores_match_full_forward_and_the_trie_holds(sid_map, tm):
         beam_search(m, [hist[0], hist[0][:0]], sid_map, beam=5, constrained=True)
 
 
+def test_dropout_acts_in_training_only_and_survives_save_and_load(sid_map, tmp_path):
+    m = build_model("tiny", "", sid_map.sizes, False, sid_map.fingerprint(), dropout=0.3)
+    assert all(layer.self_attn.attention_dropout == 0.3 for layer in m.lm.model.layers)
+    ids = torch.from_numpy(np.repeat(m.vocab.code_tokens(sid_map.item_codes(sid_map.item_ids[:1])[0])[:, None], 3, 1))[None]
+    flags = torch.zeros(1, ids.shape[1], dtype=torch.bool)
+    m.train()
+    torch.manual_seed(0)
+    a = m(ids, flags).logits
+    assert not torch.allclose(a, m(ids, flags).logits)  # a different mask each pass
+    m.eval()
+    assert torch.equal(m(ids, flags).logits, m(ids, flags).logits)
+    again = GenRecModel.load(m.save(tmp_path / "m"))
+    assert again.dropout == 0.3 and again.lm.model.layers[0].self_attn.attention_dropout == 0.3
+    assert torch.allclose(again(ids, flags).logits, m(ids, flags).logits)
+
+
 def test_beam_wider_than_the_catalog_pads_with_empty_beams():
     small = SidMap(np.array([1, 2, 3]), np.array([[0, 0, 0], [0, 1, 0], [1, 0, 1]]), (2, 2, 2))
     out = beam_search(_model(small), [small.item_codes([1])], small, beam=5, constrained=True)

@@ -202,6 +202,9 @@ class ModelConfig(_Section):
     copy_head: bool = Field(False, description="Copy head: mix the generated SID distribution with a learned pointer "
                                                "over the prompt's history items, so the model can recommend an item "
                                                "again (genrec.model.copy_head). Off: the paper's model.")
+    dropout: float = Field(0.0, ge=0, lt=1, description="Dropout while training SFT: on the input embeddings and the "
+                                                        "attention probabilities. Off in decoding, evaluation and "
+                                                        "alignment. For small datasets (MovieLens).")
     attn_implementation: Literal["sdpa", "eager"] = Field("sdpa", description="Attention kernel of the backbone.")
 
 

@@ -77,7 +77,7 @@ class GenRecModel(nn.Module):
     input ids."""
 
     def __init__(self, lm: Qwen2ForCausalLM, vocab: SidVocab, token_merger: bool, sid_fingerprint: str = "",
-                 copy_head: bool = False):
+                 copy_head: bool = False, dropout: float = 0.0):
         super().__init__()
         self.lm = lm
         self.vocab = vocab
@@ -90,6 +90,13 @@ class GenRecModel(nn.Module):
                 self.merger.weight.copy_(torch.cat([torch.eye(d) / levels] * levels, dim=1))
                 self.merger.bias.zero_()
         self.copy = CopyHead(d) if copy_head else None
+        # Regularisation for small datasets: on the input embeddings here, on the attention probabilities in the
+        # backbone. Active in train mode only (SFT); decoding, evaluation and alignment run in eval mode.
+        self.dropout = float(dropout)
+        self.input_dropout = nn.Dropout(self.dropout)
+        lm.config.attention_dropout = self.dropout
+        for layer in lm.model.layers:
+            layer.self_attn.attention_dropout = self.dropout
 
     @property
     def token_merger(self) -> bool:
@@ -104,9 +111,9 @@ class GenRecModel(nn.Module):
         table = self.lm.get_input_embeddings()
         plain = table(ids[..., 0])
         if self.merger is None:
-            return plain
+            return self.input_dropout(plain)
         merged = self.merger(table(ids).flatten(-2))
-        return torch.where(is_item.unsqueeze(-1), merged, plain)
+        return self.input_dropout(torch.where(is_item.unsqueeze(-1), merged, plain))
 
     def forward(self, ids: torch.Tensor, is_item: torch.Tensor, attention_mask: torch.Tensor | None = None,
                 position_ids: torch.Tensor | None = None, past_key_values=None, use_cache: bool = False,
@@ -178,7 +185,8 @@ class GenRecModel(nn.Module):
         out_dir = Path(out_dir)
         out_dir.mkdir(parents=True, exist_ok=True)
         meta = {"format": 1, "backbone": self.lm.config.to_diff_dict(), "vocab": self.vocab.to_dict(),
-                "token_merger": self.token_merger, "copy_head": self.copy_head, "sid_fingerprint": self.sid_fingerprint}
+                "token_merger": self.token_merger, "copy_head": self.copy_head, "dropout": self.dropout,
+                "sid_fingerprint": self.sid_fingerprint}
         (out_dir / CONFIG_FILE).write_text(json.dumps(meta, indent=2))
         save_model(self, str(out_dir / MODEL_FILE))  # handles the tied input/output embeddings
         return out_dir
@@ -196,7 +204,7 @@ class GenRecModel(nn.Module):
         backbone = {k: v for k, v in meta["backbone"].items() if k not in ("model_type", "transformers_version")}
         lm = Qwen2ForCausalLM(Qwen2Config(**backbone))
         model = cls(lm, SidVocab.from_dict(meta["vocab"]), meta["token_merger"], meta.get("sid_fingerprint", ""),
-                    meta.get("copy_head", False))
+                    meta.get("copy_head", False), meta.get("dropout", 0.0))
         load_model(model, str(weights))
         return model.eval()
 
@@ -209,7 +217,7 @@ def model_folder(path: str | Path) -> Path:
 
 def build_model(size: str, pretrained_path: str, vocab_sizes: tuple[int, ...], token_merger: bool,
                 sid_fingerprint: str, attn_implementation: str = "sdpa", max_positions: int = 4096,
-                copy_head: bool = False) -> GenRecModel:
+                copy_head: bool = False, dropout: float = 0.0) -> GenRecModel:
     """A new model: from a size preset (random init) or a local Qwen2 checkpoint (embeddings resized).
 
     With a checkpoint, our tokens are appended after its own vocabulary and the new rows start at the
@@ -235,4 +243,4 @@ def build_model(size: str, pretrained_path: str, vocab_sizes: tuple[int, ...], t
                           pad_token_id=vocab.pad, bos_token_id=vocab.bos, eos_token_id=vocab.eos,
                           attn_implementation=attn_implementation, **shape)
         lm = Qwen2ForCausalLM(cfg)
-    return GenRecModel(lm, vocab, token_merger, sid_fingerprint, copy_head)
+    return GenRecModel(lm, vocab, token_merger, sid_fingerprint, copy_head, dropout)

@@ -66,7 +66,8 @@ def prepare_training(cfg: PipelineConfig, pages_dir: Path, sids_dir: Path, world
                              f"{counts.skipped_empty_target})")
     torch.manual_seed(cfg.run.seed)  # the initialisation is part of the run: a resumed or repeated run must match
     model = build_model(cfg.model.size, cfg.model.pretrained_path, sid_map.sizes, cfg.model.token_merger,
-                        sid_map.fingerprint(), cfg.model.attn_implementation, copy_head=cfg.model.copy_head)
+                        sid_map.fingerprint(), cfg.model.attn_implementation, copy_head=cfg.model.copy_head,
+                        dropout=cfg.model.dropout)
     vocab = model.vocab
     encoded = [encode_sample(s, sid_map, vocab, cfg.model.token_merger) for s in samples]
     hist_len = np.array([len(s.history) for s in samples])
