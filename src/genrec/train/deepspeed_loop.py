@@ -3,8 +3,8 @@ deterministic batches, periodic resumable checkpoints, per-step logging.
 
 One process on CPU by default (gloo); under `torchrun` / `deepspeed` every process runs this same code
 and takes its share of each optimizer step's micro-batches. Data order depends only on (seed, epoch),
-and the backbone has no dropout, so a run resumed from a checkpoint replays exactly the steps the
-killed run would have taken.
+and, with model.dropout 0 (the default), the backbone draws no random numbers, so a run resumed from a
+checkpoint replays exactly the steps the killed run would have taken.
 
 Checkpoints are DeepSpeed's own (model, optimizer, scheduler and our position in the data); they are
 trusted local training state. The released model is written separately as safetensors.
