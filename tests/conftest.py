@@ -121,7 +121,8 @@ def sub_env(tmp_path):
     return env
 
 
-STEPS = ["sft.max_steps=300", "sft.checkpoint_every=25", "sft.log_every=25", "sft.target_types=[click]", "sft.lr=3e-3"]
+# dropout on: a resumed run must also replay the dropout masks (the checkpoint holds the RNG state)
+STEPS = ["model.dropout=0.1", "sft.max_steps=300", "sft.checkpoint_every=25", "sft.log_every=25", "sft.target_types=[click]", "sft.lr=3e-3"]
 
 
 @pytest.fixture(scope="session")

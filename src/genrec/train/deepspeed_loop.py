@@ -3,8 +3,8 @@ deterministic batches, periodic resumable checkpoints, per-step logging.
 
 One process on CPU by default (gloo); under `torchrun` / `deepspeed` every process runs this same code
 and takes its share of each optimizer step's micro-batches. Data order depends only on (seed, epoch),
-and, with model.dropout 0 (the default), the backbone draws no random numbers, so a run resumed from a
-checkpoint replays exactly the steps the killed run would have taken.
+and each checkpoint holds every process's torch RNG state (dropout masks), so a run resumed from a checkpoint
+replays exactly the steps the killed run would have taken.
 
 Checkpoints are DeepSpeed's own (model, optimizer, scheduler and our position in the data); they are
 trusted local training state. The released model is written separately as safetensors.
@@ -17,6 +17,7 @@ import os
 import shutil
 import socket
 import time
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
@@ -123,6 +124,31 @@ def warmup_cosine(total_steps: int, warmup_ratio: float) -> Callable[[int], floa
     return factor
 
 
+def _rng_file(tag_dir: Path, rank: int) -> Path:
+    return tag_dir / f"rng_state_rank{rank}.pt"
+
+
+def _save_rng(tag_dir: Path, rank: int, device: torch.device) -> None:
+    """This process's torch RNG state (CPU, and the GPU's), so a resumed run draws the same dropout masks.
+    One file per rank: DeepSpeed's client_state is written by rank 0 only."""
+    tag_dir.mkdir(parents=True, exist_ok=True)
+    state = {"cpu": torch.get_rng_state()}
+    if device.type == "cuda":
+        state["cuda"] = torch.cuda.get_rng_state(device)
+    torch.save(state, _rng_file(tag_dir, rank))
+
+
+def _restore_rng(tag_dir: Path, rank: int, device: torch.device) -> None:
+    path = _rng_file(tag_dir, rank)
+    if not path.is_file():  # a checkpoint from before the RNG state was saved, or from another number of processes
+        warnings.warn(f"{path} not found; the resumed run draws other dropout masks than the killed run would have")
+        return
+    state = torch.load(path, weights_only=True)
+    torch.set_rng_state(state["cpu"])
+    if device.type == "cuda" and "cuda" in state:
+        torch.cuda.set_rng_state(state["cuda"], device)
+
+
 def _prune(ckpt_dir: Path, keep: int) -> None:
     tags = sorted((p for p in ckpt_dir.glob("step-*") if p.is_dir()), key=lambda p: int(p.name.split("-")[1]))
     for old in tags[:-keep]:
@@ -156,6 +182,7 @@ def run_loop(model: torch.nn.Module, loss_fn: Callable, make_batch: Callable[[np
     if (ckpt_dir / "latest").is_file():
         _, client = engine.load_checkpoint(str(ckpt_dir))
         start = int(client["step"])
+        _restore_rng(ckpt_dir / f"step-{start}", rank, device)
     dtype = torch.bfloat16 if use_bf16(cfg.precision) else None
     history: list[dict] = []
     step, window_loss, window_tokens, t0, last_loss = start, [], 0, time.time(), float("nan")
@@ -196,6 +223,7 @@ def run_loop(model: torch.nn.Module, loss_fn: Callable, make_batch: Callable[[np
                 bar.set_postfix(loss=f"{last_loss:.3f}")
             window_loss, window_stats, window_tokens, t0 = [], [], 0, time.time()
         if step % cfg.checkpoint_every == 0 and step < total:
+            _save_rng(ckpt_dir / f"step-{step}", rank, device)  # before DeepSpeed writes `latest`
             engine.save_checkpoint(str(ckpt_dir), tag=f"step-{step}", client_state={"step": step})
             if rank == 0:
                 _prune(ckpt_dir, cfg.keep_checkpoints)
