@@ -295,7 +295,23 @@ class RewardConfig(_Section):
     max_eval_examples: int = Field(200_000, ge=0, description="Most test-day exposures scored for AUC and calibration (0: all).")
 
 
+class LdpoConfig(_Section):
+    alpha: float = Field(1.0, ge=0, description="Weight of the listwise preference loss beside next-token prediction "
+                                                "(RankGR eq. 8: L = L_NTP + alpha * L_LDPO). 0: NTP only.")
+    beta: float = Field(1.0, gt=0, description="Inverse temperature of the item scores pi (summed code log-probabilities) "
+                                               "in the listwise softmax.")
+    negatives: int = Field(8, ge=0, description="Items sampled uniformly from the catalog per page, outside the page's "
+                                                "items, as the least preferred level (logs here hold no pseudo-exposures). "
+                                                "0: the page's own levels only.")
+    max_items: int = Field(20, gt=0, description="Most logged items per page (the most preferred kept).")
+
+
 class AlignConfig(_Section):
+    method: Literal["grpo_sr", "ldpo"] = Field(
+        "grpo_sr", description="grpo_sr: GenRec's reward model + GRPO-SR (the fields below). ldpo: RankGR's listwise "
+                               "preference optimisation on the logged pages (align.ldpo; needs no reward model). Both "
+                               "start from the SFT model and share the loop settings (steps, lr, checkpoints).")
+    ldpo: LdpoConfig = Field(default_factory=LdpoConfig, description="LDPO (align.method: ldpo).")
     group_size: int = Field(8, gt=1, description="Rollouts G per prompt (one item each, sampled from the policy).")
     temperature: float = Field(1.0, gt=0, description="Sampling temperature of the rollouts.")
     constrained: bool = Field(False, description="Sample rollouts inside the SID trie. False (the paper's setting): a "

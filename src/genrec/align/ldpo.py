@@ -1,0 +1,185 @@
+"""RankGR's initial assessment phase: listwise direct preference optimisation (LDPO) over a page's items.
+
+A page ranks its items in preference levels, most preferred first (`PREFERENCE_LEVELS`): ordered, then
+carted or clicked, then exposed without engagement, then negatives. Logs that hold no pseudo-exposures (items
+the serving system ranked but did not show) get `n` negatives sampled uniformly from the catalog instead,
+outside the page's own items: the lowest level.
+
+One training row per page: the prompt (the history), then every candidate item's first L - 1 code tokens.
+An attention mask lets each item's tokens see the prompt and the item's own earlier tokens only (RankGR eq. 7),
+and each item's tokens take the positions right after the prompt, so an item is scored exactly as if it
+followed the prompt alone (as beam search decodes it) and changing one item leaves every other item's
+log-probabilities unchanged.
+
+    pi(i)  = sum_l log p(code_l of i | prompt, earlier codes of i)                            (item score)
+    L_LDPO = mean over pages and items k above the page's lowest level of
+             -log( e^{beta pi(k)} / (e^{beta pi(k)} + sum_{i in lower levels} e^{beta pi(i)}) )  (eq. 8)
+    L      = L_NTP + alpha * L_LDPO,  L_NTP: NLL per code token of the page's logged items of sft.target_types
+
+With a copy head, log p(item) is the mixture's (genrec.model.copy_head), as decoding ranks items.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import pandas as pd
+import torch
+
+from genrec.model.beam_search import tree_mask
+from genrec.model.copy_head import copy_prefix_logmass, history_slots, mixture_token_logprobs
+from genrec.model.genrec_model import GenRecModel
+from genrec.model.samples import GROUP_COLUMNS, encode_prompt
+from genrec.model.vocab import SidVocab
+
+# Preference levels of the logged items, most preferred first; sampled negatives form the level after these.
+PREFERENCE_LEVELS: tuple[tuple[str, ...], ...] = (("order",), ("cart", "click"), ("expose",))
+NEGATIVE_LEVEL = len(PREFERENCE_LEVELS)
+
+
+@dataclass
+class PreferencePage:
+    """A page's history and its logged items by preference level (0 = most preferred)."""
+
+    page_id: str
+    history: list[int]  # item ids, chronological, the last max_history
+    items: list[int]  # logged item ids, most preferred first, each once
+    levels: list[int]  # level of each item (an index into PREFERENCE_LEVELS)
+    groups: list[str]  # the item's group (order, cart, click, expose)
+
+
+@dataclass
+class PreferenceCounts:
+    pages: int = 0
+    kept: int = 0
+    skipped_empty_history: int = 0
+    skipped_no_item: int = 0
+    truncated: int = 0
+
+
+def preference_pages(pages: pd.DataFrame, max_history: int, max_items: int) -> tuple[list[PreferencePage],
+                                                                                     PreferenceCounts]:
+    """Pages -> their items by preference level (an item is counted once, at its strongest level). Pages without
+    history or without any logged item are skipped and counted; beyond `max_items` the weakest items are cut."""
+    counts = PreferenceCounts(pages=len(pages))
+    out = []
+    for page in pages.itertuples(index=False):
+        page = page._asdict()
+        history = [int(i) for i in page["history_items"]][-max_history:]
+        seen, items, levels, groups = set(), [], [], []
+        for level, level_groups in enumerate(PREFERENCE_LEVELS):
+            for group in level_groups:
+                for i in page[GROUP_COLUMNS[group]]:
+                    if int(i) not in seen:
+                        seen.add(int(i))
+                        items.append(int(i))
+                        levels.append(level)
+                        groups.append(group)
+        if not history:
+            counts.skipped_empty_history += 1
+            continue
+        if not items:
+            counts.skipped_no_item += 1
+            continue
+        if len(items) > max_items:
+            counts.truncated += 1
+            items, levels, groups = items[:max_items], levels[:max_items], groups[:max_items]
+        out.append(PreferencePage(page["page_id"], history, items, levels, groups))
+    counts.kept = len(out)
+    return out, counts
+
+
+def sample_negatives(rng: np.random.Generator, catalog: np.ndarray, exclude: list[int], n: int) -> list[int]:
+    """`n` distinct items drawn uniformly from `catalog` outside `exclude` (fewer when the catalog runs out)."""
+    pool = catalog[~np.isin(catalog, exclude)]
+    return [int(i) for i in rng.choice(pool, size=min(n, len(pool)), replace=False)]
+
+
+def isolated_items_batch(history_codes: list[np.ndarray], item_codes: list[np.ndarray], vocab: SidVocab,
+                         token_merger: bool) -> dict[str, torch.Tensor]:
+    """One row per prompt: the prompt, then for each of its items (item_codes[r], (n_r, L)) that item's first
+    L - 1 code tokens, each item on the positions right after the prompt and seeing only the prompt and itself.
+
+    Returns ids (B, T, L), is_item (B, T), visible (B, 1, T, T) bool (True: may attend), position_ids (B, T),
+    prompt_mask (B, T) and, per item m (rows in prompt order): item_row (M,), query_pos (M, L) (the position whose
+    output predicts code l) and item_tokens (M, L) (the codes' token ids)."""
+    levels = vocab.levels
+    rows = []
+    for hist, items in zip(history_codes, item_codes):
+        p_ids, p_item = encode_prompt(hist, vocab, token_merger)
+        tokens = vocab.code_tokens(np.asarray(items).reshape(-1, levels))  # (n, L)
+        rows.append((p_ids, p_item, tokens))
+    length = max(len(p) + len(t) * (levels - 1) for p, _, t in rows)
+    b = len(rows)
+    ids = np.full((b, length, levels), vocab.pad, dtype=np.int64)
+    is_item = np.zeros((b, length), bool)
+    visible = np.zeros((b, 1, length, length), bool)
+    visible[:, 0] = np.eye(length, dtype=bool)  # padding sees itself only (no row without a key)
+    position = np.zeros((b, length), dtype=np.int64)
+    prompt_mask = np.zeros((b, length), bool)
+    item_row, query_pos, item_tokens = [], [], []
+    for r, (p_ids, p_item, tokens) in enumerate(rows):
+        p = len(p_ids)
+        ids[r, :p], is_item[r, :p], prompt_mask[r, :p] = p_ids, p_item, True
+        visible[r, 0, :p, :p] = np.tril(np.ones((p, p), bool))
+        position[r, :p] = np.arange(p)
+        for k, tok in enumerate(tokens):
+            start = p + k * (levels - 1)
+            span = np.arange(start, start + levels - 1)
+            ids[r, span] = np.repeat(tok[:-1, None], levels, axis=1)
+            position[r, span] = np.arange(p, p + levels - 1)
+            visible[r, 0, start:start + levels - 1, :p] = True
+            visible[r, 0, start:start + levels - 1, start:start + levels - 1] = np.tril(np.ones((levels - 1,) * 2, bool))
+            item_row.append(r)
+            query_pos.append(np.concatenate([[p - 1], span]))
+            item_tokens.append(tok)
+    return {"ids": torch.from_numpy(ids), "is_item": torch.from_numpy(is_item), "visible": torch.from_numpy(visible),
+            "position_ids": torch.from_numpy(position), "prompt_mask": torch.from_numpy(prompt_mask),
+            "item_row": torch.as_tensor(item_row, dtype=torch.int64),
+            "query_pos": torch.from_numpy(np.stack(query_pos).astype(np.int64)),
+            "item_tokens": torch.from_numpy(np.stack(item_tokens).astype(np.int64))}
+
+
+def item_token_logprobs(model: GenRecModel, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+    """(M, L) log p(code_l | prompt, earlier codes) of every item of an `isolated_items_batch`, with gradient;
+    with a copy head the mixture's per-code conditionals (their sum is the item's log-probability)."""
+    dtype = model.lm.get_input_embeddings().weight.dtype
+    out = model(batch["ids"], batch["is_item"], tree_mask(batch["visible"], dtype), position_ids=batch["position_ids"])
+    rows, query = batch["item_row"], batch["query_pos"]
+    logits = model.lm.lm_head(out.hidden[rows.unsqueeze(1), query]).float()  # (M, L, V)
+    logp = torch.log_softmax(logits, dim=-1).gather(-1, batch["item_tokens"].unsqueeze(-1)).squeeze(-1)
+    if model.copy is None:
+        return logp
+    slots = history_slots(batch["ids"], batch["is_item"], batch["prompt_mask"], model.vocab)
+    slot_h = torch.gather(out.hidden, 1, slots.pos.unsqueeze(-1).expand(-1, -1, out.hidden.shape[-1]))
+    prompt_end = batch["prompt_mask"].sum(dim=1) - 1
+    query_h = out.hidden[torch.arange(len(prompt_end), device=logp.device), prompt_end]
+    log_attn, log_g, log_1m_g = model.copy(query_h, slot_h, slots.valid, slots.recency)
+    level_starts = torch.tensor([model.vocab.level_start(i) for i in range(model.vocab.levels)], device=logp.device)
+    codes = batch["item_tokens"] - level_starts
+    mass = copy_prefix_logmass(log_attn[rows], slots.codes[rows], codes)
+    return mixture_token_logprobs(logp, mass, log_g[rows], log_1m_g[rows])
+
+
+def ldpo_loss(scores: torch.Tensor, levels: torch.Tensor, group: torch.Tensor, beta: float) -> torch.Tensor:
+    """RankGR eq. 8. scores (M,): pi of each item; levels (M,): its preference level (0 = most preferred);
+    group (M,): its page. Mean over the items that have a lower-level item in their page of
+    -log(e^{beta pi(k)} / (e^{beta pi(k)} + sum over the page's lower-level items i of e^{beta pi(i)}));
+    0 (with gradient) when no page has two levels."""
+    s = beta * scores
+    lower = (group.unsqueeze(1) == group.unsqueeze(0)) & (levels.unsqueeze(0) > levels.unsqueeze(1))  # [k, i]
+    active = lower.any(dim=1)
+    if not bool(active.any()):
+        return scores.sum() * 0.0
+    others = torch.logsumexp(s.unsqueeze(0).expand(len(s), -1).masked_fill(~lower, float("-inf")), dim=1)
+    terms = torch.logaddexp(s, others) - s  # -log(e^s / (e^s + sum e^s_i))
+    return terms[active].mean()
+
+
+def ntp_loss(token_logp: torch.Tensor, ntp: torch.Tensor) -> torch.Tensor:
+    """Next-token NLL per code token over the items flagged `ntp` (M,) (the page's logged items of the SFT target
+    groups; never negatives)."""
+    if not bool(ntp.any()):
+        return token_logp.sum() * 0.0
+    return -token_logp[ntp].mean()

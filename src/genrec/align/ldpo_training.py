@@ -1,0 +1,80 @@
+"""LDPO's training set-up for the align stage (RankGR's initial assessment phase; genrec.align.ldpo).
+
+Per step: a micro-batch of training pages; each page's logged items by preference level plus
+`align.ldpo.negatives` items sampled from the catalog (seeded by the batch, so a resumed run replays them);
+loss = NTP over the page's logged items of sft.target_types + alpha * LDPO over the levels.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+
+from genrec.align.ldpo import (NEGATIVE_LEVEL, isolated_items_batch, item_token_logprobs, ldpo_loss, ntp_loss,
+                               preference_pages, sample_negatives)
+from genrec.align.training import AlignTraining
+from genrec.config import PipelineConfig
+from genrec.errors import InputDataError
+from genrec.model.genrec_model import GenRecModel
+from genrec.model.samples import batch_order
+from genrec.model.vocab import SidMap
+
+
+def ldpo_training(cfg: PipelineConfig, policy: GenRecModel, pages: pd.DataFrame, sid_map: SidMap,
+                  pages_dir: Path) -> AlignTraining:
+    """Build the preference pages of the training split and the NTP + LDPO loss."""
+    a, lc = cfg.align, cfg.align.ldpo
+    prefs, counts = preference_pages(pages, cfg.model.max_history, lc.max_items)
+    if a.max_prompts and len(prefs) > a.max_prompts:
+        keep = np.sort(np.random.default_rng(cfg.run.seed).choice(len(prefs), a.max_prompts, replace=False))
+        prefs = [prefs[i] for i in keep]
+    if not prefs:
+        raise InputDataError(f"{pages_dir / 'pages'}: no training page has both a history and a logged item "
+                             f"({counts.pages} pages): LDPO has nothing to rank")
+    if lc.negatives == 0 and not any(len(set(p.levels)) > 1 for p in prefs):
+        raise InputDataError(f"{pages_dir / 'pages'}: no training page has items of two preference levels and "
+                             "align.ldpo.negatives is 0: the LDPO loss would be empty (set align.ldpo.negatives > 0)")
+    hist_codes = [sid_map.item_codes(p.history, f"the history of page {p.page_id}") for p in prefs]
+    catalog = sid_map.item_ids
+    ntp_groups = set(cfg.sft.target_types)
+    levels = policy.vocab.levels
+
+    def make_batch(indices):
+        indices = np.asarray(indices, dtype=np.int64)
+        rng = np.random.default_rng([cfg.run.seed, int(indices[0]), int(indices.sum()), len(indices)])
+        item_codes, item_level, ntp = [], [], []
+        for i in indices:
+            p = prefs[i]
+            negatives = sample_negatives(rng, catalog, p.items, lc.negatives) if lc.negatives else []
+            item_codes.append(sid_map.item_codes(p.items + negatives, f"the items of page {p.page_id}"))
+            item_level += p.levels + [NEGATIVE_LEVEL] * len(negatives)
+            ntp += [g in ntp_groups for g in p.groups] + [False] * len(negatives)
+        b = isolated_items_batch([hist_codes[i] for i in indices], item_codes, policy.vocab, policy.token_merger)
+        b["item_level"] = torch.as_tensor(item_level, dtype=torch.int64)
+        b["ntp"] = torch.as_tensor(ntp, dtype=torch.bool)
+        return b
+
+    def loss_fn(model, batch):
+        token_logp = item_token_logprobs(model, batch)
+        scores = token_logp.sum(dim=1)
+        l_ntp = ntp_loss(token_logp, batch["ntp"])
+        l_ldpo = ldpo_loss(scores, batch["item_level"], batch["item_row"], lc.beta)
+        with torch.no_grad():  # share of (preferred, less preferred) item pairs of a page ordered right by pi
+            lower = (batch["item_row"].unsqueeze(1) == batch["item_row"].unsqueeze(0)) & (
+                batch["item_level"].unsqueeze(0) > batch["item_level"].unsqueeze(1))
+            right = (scores.unsqueeze(1) > scores.unsqueeze(0)) & lower
+            pair_acc = float(right.sum() / lower.sum().clamp(min=1))
+        return l_ntp + lc.alpha * l_ldpo, {"loss_ntp": float(l_ntp.detach()), "loss_ldpo": float(l_ldpo.detach()),
+                                           "pair_accuracy": pair_acc}
+
+    lengths = np.array([len(p.history) + (len(p.items) + lc.negatives) * (levels - 1) for p in prefs])
+    report = {"method": "ldpo", "prompts": len(prefs), "pages": counts.pages,
+              "skipped_empty_history": counts.skipped_empty_history, "skipped_no_item": counts.skipped_no_item,
+              "truncated_pages": counts.truncated, "mean_logged_items": float(np.mean([len(p.items) for p in prefs])),
+              "negatives": lc.negatives, "alpha": lc.alpha, "beta": lc.beta}
+    return AlignTraining(loss_fn, make_batch,
+                         lambda epoch: batch_order(lengths, a.prompts_per_step, cfg.run.seed, epoch, True),
+                         lambda b: int(b["prompt_mask"].sum()) + len(b["item_row"]) * (levels - 1), report)

@@ -1,0 +1,19 @@
+"""What the align stage's loop needs from an alignment method (GRPO-SR or LDPO)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable
+
+import numpy as np
+
+
+@dataclass
+class AlignTraining:
+    """A method's training set-up: `run_loop`'s callables and the start of the stage's report."""
+
+    loss_fn: Callable  # (model, batch) -> (loss, {term: value})
+    make_batch: Callable[[np.ndarray], dict]  # prompt indices -> tensors
+    epoch_batches: Callable[[int], list[np.ndarray]]  # epoch -> micro-batches of prompt indices
+    count_tokens: Callable[[dict], int]  # tokens a micro-batch processes with gradient
+    report: dict

@@ -1,0 +1,90 @@
+"""LDPO pieces on hand-made inputs: preference levels of a page, sampled negatives, the target-isolating mask
+(an item's log-probabilities do not depend on the page's other items and equal those of the prompt followed by
+that item alone), and the loss against a hand computation."""
+
+import math
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+from genrec.align.grpo_loss import prompt_item_batch, token_logprobs
+from genrec.align.ldpo import (NEGATIVE_LEVEL, isolated_items_batch, item_token_logprobs, ldpo_loss, ntp_loss,
+                               preference_pages, sample_negatives)
+from genrec.model.genrec_model import build_model
+
+
+def test_preference_levels_of_a_page():
+    pages = pd.DataFrame([
+        {"page_id": "p1", "history_items": [1, 2, 3], "ordered_items": [7], "carted_items": [8],
+         "clicked_items": [9, 7], "exposed_items": [7, 9, 10, 11]},
+        {"page_id": "p2", "history_items": [], "ordered_items": [], "carted_items": [], "clicked_items": [4],
+         "exposed_items": []},
+        {"page_id": "p3", "history_items": [5], "ordered_items": [], "carted_items": [], "clicked_items": [],
+         "exposed_items": []},
+    ])
+    prefs, counts = preference_pages(pages, max_history=2, max_items=4)
+    assert [p.page_id for p in prefs] == ["p1"]
+    p = prefs[0]
+    # each item once, at its strongest level; carts and clicks share a level; the weakest are cut beyond 4
+    assert p.history == [2, 3] and p.items == [7, 8, 9, 10] and p.levels == [0, 1, 1, 2]
+    assert p.groups == ["order", "cart", "click", "expose"]
+    assert (counts.skipped_empty_history, counts.skipped_no_item, counts.truncated, counts.kept) == (1, 1, 1, 1)
+
+
+def test_sampled_negatives_avoid_the_page_items():
+    rng = np.random.default_rng(0)
+    catalog = np.arange(10)
+    neg = sample_negatives(rng, catalog, [0, 1, 2, 3, 4, 5, 6], 5)
+    assert sorted(neg) == [7, 8, 9]  # only three items are left: fewer, never a page item, no repeats
+    again = sample_negatives(np.random.default_rng(0), catalog, [0], 4)
+    assert len(set(again)) == 4 and 0 not in again
+
+
+@pytest.mark.parametrize("token_merger,copy_head", [(True, False), (False, False), (True, True), (False, True)])
+def test_each_item_is_scored_as_if_it_followed_the_prompt_alone(token_merger, copy_head):
+    torch.manual_seed(0)
+    model = build_model("tiny", "", (4, 4, 4), token_merger, "x", copy_head=copy_head).eval()
+    if copy_head:  # a gate that copies, so the mixture matters
+        torch.nn.init.constant_(model.copy.gate.bias, 1.0)
+    vocab = model.vocab
+    hist = [np.array([[0, 1, 2], [3, 3, 1], [1, 2, 0]]), np.array([[2, 2, 2]])]
+    items = [np.array([[1, 0, 3], [3, 3, 1], [0, 2, 2]]), np.array([[2, 1, 0], [2, 2, 2]])]
+    with torch.no_grad():
+        logp = item_token_logprobs(model, isolated_items_batch(hist, items, vocab, token_merger))
+        # the same items, each after its prompt in a row of its own (how GRPO-SR and decoding score an item)
+        alone = token_logprobs(model, prompt_item_batch(hist, items, vocab, token_merger), vocab.levels)
+        # change the page's first item: the others' log-probabilities stay exactly as they were
+        changed = [np.array([[2, 3, 0], [3, 3, 1], [0, 2, 2]]), items[1]]
+        logp2 = item_token_logprobs(model, isolated_items_batch(hist, changed, vocab, token_merger))
+    torch.testing.assert_close(logp, alone, atol=1e-5, rtol=1e-5)
+    assert not torch.allclose(logp[0], logp2[0])
+    torch.testing.assert_close(logp[1:], logp2[1:], atol=0, rtol=0)
+
+
+def test_ldpo_loss_against_a_hand_computation():
+    # page 0: levels 0, 1, 3 (a negative); page 1: two items of level 1 and one of level 2
+    scores = torch.tensor([-1.0, -2.0, -4.0, -3.0, -1.5, -2.5], requires_grad=True)
+    levels = torch.tensor([0, 1, NEGATIVE_LEVEL, 1, 1, 2])
+    group = torch.tensor([0, 0, 0, 1, 1, 1])
+    beta = 0.5
+
+    def term(k, lower):
+        return -math.log(math.exp(beta * k) / (math.exp(beta * k) + sum(math.exp(beta * i) for i in lower)))
+
+    expected = np.mean([term(-1.0, [-2.0, -4.0]), term(-2.0, [-4.0]),  # page 0: the negative has nothing below it
+                        term(-3.0, [-2.5]), term(-1.5, [-2.5])])  # page 1: the level-2 item has nothing below it
+    loss = ldpo_loss(scores, levels, group, beta)
+    assert float(loss) == pytest.approx(expected, rel=1e-6)
+    loss.backward()
+    assert scores.grad[0] < 0 and scores.grad[2] > 0  # raise the preferred item, lower the negative
+    # a page with one level only contributes nothing; no such pair at all: 0 with a gradient
+    flat = ldpo_loss(scores, torch.zeros(6, dtype=torch.int64), group, beta)
+    assert float(flat) == 0 and flat.requires_grad
+
+
+def test_ntp_loss_covers_the_flagged_items_only():
+    logp = torch.tensor([[-1.0, -2.0, -3.0], [-9.0, -9.0, -9.0], [-0.5, -0.5, -0.5]])
+    assert float(ntp_loss(logp, torch.tensor([True, False, True]))) == pytest.approx((6 + 1.5) / 6)
+    assert float(ntp_loss(logp, torch.zeros(3, dtype=torch.bool))) == 0
