@@ -121,8 +121,10 @@ def test_image_runs_as_a_non_root_user(image):
 
 
 def test_the_pipeline_runs_in_its_containers(image, server, tmp_path):
+    # the LDPO route here, GRPO-SR in test_pipeline's local run: both alignment routes run end to end
     proc, seconds = e2e.genrec_run("configs/tiny.yaml", tmp_path, server, "--runner", "docker", "--image", IMAGE,
-                                   "run.experiment=docker-e2e", "registry.model_name=genrec-docker")
+                                   "run.experiment=docker-e2e", "registry.model_name=genrec-docker",
+                                   "align.method=ldpo", "align.lr=1e-3")
     assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-4000:]
     out = proc.stdout
     # quiet: one line per task as it starts and ends, then the summary; kfp.local's dumps only in the log file
@@ -149,6 +151,9 @@ def test_the_pipeline_runs_in_its_containers(image, server, tmp_path):
     sft = next(c for c in children if c.data.tags["genrec.stage"] == "train-sft")
     assert sft.info.artifact_uri.startswith("mlflow-artifacts:")
     assert "model/model.safetensors" in {a.path for a in client.list_artifacts(sft.info.run_id, "model")}
+    align = next(c for c in children if c.data.tags["genrec.stage"] == "align")
+    assert {"align/loss_ntp", "align/loss_ldpo", "align/pair_accuracy"} <= set(align.data.metrics)
+    assert "align/reward_mean" not in align.data.metrics
 
     pages = next(tmp_path.glob("kfp/*/*/validate-pages/pages/pages/split=test"))
     predicted = e2e.load_champion(server, "genrec-docker", pages)
