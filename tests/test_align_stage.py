@@ -86,13 +86,15 @@ def test_align_options_kl_and_constrained_rollouts(sft_data, trained, reward_dir
     assert "final_loss_nll" not in report
 
 
-LDPO = ["align.method=ldpo", "align.ldpo.negatives=4", "align.lr=1e-3"]
+LDPO = ["align.method=ldpo", "align.ldpo.negatives=4", "align.lr=1e-3", "align.rsp.enabled=true",
+        "align.rsp.lambdas=[2,3,2]"]
 
 
-def test_ldpo_needs_no_reward_model_and_a_killed_run_resumes_to_the_same_model(sft_data, trained, tmp_path,
-                                                                               mlflow_server):
-    """align.method=ldpo through the same loop: no reward model or item vectors are read (their folders do not
-    exist here), every loss term is reported, and a killed run resumes to the uninterrupted run's weights."""
+def test_ldpo_with_the_rank_head_needs_no_reward_model_and_resumes(sft_data, trained, tmp_path, mlflow_server,
+                                                                   make_cfg):
+    """align.method=ldpo (+ the rank head) through the same loop: no reward model or item vectors are read (their
+    folders do not exist here), every loss term is reported, a killed run resumes to the uninterrupted run's
+    weights, and evaluate decodes with and without the rank head."""
     missing = tmp_path / "not-there"
 
     def cmd(out):
@@ -110,9 +112,20 @@ def test_ldpo_needs_no_reward_model_and_a_killed_run_resumes_to_the_same_model(s
     sft = load_file(str(trained / "model" / "model.safetensors"))
     assert any(not np.allclose(a[k], sft[k]) for k in a), "LDPO did not change the model"
     whole_report = json.loads((tmp_path / "whole" / "report.json").read_text())
-    for key in ("final_loss_ntp", "final_loss_ldpo", "final_pair_accuracy"):
+    for key in ("final_loss_ntp", "final_loss_ldpo", "final_pair_accuracy", "final_loss_rsp", "final_rsp_top1"):
         assert np.isfinite(whole_report[key]), key
     # pairs ordered right by the item score: clicked (the next item) above exposed and sampled items is learnable;
     # exposed vs sampled is a coin toss here (both random), so a working LDPO lands well above 0.5, a sign error below
     assert whole_report["final_pair_accuracy"] > 0.55
-    assert whole_report["prompts"] > 0 and whole_report["negatives"] == 4
+    assert whole_report["prompts"] > 0 and whole_report["negatives"] == 4 and whole_report["rank_head"]
+
+    from genrec.stages.evaluate import run_evaluate
+
+    cfg = make_cfg("eval.ks=[1,10]", "eval.beam_width=10", "eval.baselines=[popularity]")
+    rows = run_evaluate(cfg, tmp_path / "whole", sft_data / "pages", sft_data / "sids", tmp_path / "eval", "rsp-eval")
+    assert {"genrec", "genrec_no_rsp", "popularity"} <= set(rows)
+    assert rows["genrec"]["decode_s"] > 0 and rows["genrec_no_rsp"]["decode_s"] > 0
+    # the next item follows from the history: LDPO kept the model far above popularity; the rank head, 30 steps
+    # old here, is only asked to stay above it (what it adds is measured in bench/, not here)
+    assert rows["genrec_no_rsp"]["hr@10"] > rows["popularity"]["hr@10"] + 0.2, rows
+    assert rows["genrec"]["hr@10"] > rows["popularity"]["hr@10"], rows

@@ -122,3 +122,12 @@ def test_a_generator_loss_weight_without_the_copy_head_is_refused():
     with pytest.raises(ConfigError, match="generator_loss_weight.*needs model.copy_head"):
         load_config(REPO / "configs" / "demo.yaml", ["model.copy_head=false"])
     assert load_config(REPO / "configs" / "demo.yaml", ["model.copy_head=false", "sft.generator_loss_weight=0"])
+
+
+def test_the_rank_head_needs_ldpo_and_positive_lambdas():
+    with pytest.raises(ConfigError, match="align.rsp.enabled needs align.method: ldpo"):
+        load_config(None, ["align.rsp.enabled=true"])
+    with pytest.raises(ConfigError, match="lambda must be at least 1"):
+        load_config(None, ["align.method=ldpo", "align.rsp.enabled=true", "align.rsp.lambdas=[4,0,4]"])
+    cfg = load_config(None, ["align.method=ldpo", "align.rsp.enabled=true"])
+    assert cfg.align.rsp.lambdas == [10, 10, 10]

@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any, Literal, Optional
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from genrec.cluster_config import ClusterConfig
 from genrec.credentials import WHERE_CREDENTIALS_GO, find_passwords, redact
@@ -306,12 +306,29 @@ class LdpoConfig(_Section):
     max_items: int = Field(20, gt=0, description="Most logged items per page (the most preferred kept).")
 
 
+class RspConfig(_Section):
+    enabled: bool = Field(False, description="Train a rank head with LDPO (RankGR's refined scoring phase); decoding then "
+                                             "rescores each level's kept codes with it. Needs align.method: ldpo.")
+    lambdas: list[int] = Field([10, 10, 10], min_length=1, description="Codes the model's own distribution keeps per "
+                                                                        "beam at each SID level for the rank head to "
+                                                                        "rescore (one per level).")
+    weight: float = Field(1.0, gt=0, description="Weight of the rank head's binary cross-entropy in the loss.")
+
+    @field_validator("lambdas")
+    @classmethod
+    def _positive(cls, v: list[int]) -> list[int]:
+        if any(x < 1 for x in v):
+            raise ValueError(f"every lambda must be at least 1; got {v}")
+        return v
+
+
 class AlignConfig(_Section):
     method: Literal["grpo_sr", "ldpo"] = Field(
         "grpo_sr", description="grpo_sr: GenRec's reward model + GRPO-SR (the fields below). ldpo: RankGR's listwise "
                                "preference optimisation on the logged pages (align.ldpo; needs no reward model). Both "
                                "start from the SFT model and share the loop settings (steps, lr, checkpoints).")
     ldpo: LdpoConfig = Field(default_factory=LdpoConfig, description="LDPO (align.method: ldpo).")
+    rsp: RspConfig = Field(default_factory=RspConfig, description="The rank head, trained with LDPO (align.method: ldpo).")
     group_size: int = Field(8, gt=1, description="Rollouts G per prompt (one item each, sampled from the policy).")
     temperature: float = Field(1.0, gt=0, description="Sampling temperature of the rollouts.")
     constrained: bool = Field(False, description="Sample rollouts inside the SID trie. False (the paper's setting): a "
@@ -395,6 +412,13 @@ class PipelineConfig(_Section):
         if self.cluster.checkpoint_pvc and not self.run.checkpoint_root.startswith("/"):
             raise ValueError(f"cluster.checkpoint_pvc={self.cluster.checkpoint_pvc!r} needs run.checkpoint_root, an "
                              f"absolute path to mount it at (e.g. /checkpoints); got {self.run.checkpoint_root!r}")
+        return self
+
+    @model_validator(mode="after")
+    def _rank_head_needs_ldpo(self):
+        if self.align.rsp.enabled and self.align.method != "ldpo":
+            raise ValueError(f"align.rsp.enabled needs align.method: ldpo (the rank head trains beside LDPO); got "
+                             f"align.method: {self.align.method}")
         return self
 
     @model_validator(mode="after")

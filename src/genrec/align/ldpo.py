@@ -17,6 +17,7 @@ log-probabilities unchanged.
     L      = L_NTP + alpha * L_LDPO,  L_NTP: NLL per code token of the page's logged items of sft.target_types
 
 With a copy head, log p(item) is the mixture's (genrec.model.copy_head), as decoding ranks items.
+`rank_head_loss` trains RankGR's rank head (genrec.model.rank_head) on the same forward pass.
 """
 
 from __future__ import annotations
@@ -27,9 +28,10 @@ import numpy as np
 import pandas as pd
 import torch
 
-from genrec.model.beam_search import tree_mask
+from genrec.model.beam_search import PrefixMasks, tree_mask
 from genrec.model.copy_head import copy_prefix_logmass, history_slots, mixture_token_logprobs
 from genrec.model.genrec_model import GenRecModel
+from genrec.model.rank_head import keep_candidates, rank_head_bce
 from genrec.model.samples import GROUP_COLUMNS, encode_prompt
 from genrec.model.vocab import SidVocab
 
@@ -141,25 +143,78 @@ def isolated_items_batch(history_codes: list[np.ndarray], item_codes: list[np.nd
             "item_tokens": torch.from_numpy(np.stack(item_tokens).astype(np.int64))}
 
 
-def item_token_logprobs(model: GenRecModel, batch: dict[str, torch.Tensor]) -> torch.Tensor:
-    """(M, L) log p(code_l | prompt, earlier codes) of every item of an `isolated_items_batch`, with gradient;
-    with a copy head the mixture's per-code conditionals (their sum is the item's log-probability)."""
+@dataclass
+class ItemStates:
+    """One forward pass over an `isolated_items_batch`."""
+
+    hidden: torch.Tensor  # (B, T, d) the backbone's last hidden states
+    logits: torch.Tensor  # (M, L, V) at each item's predicting positions
+
+
+def item_states(model: GenRecModel, batch: dict[str, torch.Tensor]) -> ItemStates:
+    """Run the model over an `isolated_items_batch` (with gradient)."""
     dtype = model.lm.get_input_embeddings().weight.dtype
     out = model(batch["ids"], batch["is_item"], tree_mask(batch["visible"], dtype), position_ids=batch["position_ids"])
-    rows, query = batch["item_row"], batch["query_pos"]
-    logits = model.lm.lm_head(out.hidden[rows.unsqueeze(1), query]).float()  # (M, L, V)
-    logp = torch.log_softmax(logits, dim=-1).gather(-1, batch["item_tokens"].unsqueeze(-1)).squeeze(-1)
+    logits = model.lm.lm_head(out.hidden[batch["item_row"].unsqueeze(1), batch["query_pos"]]).float()
+    return ItemStates(out.hidden, logits)
+
+
+def item_token_logprobs(model: GenRecModel, batch: dict[str, torch.Tensor], states: ItemStates | None = None
+                        ) -> torch.Tensor:
+    """(M, L) log p(code_l | prompt, earlier codes) of every item of an `isolated_items_batch`, with gradient;
+    with a copy head the mixture's per-code conditionals (their sum is the item's log-probability)."""
+    states = states or item_states(model, batch)
+    rows = batch["item_row"]
+    logp = torch.log_softmax(states.logits, dim=-1).gather(-1, batch["item_tokens"].unsqueeze(-1)).squeeze(-1)
     if model.copy is None:
         return logp
+    hidden = states.hidden
     slots = history_slots(batch["ids"], batch["is_item"], batch["prompt_mask"], model.vocab)
-    slot_h = torch.gather(out.hidden, 1, slots.pos.unsqueeze(-1).expand(-1, -1, out.hidden.shape[-1]))
+    slot_h = torch.gather(hidden, 1, slots.pos.unsqueeze(-1).expand(-1, -1, hidden.shape[-1]))
     prompt_end = batch["prompt_mask"].sum(dim=1) - 1
-    query_h = out.hidden[torch.arange(len(prompt_end), device=logp.device), prompt_end]
+    query_h = hidden[torch.arange(len(prompt_end), device=logp.device), prompt_end]
     log_attn, log_g, log_1m_g = model.copy(query_h, slot_h, slots.valid, slots.recency)
-    level_starts = torch.tensor([model.vocab.level_start(i) for i in range(model.vocab.levels)], device=logp.device)
-    codes = batch["item_tokens"] - level_starts
-    mass = copy_prefix_logmass(log_attn[rows], slots.codes[rows], codes)
+    mass = copy_prefix_logmass(log_attn[rows], slots.codes[rows], _item_codes(model, batch))
     return mixture_token_logprobs(logp, mass, log_g[rows], log_1m_g[rows])
+
+
+def _item_codes(model: GenRecModel, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+    starts = torch.tensor([model.vocab.level_start(i) for i in range(model.vocab.levels)],
+                          device=batch["item_tokens"].device)
+    return batch["item_tokens"] - starts
+
+
+def rank_head_logits(model: GenRecModel, batch: dict[str, torch.Tensor], states: ItemStates, idx: torch.Tensor,
+                     level: int, candidates: torch.Tensor) -> torch.Tensor:
+    """The rank head's logits (R, C) for candidate codes (R, C) at `level` of items `idx` (R,): keys are what the
+    position predicting that level sees (the prompt and the item's earlier codes), as in decoding."""
+    rows, query = batch["item_row"][idx], batch["query_pos"][idx, level]
+    code_emb = model.lm.get_input_embeddings()(candidates + model.vocab.level_start(level))
+    return model.rank(code_emb, states.hidden[rows], batch["visible"][rows, 0, query], states.hidden[rows, query])
+
+
+def rank_head_loss(model: GenRecModel, batch: dict[str, torch.Tensor], states: ItemStates, trained: torch.Tensor,
+                   masks: PrefixMasks | None) -> tuple[torch.Tensor, float]:
+    """RankGR's RSP objective on the items flagged `trained` (M,): at each level, the backbone's top lambda_l codes
+    after the item's true prefix (inside the SID trie when `masks` is given; the true code always among them), scored
+    by the rank head against what the predicting position sees, BCE with 1 for the true code. Returns the loss
+    (mean over levels) and the share of (item, level) where the true code scored highest."""
+    if not bool(trained.any()):
+        return states.logits.sum() * 0.0, float("nan")
+    vocab, hidden = model.vocab, states.hidden
+    idx = torch.nonzero(trained, as_tuple=True)[0]
+    codes = _item_codes(model, batch)[idx]
+    losses, top1 = [], []
+    for level in range(vocab.levels):
+        start, size = vocab.level_start(level), vocab.sizes[level]
+        allowed = masks.allowed(level, codes[:, :level]).to(hidden.device) if masks is not None else None
+        kept = keep_candidates(states.logits[idx, level, start:start + size].detach(), allowed, codes[:, level],
+                               model.rank.lambdas[level])
+        logits = rank_head_logits(model, batch, states, idx, level, kept)
+        losses.append(rank_head_bce(logits, kept, codes[:, level]))
+        best = torch.gather(kept, 1, logits.detach().argmax(dim=1, keepdim=True)).squeeze(1)
+        top1.append((best == codes[:, level]).float().mean())
+    return torch.stack(losses).mean(), float(torch.stack(top1).mean())
 
 
 def ldpo_loss(scores: torch.Tensor, levels: torch.Tensor, group: torch.Tensor, beta: float) -> torch.Tensor:

@@ -2,7 +2,8 @@
 
 Per step: a micro-batch of training pages; each page's logged items by preference level plus
 `align.ldpo.negatives` items sampled from the catalog (seeded by the batch, so a resumed run replays them);
-loss = NTP over the page's logged items of sft.target_types + alpha * LDPO over the levels.
+loss = NTP over the page's logged items of sft.target_types + alpha * LDPO over the levels
+[+ rsp.weight * the rank head's BCE over the page's engaged items (ordered, carted, clicked), with align.rsp].
 """
 
 from __future__ import annotations
@@ -13,11 +14,12 @@ import numpy as np
 import pandas as pd
 import torch
 
-from genrec.align.ldpo import (NEGATIVE_LEVEL, isolated_items_batch, item_token_logprobs, ldpo_loss, ntp_loss,
-                               preference_pages, sample_negatives)
+from genrec.align.ldpo import (NEGATIVE_LEVEL, isolated_items_batch, item_states, item_token_logprobs, ldpo_loss,
+                               ntp_loss, preference_pages, rank_head_loss, sample_negatives)
 from genrec.align.training import AlignTraining
 from genrec.config import PipelineConfig
 from genrec.errors import InputDataError
+from genrec.model.beam_search import PrefixMasks
 from genrec.model.genrec_model import GenRecModel
 from genrec.model.samples import batch_order
 from genrec.model.vocab import SidMap
@@ -41,24 +43,32 @@ def ldpo_training(cfg: PipelineConfig, policy: GenRecModel, pages: pd.DataFrame,
     catalog = sid_map.item_ids
     ntp_groups = set(cfg.sft.target_types)
     levels = policy.vocab.levels
+    masks = None
+    if cfg.align.rsp.enabled:
+        torch.manual_seed(cfg.run.seed)
+        policy.add_rank_head(tuple(cfg.align.rsp.lambdas))
+        masks = PrefixMasks(sid_map.trie())
 
     def make_batch(indices):
         indices = np.asarray(indices, dtype=np.int64)
         rng = np.random.default_rng([cfg.run.seed, int(indices[0]), int(indices.sum()), len(indices)])
-        item_codes, item_level, ntp = [], [], []
+        item_codes, item_level, ntp, engaged = [], [], [], []
         for i in indices:
             p = prefs[i]
             negatives = sample_negatives(rng, catalog, p.items, lc.negatives) if lc.negatives else []
             item_codes.append(sid_map.item_codes(p.items + negatives, f"the items of page {p.page_id}"))
             item_level += p.levels + [NEGATIVE_LEVEL] * len(negatives)
             ntp += [g in ntp_groups for g in p.groups] + [False] * len(negatives)
+            engaged += [lvl < 2 for lvl in p.levels] + [False] * len(negatives)  # ordered, carted, clicked
         b = isolated_items_batch([hist_codes[i] for i in indices], item_codes, policy.vocab, policy.token_merger)
         b["item_level"] = torch.as_tensor(item_level, dtype=torch.int64)
         b["ntp"] = torch.as_tensor(ntp, dtype=torch.bool)
+        b["engaged"] = torch.as_tensor(engaged, dtype=torch.bool)
         return b
 
     def loss_fn(model, batch):
-        token_logp = item_token_logprobs(model, batch)
+        states = item_states(model, batch)
+        token_logp = item_token_logprobs(model, batch, states)
         scores = token_logp.sum(dim=1)
         l_ntp = ntp_loss(token_logp, batch["ntp"])
         l_ldpo = ldpo_loss(scores, batch["item_level"], batch["item_row"], lc.beta)
@@ -67,14 +77,21 @@ def ldpo_training(cfg: PipelineConfig, policy: GenRecModel, pages: pd.DataFrame,
                 batch["item_level"].unsqueeze(0) > batch["item_level"].unsqueeze(1))
             right = (scores.unsqueeze(1) > scores.unsqueeze(0)) & lower
             pair_acc = float(right.sum() / lower.sum().clamp(min=1))
-        return l_ntp + lc.alpha * l_ldpo, {"loss_ntp": float(l_ntp.detach()), "loss_ldpo": float(l_ldpo.detach()),
-                                           "pair_accuracy": pair_acc}
+        loss = l_ntp + lc.alpha * l_ldpo
+        stats = {"loss_ntp": float(l_ntp.detach()), "loss_ldpo": float(l_ldpo.detach()), "pair_accuracy": pair_acc}
+        if model.rank is not None:
+            l_rsp, top1 = rank_head_loss(model, batch, states, batch["engaged"], masks)
+            loss = loss + cfg.align.rsp.weight * l_rsp
+            stats["loss_rsp"] = float(l_rsp.detach())
+            if np.isfinite(top1):  # a batch without an engaged item has none
+                stats["rsp_top1"] = top1
+        return loss, stats
 
     lengths = np.array([len(p.history) + (len(p.items) + lc.negatives) * (levels - 1) for p in prefs])
     report = {"method": "ldpo", "prompts": len(prefs), "pages": counts.pages,
               "skipped_empty_history": counts.skipped_empty_history, "skipped_no_item": counts.skipped_no_item,
               "truncated_pages": counts.truncated, "mean_logged_items": float(np.mean([len(p.items) for p in prefs])),
-              "negatives": lc.negatives, "alpha": lc.alpha, "beta": lc.beta}
+              "negatives": lc.negatives, "alpha": lc.alpha, "beta": lc.beta, "rank_head": cfg.align.rsp.enabled}
     return AlignTraining(loss_fn, make_batch,
                          lambda epoch: batch_order(lengths, a.prompts_per_step, cfg.run.seed, epoch, True),
                          lambda b: int(b["prompt_mask"].sum()) + len(b["item_row"]) * (levels - 1), report)

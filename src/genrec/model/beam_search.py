@@ -78,10 +78,32 @@ def tree_mask(visible: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
     return torch.zeros(visible.shape, dtype=dtype, device=visible.device).masked_fill(~visible, torch.finfo(dtype).min)
 
 
+def rank_head_select(model: GenRecModel, cand: torch.Tensor, level: int, lam: int, beam: int, keys_h: torch.Tensor,
+                     key_mask: torch.Tensor, state_h: torch.Tensor, rank_scores: torch.Tensor
+                     ) -> tuple[torch.Tensor, torch.Tensor]:
+    """RankGR's two-stage step: cand (N, W, K) the initial assessment's scores of each beam's next codes (-inf where
+    not allowed); keep the top `lam` per beam, score them with the rank head (keys_h (N * W, S, d) and key_mask
+    (N * W, S): what each beam has seen; state_h (N * W, d): its predicting state), and keep the best `beam` by
+    rank_scores (N, W) + log s. Returns the new rank scores (N, k) and the choices as indices into W * K."""
+    n, width, size = cand.shape
+    lam = min(lam, size)
+    kept_score, kept = torch.topk(cand, lam, dim=2)  # (N, W, lam)
+    start = model.vocab.level_start(level)
+    code_emb = model.lm.get_input_embeddings()(kept.reshape(n * width, lam) + start)
+    log_s = torch.nn.functional.logsigmoid(model.rank(code_emb, keys_h, key_mask, state_h).float()).view(n, width, lam)
+    refined = (rank_scores.unsqueeze(-1) + log_s).masked_fill(~torch.isfinite(kept_score), float("-inf"))
+    k = min(beam, width * lam)
+    top, flat = torch.topk(refined.reshape(n, width * lam), k, dim=1)
+    parent = flat // lam
+    code = torch.gather(kept.reshape(n, width * lam), 1, flat)
+    return top, parent * size + code
+
+
 @torch.no_grad()
 def beam_search(model: GenRecModel, history_codes: list[np.ndarray], sid_map: SidMap, beam: int, constrained: bool,
-                masks: PrefixMasks | None = None) -> BeamOutput:
-    """Top-`beam` items for each request (one history's (n, L) codes each), best first."""
+                masks: PrefixMasks | None = None, use_rank_head: bool = True) -> BeamOutput:
+    """Top-`beam` items for each request (one history's (n, L) codes each), best first. A model with a rank head
+    decodes in two stages (`rank_head_select`) and scores items by it, unless `use_rank_head` is False."""
     empty = [i for i, h in enumerate(history_codes) if len(h) == 0]
     if empty:
         raise InputDataError(f"{len(empty)} requests have an empty history (first: request {empty[0]}); "
@@ -96,6 +118,8 @@ def beam_search(model: GenRecModel, history_codes: list[np.ndarray], sid_map: Si
     copy = model.copy_state(out, ids, is_item, attn)
     cache, logits = out.past_key_values, out.logits[:, -1]
     next_pos = pos[:, -1:] + 1  # (N, 1)
+    rank = use_rank_head and model.rank is not None
+    prompt_h, prefix_h = out.hidden, out.hidden[:, :0].unsqueeze(1)  # (N, P, d), (N, width, decoded, d)
     scores = torch.zeros(n, 1, device=device)  # one live beam per request before the first step
     gen_scores = scores  # the backbone's own log p(prefix); equal to scores without a copy head
     codes = torch.zeros(n, 1, 0, dtype=torch.int64, device=device)
@@ -112,8 +136,16 @@ def beam_search(model: GenRecModel, history_codes: list[np.ndarray], sid_map: Si
         cand = gen_cand if copy is None else mixture_logprob(
             gen_cand.reshape(n, width, size), copy_level_logmass(copy.log_attn, copy.slot_codes, codes, size),
             copy.log_g, copy.log_1m_g).reshape(n, width * size).masked_fill(~torch.isfinite(gen_cand), float("-inf"))
-        k = min(beam, width * size)
-        top, idx = torch.topk(cand, k, dim=1)
+        if rank:  # keys: the prompt and the beam's decoded prefix; state: the prompt's end or the last code
+            keys = torch.cat([prompt_h.unsqueeze(1).expand(-1, width, -1, -1), prefix_h], dim=2).flatten(0, 1)
+            key_mask = torch.cat([attn.bool().unsqueeze(1).expand(-1, width, -1),
+                                  torch.ones(n, width, level, dtype=torch.bool, device=device)], dim=2).flatten(0, 1)
+            state = prompt_h[:, -1].repeat_interleave(width, dim=0) if level == 0 else prefix_h[:, :, -1].flatten(0, 1)
+            top, idx = rank_head_select(model, cand.view(n, width, size), level, model.rank.lambdas[level], beam, keys,
+                                        key_mask, state, scores)
+        else:
+            top, idx = torch.topk(cand, min(beam, width * size), dim=1)
+        k = idx.shape[1]
         parent, code = idx // size, idx % size
         codes = torch.cat([torch.gather(codes, 1, parent.unsqueeze(-1).expand(-1, -1, level)), code.unsqueeze(-1)], dim=2)
         scores, gen_scores = top, torch.gather(gen_cand, 1, idx)
@@ -128,6 +160,9 @@ def beam_search(model: GenRecModel, history_codes: list[np.ndarray], sid_map: Si
         out = model(token, torch.zeros(n, k, dtype=torch.bool, device=device), tree_mask(visible, dtype),
                     position_ids=(next_pos + level).expand(-1, k), past_key_values=cache, use_cache=True)
         cache, logits = out.past_key_values, out.logits.reshape(n * k, -1)
+        if rank:
+            prefix_h = torch.cat([torch.gather(prefix_h, 1, parent[:, :, None, None].expand(-1, -1, *prefix_h.shape[2:])),
+                                  out.hidden.unsqueeze(2)], dim=2)
     codes_np, scores_np = codes.cpu().numpy(), scores.cpu().numpy()
     if codes_np.shape[1] < beam:  # fewer candidates than beams (tiny catalogs): pad with empty beams
         pad = beam - codes_np.shape[1]

@@ -25,6 +25,7 @@ from transformers import Qwen2Config, Qwen2ForCausalLM
 
 from genrec.errors import ConfigError
 from genrec.model.copy_head import (CopyHead, copy_prefix_logmass, history_slots, mixture_token_logprobs)
+from genrec.model.rank_head import RankHead
 from genrec.model.vocab import SidVocab
 
 MODEL_FILE, CONFIG_FILE = "model.safetensors", "genrec_model.json"
@@ -77,7 +78,7 @@ class GenRecModel(nn.Module):
     input ids."""
 
     def __init__(self, lm: Qwen2ForCausalLM, vocab: SidVocab, token_merger: bool, sid_fingerprint: str = "",
-                 copy_head: bool = False, dropout: float = 0.0):
+                 copy_head: bool = False, dropout: float = 0.0, rank_lambdas: tuple[int, ...] | None = None):
         super().__init__()
         self.lm = lm
         self.vocab = vocab
@@ -90,6 +91,7 @@ class GenRecModel(nn.Module):
                 self.merger.weight.copy_(torch.cat([torch.eye(d) / levels] * levels, dim=1))
                 self.merger.bias.zero_()
         self.copy = CopyHead(d) if copy_head else None
+        self.rank = RankHead(d, rank_lambdas) if rank_lambdas else None  # RankGR's RSP (genrec.model.rank_head)
         # Regularisation for small datasets: on the input embeddings here, on the attention probabilities in the
         # backbone. Active in train mode only (SFT); decoding, evaluation and alignment run in eval mode.
         self.dropout = float(dropout)
@@ -105,6 +107,13 @@ class GenRecModel(nn.Module):
     @property
     def copy_head(self) -> bool:
         return self.copy is not None
+
+    def add_rank_head(self, lambdas: tuple[int, ...]) -> None:
+        """Give the model a fresh rank head (RankGR's RSP) keeping `lambdas[l]` codes at level l; decoding then
+        rescores with it. Initialised from torch's global RNG (seed it first)."""
+        if len(lambdas) != self.vocab.levels:
+            raise ConfigError(f"the rank head needs one lambda per SID level ({self.vocab.levels}); got {list(lambdas)}")
+        self.rank = RankHead(self.lm.config.hidden_size, tuple(lambdas)).to(self.lm.device)
 
     def embed(self, ids: torch.Tensor, is_item: torch.Tensor) -> torch.Tensor:
         """(B, T, L) ids and (B, T) flags -> (B, T, d) input embeddings."""
@@ -186,6 +195,7 @@ class GenRecModel(nn.Module):
         out_dir.mkdir(parents=True, exist_ok=True)
         meta = {"format": 1, "backbone": self.lm.config.to_diff_dict(), "vocab": self.vocab.to_dict(),
                 "token_merger": self.token_merger, "copy_head": self.copy_head, "dropout": self.dropout,
+                "rank_lambdas": list(self.rank.lambdas) if self.rank is not None else None,
                 "sid_fingerprint": self.sid_fingerprint}
         (out_dir / CONFIG_FILE).write_text(json.dumps(meta, indent=2))
         save_model(self, str(out_dir / MODEL_FILE))  # handles the tied input/output embeddings
@@ -204,7 +214,7 @@ class GenRecModel(nn.Module):
         backbone = {k: v for k, v in meta["backbone"].items() if k not in ("model_type", "transformers_version")}
         lm = Qwen2ForCausalLM(Qwen2Config(**backbone))
         model = cls(lm, SidVocab.from_dict(meta["vocab"]), meta["token_merger"], meta.get("sid_fingerprint", ""),
-                    meta.get("copy_head", False), meta.get("dropout", 0.0))
+                    meta.get("copy_head", False), meta.get("dropout", 0.0), meta.get("rank_lambdas"))
         load_model(model, str(weights))
         return model.eval()
 

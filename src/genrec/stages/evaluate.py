@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import copy
 import json
+import time
 from pathlib import Path
 
 import numpy as np
@@ -65,14 +66,15 @@ def test_requests(pages: pd.DataFrame, truth_types: list[str], max_history: int,
 
 
 def generate(model: GenRecModel, sid_map: SidMap, histories: list[list[int]], beam: int, constrained: bool,
-             batch_size: int) -> tuple[np.ndarray, np.ndarray]:
-    """(N, beam) item ids by beam search, -1 where the generated SID is no item, and their summed log-probs."""
+             batch_size: int, use_rank_head: bool = True) -> tuple[np.ndarray, np.ndarray]:
+    """(N, beam) item ids by beam search, -1 where the generated SID is no item, and their scores (summed
+    log-probabilities; with a rank head, summed log refined scores unless `use_rank_head` is False)."""
     masks = PrefixMasks(sid_map.trie()) if constrained else None
     items, scores = [], []
     desc = "beam search" + (" (trie)" if constrained else " (free)")
     for lo in tqdm(range(0, len(histories), batch_size), desc=desc, unit="batch"):
         codes = [sid_map.item_codes(h, "a test history") for h in histories[lo:lo + batch_size]]
-        out = beam_search(model, codes, sid_map, beam, constrained, masks)
+        out = beam_search(model, codes, sid_map, beam, constrained, masks, use_rank_head)
         items.append(out.items)
         scores.append(out.scores)
     return np.concatenate(items), np.concatenate(scores)
@@ -161,7 +163,8 @@ def run_evaluate(cfg: PipelineConfig, model_dir: str | Path, pages_dir: str | Pa
             # Validation serves the gate: of the GenRec models only the one it judges is decoded there (beam search
             # is most of evaluate's time); the baselines are cheap and are what it compares with.
             scored_models = models if split == "test" else {m: v for m, v in models.items() if m == cfg.gate.method}
-            rows, rankings, scores = _score(cfg, scored_models, baselines, sid_map, histories, truths)
+            rows, rankings, scores = _score(cfg, scored_models, baselines, sid_map, histories, truths,
+                                            compare_rsp=split == "test")
             ranked = {m: r for m, r in rankings.items() if m in rows}  # the table's rows (not the free decodings)
             _add_reward_metrics(cfg, rows, ranked, scored, sid_map, reward_dir, raw_dir)
             spans = intervals(ranked, truths, e.ks, cfg.run.seed)
@@ -205,15 +208,24 @@ def run_evaluate(cfg: PipelineConfig, model_dir: str | Path, pages_dir: str | Pa
 
 
 def _score(cfg: PipelineConfig, models: dict[str, GenRecModel], baselines: dict, sid_map: SidMap,
-           histories: list[list[int]], truths: list[set[int]]):
-    """(rows, rankings, scores) of every method on one split's requests; GenRec's free decoding as <name>_free."""
+           histories: list[list[int]], truths: list[set[int]], compare_rsp: bool = True):
+    """(rows, rankings, scores) of every method on one split's requests; GenRec's free decoding as <name>_free; a
+    model with a rank head also decoded without it as <name>_no_rsp, both with their decoding seconds (decode_s)."""
     e = cfg.eval
     rows: dict[str, dict[str, float]] = {}
     rankings: dict[str, np.ndarray] = {}
     scores: dict[str, np.ndarray] = {}
     for name, model in models.items():
+        t0 = time.perf_counter()
         rankings[name], scores[name] = generate(model, sid_map, histories, e.beam_width, True, e.batch_size)
         rows[name] = ranking_metrics(rankings[name], truths, e.ks)
+        if model.rank is not None and compare_rsp:  # two stages against the same model's one-stage search
+            rows[name]["decode_s"] = time.perf_counter() - t0
+            t0 = time.perf_counter()
+            one, scores[f"{name}_no_rsp"] = generate(model, sid_map, histories, e.beam_width, True, e.batch_size,
+                                                     use_rank_head=False)
+            rankings[f"{name}_no_rsp"] = one
+            rows[f"{name}_no_rsp"] = ranking_metrics(one, truths, e.ks) | {"decode_s": time.perf_counter() - t0}
         if name != cfg.gate.method:  # free decoding costs a second beam search: only for the model the gate judges
             continue
         free, scores[f"{name}_free"] = generate(model, sid_map, histories, e.beam_width, False, e.batch_size)
