@@ -96,7 +96,7 @@ def build_pipeline(cfg: PipelineConfig, images: Images, on_kubernetes: bool = Tr
                                          **common).set_display_name("train-reward")
             aligned = c["align"](sft=trained.outputs["model"], reward=rewarded.outputs["reward"], pages=pages.outputs["pages"],
                                  sids=sids.outputs["sids"], embeddings=embedded.outputs["embeddings"],
-                                 **common).set_display_name("align")
+                                 raw=raw.outputs["raw"], **common).set_display_name("align")
             evaluated = c["evaluate"](model=aligned.outputs["model"], sft=trained.outputs["model"],
                                       reward=rewarded.outputs["reward"], raw=raw.outputs["raw"], pages=pages.outputs["pages"],
                                       sids=sids.outputs["sids"], **common).set_display_name("evaluate")

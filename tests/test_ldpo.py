@@ -88,3 +88,48 @@ def test_ntp_loss_covers_the_flagged_items_only():
     logp = torch.tensor([[-1.0, -2.0, -3.0], [-9.0, -9.0, -9.0], [-0.5, -0.5, -0.5]])
     assert float(ntp_loss(logp, torch.tensor([True, False, True]))) == pytest.approx((6 + 1.5) / 6)
     assert float(ntp_loss(logp, torch.zeros(3, dtype=torch.bool))) == 0
+
+
+def test_pseudo_exposures_are_read_by_page_and_bad_rows_quarantined():
+    from genrec.align.ldpo import pseudo_exposures
+
+    table = pd.DataFrame({"request_id": [7, 7, 7, 8, 9, None], "item_id": [5, 3, 99, 4, 6, 2],
+                          "rank": [11, 10, 12, 10, 10, 10]})
+    by_page, bad = pseudo_exposures(table, np.arange(10), "pseudo.parquet")
+    assert by_page == {"r7": [3, 5], "r8": [4], "r9": [6]}  # best ranked first
+    assert sorted(bad["quarantine_reason"]) == ["item has no semantic ID", "missing value"]
+    with pytest.raises(Exception, match="pseudo.parquet.*rank"):
+        pseudo_exposures(table.drop(columns="rank"), np.arange(10), "pseudo.parquet")
+    pages = pd.DataFrame([{"page_id": "r7", "history_items": [1], "ordered_items": [], "carted_items": [],
+                           "clicked_items": [3], "exposed_items": [8]}])
+    prefs, _ = preference_pages(pages, 10, 10, by_page)
+    assert prefs[0].items == [3, 8] and prefs[0].pseudo == [5]  # a logged item is not also pseudo-exposed
+
+
+def test_a_page_ranks_its_pseudo_exposures_last_and_samples_negatives_only_without_them(tmp_path):
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from genrec.align.ldpo import NEGATIVE_LEVEL, PSEUDO_LEVEL
+    from genrec.align.ldpo_training import ldpo_training
+    from genrec.config import load_config
+    from genrec.model.vocab import SidMap
+
+    codes = np.stack(np.unravel_index(np.arange(40), (4, 4, 4)), axis=1)
+    sid_map = SidMap(np.arange(40), codes, (4, 4, 4))
+    pages = pd.DataFrame([{"page_id": f"r{r}", "history_items": [1, 2], "ordered_items": [], "carted_items": [],
+                           "clicked_items": [10 + r], "exposed_items": [20 + r]} for r in range(2)])
+    pq.write_table(pa.table({"request_id": [0, 0], "item_id": [30, 31], "rank": [10, 11]}),
+                   tmp_path / "pseudo_exposures.parquet")
+    cfg = load_config(None, ["align.method=ldpo", "align.ldpo.negatives=3", "model.size=tiny"])
+    model = build_model("tiny", "", (4, 4, 4), True, sid_map.fingerprint())
+    train = ldpo_training(cfg, model, pages, sid_map, tmp_path, tmp_path)
+    assert train.report["pages_with_pseudo_exposures"] == 1
+    batch = train.make_batch(np.array([0, 1]))
+    levels, rows = batch["item_level"].tolist(), batch["item_row"].tolist()
+    page0 = [lv for lv, r in zip(levels, rows) if r == 0]
+    page1 = [lv for lv, r in zip(levels, rows) if r == 1]
+    assert page0 == [1, 2, PSEUDO_LEVEL, PSEUDO_LEVEL]  # click, expose, its two pseudo-exposures
+    assert page1 == [1, 2] + [NEGATIVE_LEVEL] * 3  # no pseudo-exposure: three sampled items
+    loss, stats = train.loss_fn(model, batch)
+    assert torch.isfinite(loss) and stats["loss_ldpo"] > 0

@@ -145,3 +145,20 @@ def test_images_when_asked(tmp_path):
     paths = items.column("image_path").to_pylist()
     img = Image.open(tmp_path / paths[0])
     assert img.size == (24, 24) and len(set(paths)) == 30
+
+
+def test_pseudo_exposures_are_ranked_unshown_candidates_and_change_no_event():
+    cfg = SimulatorConfig(n_users=80, n_items=300, days=4)
+    plain = simulate(cfg, seed=4, progress=False)
+    logs = simulate(cfg.model_copy(update={"pseudo_exposures": True}), seed=4, progress=False)
+    assert plain.pseudo_exposures is None
+    assert logs.events.equals(plain.events)  # the side table draws no random numbers
+    pseudo = logs.pseudo_exposures.to_pandas()
+    ev = logs.events.to_pandas()
+    assert len(pseudo) > 0 and pseudo["item_id"].between(0, cfg.n_items - 1).all()
+    assert set(pseudo["request_id"]) <= set(ev["request_id"])
+    # never an item the request showed; distinct per request; ranked after the page's slots
+    shown = set(zip(ev["request_id"], ev["item_id"]))
+    assert not any((r, i) in shown for r, i in zip(pseudo["request_id"], pseudo["item_id"]))
+    assert not pseudo.duplicated(["request_id", "item_id"]).any()
+    assert (pseudo["rank"] >= cfg.page_size).all() and (pseudo.groupby("request_id").size() <= cfg.page_size).all()

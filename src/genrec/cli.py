@@ -62,6 +62,11 @@ def _out(cfg: PipelineConfig, out: Optional[Path], name: str) -> Path:
     return out or Path(cfg.run.work_dir) / "stages" / name
 
 
+def _existing(path: Path) -> Optional[Path]:
+    """An optional input's default folder, when it is there."""
+    return path if path.is_dir() else None
+
+
 @app.command()
 @friendly
 def ingest(config: Optional[Path] = ConfigOpt, out: Optional[Path] = typer.Option(None, help="Output folder [work_dir/stages/ingest]."),
@@ -207,17 +212,21 @@ def align(config: Optional[Path] = ConfigOpt,
           pages: Optional[Path] = typer.Option(None, help="The validated pages folder [work_dir/stages/pages]."),
           sids: Optional[Path] = typer.Option(None, help="The assign-sids folder [work_dir/stages/sids]."),
           embeddings: Optional[Path] = typer.Option(None, help="The embed-items folder [work_dir/stages/embeddings]."),
+          raw: Optional[Path] = typer.Option(None, help="The ingest folder (LDPO: pseudo_exposures.parquet, when the "
+                                                        "source logs them) [work_dir/stages/ingest]."),
           out: Optional[Path] = typer.Option(None, help="Output folder [work_dir/stages/aligned]."),
           pipeline_run_id: str = RunIdOpt, overrides: Optional[List[str]] = OverridesArg):
-    """Aligns the SFT model by GRPO-SR with DeepSpeed (rollouts, gated hybrid rewards, + alpha * NLL); writes model/,
-    checkpoints/ (a rerun resumes), ds_config.json and report.json to OUT. Several processes: torchrun as for train-sft."""
+    """Aligns the SFT model with DeepSpeed by align.method: grpo_sr (rollouts, gated hybrid rewards, + alpha * NLL;
+    reads REWARD and EMBEDDINGS) or ldpo (listwise preferences over each page's items + NTP [+ the rank head]); writes
+    model/, checkpoints/ (a rerun resumes), ds_config.json and report.json to OUT. Several processes: torchrun as for
+    train-sft."""
     from genrec.stages.align import run_align
 
     cfg = resolve_config(config, overrides)
     report = run_align(cfg, sft or _out(cfg, None, "sft"), reward or _out(cfg, None, "reward"),
                        pages or _out(cfg, None, "pages"), sids or _out(cfg, None, "sids"),
                        embeddings or _out(cfg, None, "embeddings"), _out(cfg, out, "aligned"),
-                       pipeline_run_id or uuid.uuid4().hex)
+                       pipeline_run_id or uuid.uuid4().hex, raw or _existing(_out(cfg, None, "ingest")))
     if os.environ.get("RANK", "0") == "0":
         typer.echo(json.dumps(report, indent=2))
 

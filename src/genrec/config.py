@@ -91,6 +91,10 @@ class SimulatorConfig(_Section):
     position_decay: float = Field(0.6, ge=0, description="Position bias: P(examine position k) = (k + 1) ** -position_decay.")
     cart_rate: float = Field(0.3, ge=0, le=1, description="P(cart | click) for an average item; scaled by preference.")
     order_rate: float = Field(0.5, ge=0, le=1, description="P(order | cart).")
+    pseudo_exposures: bool = Field(
+        False, description="Also log each request's pseudo-exposures: items the existing system ranked for it but did "
+                           "not show (its distinct candidates after the page's), as pseudo_exposures.parquet beside "
+                           "the events. LDPO ranks them below exposed items (RankGR). The events do not change.")
     images: bool = Field(False, description="Also draw a small PNG per item (category-dependent shape and colour).")
     image_size: int = Field(32, ge=8, le=256, description="Side of the generated item images in pixels.")
 

@@ -1,9 +1,9 @@
 """RankGR's initial assessment phase: listwise direct preference optimisation (LDPO) over a page's items.
 
 A page ranks its items in preference levels, most preferred first (`PREFERENCE_LEVELS`): ordered, then
-carted or clicked, then exposed without engagement, then negatives. Logs that hold no pseudo-exposures (items
-the serving system ranked but did not show) get `n` negatives sampled uniformly from the catalog instead,
-outside the page's own items: the lowest level.
+carted or clicked, then exposed without engagement, then the page's pseudo-exposures (items the serving system
+ranked for the request but did not show; the simulator logs them as a side table). A page without them gets
+`n` negatives sampled uniformly from the catalog instead, outside the page's own items: the lowest level.
 
 One training row per page: the prompt (the history), then every candidate item's first L - 1 code tokens.
 An attention mask lets each item's tokens see the prompt and the item's own earlier tokens only (RankGR eq. 7),
@@ -22,12 +22,13 @@ With a copy head, log p(item) is the mixture's (genrec.model.copy_head), as deco
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 import pandas as pd
 import torch
 
+from genrec.errors import InputDataError
 from genrec.model.beam_search import PrefixMasks, tree_mask
 from genrec.model.copy_head import copy_prefix_logmass, history_slots, mixture_token_logprobs
 from genrec.model.genrec_model import GenRecModel
@@ -35,9 +36,11 @@ from genrec.model.rank_head import keep_candidates, rank_head_bce
 from genrec.model.samples import GROUP_COLUMNS, encode_prompt
 from genrec.model.vocab import SidVocab
 
-# Preference levels of the logged items, most preferred first; sampled negatives form the level after these.
+# Preference levels of the logged items, most preferred first; then pseudo-exposed items, or sampled negatives
+# on a page without them.
 PREFERENCE_LEVELS: tuple[tuple[str, ...], ...] = (("order",), ("cart", "click"), ("expose",))
-NEGATIVE_LEVEL = len(PREFERENCE_LEVELS)
+PSEUDO_LEVEL = len(PREFERENCE_LEVELS)
+NEGATIVE_LEVEL = PSEUDO_LEVEL + 1
 
 
 @dataclass
@@ -49,6 +52,7 @@ class PreferencePage:
     items: list[int]  # logged item ids, most preferred first, each once
     levels: list[int]  # level of each item (an index into PREFERENCE_LEVELS)
     groups: list[str]  # the item's group (order, cart, click, expose)
+    pseudo: list[int] = field(default_factory=list)  # pseudo-exposed items, best ranked first, none of the above
 
 
 @dataclass
@@ -60,10 +64,11 @@ class PreferenceCounts:
     truncated: int = 0
 
 
-def preference_pages(pages: pd.DataFrame, max_history: int, max_items: int) -> tuple[list[PreferencePage],
-                                                                                     PreferenceCounts]:
+def preference_pages(pages: pd.DataFrame, max_history: int, max_items: int,
+                     pseudo: dict[str, list[int]] | None = None) -> tuple[list[PreferencePage], PreferenceCounts]:
     """Pages -> their items by preference level (an item is counted once, at its strongest level). Pages without
-    history or without any logged item are skipped and counted; beyond `max_items` the weakest items are cut."""
+    history or without any logged item are skipped and counted; beyond `max_items` the weakest items are cut.
+    `pseudo`: page id -> pseudo-exposed items, best first (`pseudo_exposures`); those the page logged are left out."""
     counts = PreferenceCounts(pages=len(pages))
     out = []
     for page in pages.itertuples(index=False):
@@ -87,9 +92,29 @@ def preference_pages(pages: pd.DataFrame, max_history: int, max_items: int) -> t
         if len(items) > max_items:
             counts.truncated += 1
             items, levels, groups = items[:max_items], levels[:max_items], groups[:max_items]
-        out.append(PreferencePage(page["page_id"], history, items, levels, groups))
+        extra = [i for i in (pseudo or {}).get(page["page_id"], []) if i not in seen]
+        out.append(PreferencePage(page["page_id"], history, items, levels, groups, extra))
     counts.kept = len(out)
     return out, counts
+
+
+def pseudo_exposures(table: pd.DataFrame, known_items: np.ndarray, source: str
+                     ) -> tuple[dict[str, list[int]], pd.DataFrame]:
+    """A pseudo-exposure side table (request_id, item_id, rank) -> ({page id: items, best ranked first}, the rows
+    refused, with a `quarantine_reason`: a missing value, or an item with no semantic ID). Missing columns are an
+    error naming the file."""
+    missing = {"request_id", "item_id", "rank"} - set(table.columns)
+    if missing:
+        raise InputDataError(f"{source}: columns {sorted(missing)} missing (expected request_id, item_id, rank)")
+    reason = pd.Series("", index=table.index, dtype=object)
+    reason[table[["request_id", "item_id", "rank"]].isna().any(axis=1)] = "missing value"
+    unknown = (reason == "") & ~table["item_id"].isin(known_items)
+    reason[unknown] = "item has no semantic ID"
+    bad = table[reason != ""].assign(quarantine_reason=reason[reason != ""])
+    good = table[reason == ""].sort_values(["request_id", "rank"], kind="stable")
+    pages = "r" + good["request_id"].astype("int64").astype(str)  # sessionize's page id of a request
+    by_page = good["item_id"].astype("int64").groupby(pages.to_numpy(), sort=False).agg(list).to_dict()
+    return by_page, bad
 
 
 def sample_negatives(rng: np.random.Generator, catalog: np.ndarray, exclude: list[int], n: int) -> list[int]:

@@ -1,7 +1,8 @@
 """LDPO's training set-up for the align stage (RankGR's initial assessment phase; genrec.align.ldpo).
 
-Per step: a micro-batch of training pages; each page's logged items by preference level plus
-`align.ldpo.negatives` items sampled from the catalog (seeded by the batch, so a resumed run replays them);
+Per step: a micro-batch of training pages; each page's logged items by preference level plus up to
+`align.ldpo.negatives` least preferred items: the page's pseudo-exposures when ingest's folder has them
+(pseudo_exposures.parquet), else items sampled from the catalog (seeded by the batch, so a resumed run replays them);
 loss = NTP over the page's logged items of sft.target_types + alpha * LDPO over the levels
 [+ rsp.weight * the rank head's BCE over the page's engaged items (ordered, carted, clicked), with align.rsp].
 """
@@ -12,12 +13,15 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+import pyarrow.parquet as pq
 import torch
 
-from genrec.align.ldpo import (NEGATIVE_LEVEL, isolated_items_batch, item_states, item_token_logprobs, ldpo_loss,
-                               ntp_loss, preference_pages, rank_head_loss, sample_negatives)
+from genrec.align.ldpo import (NEGATIVE_LEVEL, PSEUDO_LEVEL, isolated_items_batch, item_states, item_token_logprobs,
+                               ldpo_loss, ntp_loss, preference_pages, pseudo_exposures, rank_head_loss,
+                               sample_negatives)
 from genrec.align.training import AlignTraining
 from genrec.config import PipelineConfig
+from genrec.data.schema import PSEUDO_EXPOSURES_FILE
 from genrec.errors import InputDataError
 from genrec.model.beam_search import PrefixMasks
 from genrec.model.genrec_model import GenRecModel
@@ -26,10 +30,16 @@ from genrec.model.vocab import SidMap
 
 
 def ldpo_training(cfg: PipelineConfig, policy: GenRecModel, pages: pd.DataFrame, sid_map: SidMap,
-                  pages_dir: Path) -> AlignTraining:
+                  pages_dir: Path, raw_dir: Path | None) -> AlignTraining:
     """Build the preference pages of the training split and the NTP + LDPO loss."""
     a, lc = cfg.align, cfg.align.ldpo
-    prefs, counts = preference_pages(pages, cfg.model.max_history, lc.max_items)
+    pseudo, quarantined = None, {}
+    side_table = raw_dir / PSEUDO_EXPOSURES_FILE if raw_dir else None
+    if side_table is not None and side_table.is_file():
+        pseudo, bad = pseudo_exposures(pq.read_table(side_table).to_pandas(), sid_map.item_ids, str(side_table))
+        if len(bad):
+            quarantined[PSEUDO_EXPOSURES_FILE] = bad
+    prefs, counts = preference_pages(pages, cfg.model.max_history, lc.max_items, pseudo)
     if a.max_prompts and len(prefs) > a.max_prompts:
         keep = np.sort(np.random.default_rng(cfg.run.seed).choice(len(prefs), a.max_prompts, replace=False))
         prefs = [prefs[i] for i in keep]
@@ -55,9 +65,13 @@ def ldpo_training(cfg: PipelineConfig, policy: GenRecModel, pages: pd.DataFrame,
         item_codes, item_level, ntp, engaged = [], [], [], []
         for i in indices:
             p = prefs[i]
-            negatives = sample_negatives(rng, catalog, p.items, lc.negatives) if lc.negatives else []
+            if p.pseudo:
+                negatives, level = p.pseudo[:lc.negatives], PSEUDO_LEVEL
+            else:
+                negatives, level = (sample_negatives(rng, catalog, p.items, lc.negatives) if lc.negatives else []), \
+                    NEGATIVE_LEVEL
             item_codes.append(sid_map.item_codes(p.items + negatives, f"the items of page {p.page_id}"))
-            item_level += p.levels + [NEGATIVE_LEVEL] * len(negatives)
+            item_level += p.levels + [level] * len(negatives)
             ntp += [g in ntp_groups for g in p.groups] + [False] * len(negatives)
             engaged += [lvl < 2 for lvl in p.levels] + [False] * len(negatives)  # ordered, carted, clicked
         b = isolated_items_batch([hist_codes[i] for i in indices], item_codes, policy.vocab, policy.token_merger)
@@ -91,7 +105,10 @@ def ldpo_training(cfg: PipelineConfig, policy: GenRecModel, pages: pd.DataFrame,
     report = {"method": "ldpo", "prompts": len(prefs), "pages": counts.pages,
               "skipped_empty_history": counts.skipped_empty_history, "skipped_no_item": counts.skipped_no_item,
               "truncated_pages": counts.truncated, "mean_logged_items": float(np.mean([len(p.items) for p in prefs])),
-              "negatives": lc.negatives, "alpha": lc.alpha, "beta": lc.beta, "rank_head": cfg.align.rsp.enabled}
+              "negatives": lc.negatives, "alpha": lc.alpha, "beta": lc.beta, "rank_head": cfg.align.rsp.enabled,
+              "pages_with_pseudo_exposures": sum(bool(p.pseudo) for p in prefs),
+              "pseudo_exposures_quarantined": int(sum(len(q) for q in quarantined.values()))}
     return AlignTraining(loss_fn, make_batch,
                          lambda epoch: batch_order(lengths, a.prompts_per_step, cfg.run.seed, epoch, True),
-                         lambda b: int(b["prompt_mask"].sum()) + len(b["item_row"]) * (levels - 1), report)
+                         lambda b: int(b["prompt_mask"].sum()) + len(b["item_row"]) * (levels - 1), report,
+                         quarantined)

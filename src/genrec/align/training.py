@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Callable
 
 import numpy as np
+import pandas as pd
 
 
 @dataclass
@@ -17,3 +18,4 @@ class AlignTraining:
     epoch_batches: Callable[[int], list[np.ndarray]]  # epoch -> micro-batches of prompt indices
     count_tokens: Callable[[dict], int]  # tokens a micro-batch processes with gradient
     report: dict
+    quarantined: dict[str, pd.DataFrame] = field(default_factory=dict)  # input file -> its refused rows (+ reason)

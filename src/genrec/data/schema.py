@@ -37,9 +37,20 @@ ITEMS_SCHEMA = pa.schema(
     ]
 )
 
+# Optional (the simulator with simulator.pseudo_exposures): items the serving system ranked for a request but
+# did not show, best first (rank counts from the page's first slot, so it starts at the page size).
+PSEUDO_EXPOSURES_SCHEMA = pa.schema(
+    [
+        pa.field("request_id", pa.int64(), nullable=False),
+        pa.field("item_id", pa.int64(), nullable=False),
+        pa.field("rank", pa.int32(), nullable=False),
+    ]
+)
+
 CATEGORY_SEP = " > "
 
 # File names inside the folders the ingest stage writes.
 EVENTS_FILE = "events.parquet"
 ITEMS_FILE = "items.parquet"
+PSEUDO_EXPOSURES_FILE = "pseudo_exposures.parquet"
 MANIFEST_FILE = "manifest.json"

@@ -23,7 +23,7 @@ from tqdm import tqdm
 
 from genrec.config import SimulatorConfig
 from genrec.data import catalog
-from genrec.data.schema import EVENTS_SCHEMA, ITEMS_SCHEMA
+from genrec.data.schema import EVENTS_SCHEMA, ITEMS_SCHEMA, PSEUDO_EXPOSURES_SCHEMA
 
 GROUND_TRUTH_FILE = "ground_truth.npz"
 US_PER_DAY = 86_400_000_000
@@ -89,6 +89,7 @@ class SimulatedLogs:
     truth: GroundTruth
     period_start: datetime
     period_end: datetime
+    pseudo_exposures: pa.Table | None = None  # request_id, item_id, rank (simulator.pseudo_exposures)
 
 
 def load_truth(raw_dir: str | Path | None) -> GroundTruth | None:
@@ -298,7 +299,7 @@ def simulate(cfg: SimulatorConfig, seed: int, progress: bool = True) -> Simulate
     csum = np.cumsum(gaps)
     req_ts = sess_start[session_idx] + csum - csum[new_session][session_idx]
 
-    events = _simulate_requests(cfg, rng, truth, policy, req_user, req_day, req_ts, progress)
+    events, pseudo = _simulate_requests(cfg, rng, truth, policy, req_user, req_day, req_ts, progress)
     period_end_us = cfg.days * US_PER_DAY
     events["ts"] = np.minimum(events["ts"], period_end_us - 1)
     order = np.lexsort((events["tie"], events["ts"]))
@@ -319,14 +320,22 @@ def simulate(cfg: SimulatorConfig, seed: int, progress: bool = True) -> Simulate
     )
     items_table = pa.table(items, schema=ITEMS_SCHEMA)
     period_end = datetime.fromtimestamp((base_us + period_end_us) / US_PER_S, tz=timezone.utc)
-    return SimulatedLogs(table, items_table, truth, period_start, period_end)
+    pseudo_table = None
+    if cfg.pseudo_exposures:
+        pseudo_table = pa.table({"request_id": pa.array(pseudo["request"].astype(np.int64)),
+                                 "item_id": pa.array(pseudo["item"].astype(np.int64)),
+                                 "rank": pa.array(pseudo["rank"].astype(np.int32))}, schema=PSEUDO_EXPOSURES_SCHEMA)
+    return SimulatedLogs(table, items_table, truth, period_start, period_end, pseudo_table)
 
 
-def _simulate_requests(cfg, rng, truth, policy: LoggingPolicy, req_user, req_day, req_ts, progress) -> dict[str, np.ndarray]:
-    """Pages, exposures, clicks, carts and orders for every request, in chunks to bound memory."""
+def _simulate_requests(cfg, rng, truth, policy: LoggingPolicy, req_user, req_day, req_ts, progress
+                       ) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
+    """Pages, exposures, clicks, carts and orders for every request, in chunks to bound memory; and the
+    pseudo-exposures (the system's distinct candidates after the page's, by rank), which draw no random numbers."""
     P = cfg.page_size
     examine = (np.arange(P) + 1.0) ** -cfg.position_decay
     out: dict[str, list] = {k: [] for k in ("user", "item", "type", "ts", "request", "position", "tie")}
+    pseudo: dict[str, list] = {k: [] for k in ("request", "item", "rank")}
     chunk = 200_000
     n = len(req_user)
     for lo in tqdm(range(0, n, chunk), desc="simulate requests", unit="chunk", disable=not progress):
@@ -340,6 +349,12 @@ def _simulate_requests(cfg, rng, truth, policy: LoggingPolicy, req_user, req_day
         pers_draw = np.take_along_axis(pool, rng.choice(pool.shape[1], size=(m, 2 * P), p=policy.rank_weights), axis=1)
         cands = np.where(is_pop, pop_draw, pers_draw)
         keep, pos = _first_unique(cands, P)
+        if cfg.pseudo_exposures:
+            ranked, rank = _first_unique(cands, 2 * P)
+            p_rows, p_cols = np.nonzero(ranked & ~keep)
+            pseudo["request"].append((lo + p_rows).astype(np.int64))
+            pseudo["item"].append(cands[p_rows, p_cols])
+            pseudo["rank"].append(rank[p_rows, p_cols])
         rows, cols = np.nonzero(keep)
         item = cands[rows, cols]
         position = pos[rows, cols]
@@ -362,7 +377,10 @@ def _simulate_requests(cfg, rng, truth, policy: LoggingPolicy, req_user, req_day
             out["position"].append(position[mask])
             # Ties in ts are broken by request, then position, then event type (intensity order).
             out["tie"].append(req_id[mask] * 1_000 + position[mask] * 4 + etype)
-    return {k: np.concatenate(v) if v else np.array([], dtype=np.int64) for k, v in out.items()}
+    def joined(parts: dict[str, list]) -> dict[str, np.ndarray]:
+        return {k: np.concatenate(v) if v else np.array([], dtype=np.int64) for k, v in parts.items()}
+
+    return joined(out), joined(pseudo)
 
 
 def write_images(items: pa.Table, items_dir: Path, cfg: SimulatorConfig, truth: GroundTruth, seed: int) -> pa.Table:

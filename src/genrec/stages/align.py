@@ -8,8 +8,9 @@
   item vectors are not read.
 
 Reads train-sft's folder (model/), validate-pages' folder (the training pages are the prompts) and assign-sids'
-folder, and for GRPO-SR train-reward's (reward_model/) and embed-items' folders. Writes into `out_dir`: model/
-(the aligned model, same format as train-sft's), checkpoints/ (resumable; a rerun resumes), ds_config.json and
+folder; for GRPO-SR train-reward's (reward_model/) and embed-items' folders; for LDPO ingest's folder when it holds
+pseudo_exposures.parquet. Writes into `out_dir`: model/ (the aligned model, same format as train-sft's),
+checkpoints/ (resumable; a rerun resumes), quarantine/ (refused rows of a side table), ds_config.json and
 report.json. Both routes run through the same DeepSpeed loop as SFT (ZeRO, bf16 on GPU, checkpoints).
 """
 
@@ -39,16 +40,18 @@ def loop_config(cfg: PipelineConfig) -> LoopConfig:
 
 
 def run_align(cfg: PipelineConfig, sft_dir: str | Path, reward_dir: str | Path, pages_dir: str | Path,
-              sids_dir: str | Path, embeddings_dir: str | Path, out_dir: str | Path, pipeline_run_id: str) -> dict:
+              sids_dir: str | Path, embeddings_dir: str | Path, out_dir: str | Path, pipeline_run_id: str,
+              raw_dir: str | Path | None = None) -> dict:
     """Align the SFT model by `align.method` (GRPO-SR or LDPO); returns the report (also report.json)."""
     sft_dir, reward_dir, pages_dir, sids_dir, embeddings_dir, out_dir = map(
         Path, (sft_dir, reward_dir, pages_dir, sids_dir, embeddings_dir, out_dir))
+    raw_dir = Path(raw_dir) if raw_dir else None
     a = cfg.align
     rank, world, device = init_distributed()
     grpo = a.method == "grpo_sr"  # LDPO reads neither the reward model nor the item vectors
     stage_outputs.begin(out_dir, "align", pipeline_run_id, {
         "sft": sft_dir, "pages": pages_dir, "sids": sids_dir, "reward": reward_dir if grpo else None,
-        "embeddings": embeddings_dir if grpo else None})
+        "embeddings": embeddings_dir if grpo else None, "raw": None if grpo else raw_dir})
     # before any work: a volume that is not mounted fails at once
     ckpt_dir = stage_outputs.checkpoint_dir(cfg.run.checkpoint_root, out_dir, "align", pipeline_run_id)
     sid_map = SidMap.load(sids_dir)
@@ -60,8 +63,11 @@ def run_align(cfg: PipelineConfig, sft_dir: str | Path, reward_dir: str | Path, 
     if grpo:
         train = grpo_sr_training(cfg, policy, pages, sid_map, sft_dir, reward_dir, embeddings_dir, pages_dir, device)
     else:
-        train = ldpo_training(cfg, policy, pages, sid_map, pages_dir)
+        train = ldpo_training(cfg, policy, pages, sid_map, pages_dir, raw_dir)
 
+    for name, rows in train.quarantined.items() if rank == 0 else ():
+        (out_dir / "quarantine").mkdir(exist_ok=True)
+        rows.to_parquet(out_dir / "quarantine" / name, index=False)
     loop = loop_config(cfg)
     (out_dir / "ds_config.json").write_text(json.dumps(ds_config(loop, world), indent=2))
     report = {**train.report, "world_size": world}

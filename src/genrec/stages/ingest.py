@@ -1,7 +1,7 @@
 """Stage ingest: a source (the simulator, a dataset adapter or canonical parquet) -> canonical parquet.
 
 Writes into `out_dir`: events.parquet, items.parquet, manifest.json (source, covered period, counts)
-and, for the simulator, ground_truth.npz and optional images/. Nothing is validated here: that is
+and, for the simulator, ground_truth.npz, optional images/ and optional pseudo_exposures.parquet. Nothing is validated here: that is
 the next stage's job, so a broken source reaches validation intact and is reported there.
 """
 
@@ -19,7 +19,7 @@ import pyarrow.parquet as pq
 from genrec import plots, stage_outputs, tracking
 from genrec.config import PipelineConfig
 from genrec.data.io import is_object_store, read_parquet
-from genrec.data.schema import EVENTS_FILE, ITEMS_FILE, MANIFEST_FILE
+from genrec.data.schema import EVENTS_FILE, ITEMS_FILE, MANIFEST_FILE, PSEUDO_EXPOSURES_FILE
 from genrec.errors import InputDataError
 
 
@@ -40,6 +40,9 @@ def _load(cfg: PipelineConfig, out_dir: Path) -> tuple[pa.Table, pa.Table, dict]
         if cfg.simulator.images:
             items = simulator.write_images(items, out_dir, cfg.simulator, logs.truth, cfg.run.seed)
         extra = {"period": (logs.period_start, logs.period_end), "simulation": simulator.describe(logs)}
+        if logs.pseudo_exposures is not None:
+            pq.write_table(logs.pseudo_exposures, out_dir / PSEUDO_EXPOSURES_FILE)
+            extra["simulation"]["pseudo_exposures"] = logs.pseudo_exposures.num_rows
         return logs.events, items, extra
     if not cfg.source.path:
         raise InputDataError(f"source.kind={kind} needs source.path (the dataset folder)")

@@ -20,9 +20,10 @@ from pathlib import Path
 from genrec import k8s_jobs, stage_outputs
 from genrec.cluster_config import default_gpu_image, default_image
 from genrec.config import PipelineConfig
+from genrec.data.schema import PSEUDO_EXPOSURES_FILE
 
 # The stage command of each training stage, and its input options in order.
-STAGES = {"train-sft": ("pages", "sids"), "align": ("sft", "reward", "pages", "sids", "embeddings")}
+STAGES = {"train-sft": ("pages", "sids"), "align": ("sft", "reward", "pages", "sids", "embeddings", "raw")}
 # The container of the torch-distributed runtime's pods (Kubeflow Trainer).
 TRAINER_CONTAINER = "node"
 # The label JobSet (under the Trainer) puts on the pods of a TrainJob.
@@ -61,7 +62,7 @@ def _in_process(cfg, stage, inputs, out_dir, pipeline_run_id) -> None:
         from genrec.stages.align import run_align
 
         run_align(cfg, inputs["sft"], inputs["reward"], inputs["pages"], inputs["sids"], inputs["embeddings"],
-                  out_dir, pipeline_run_id)
+                  out_dir, pipeline_run_id, inputs["raw"])
 
 
 def run_torchrun(cfg: PipelineConfig, stage: str, inputs: dict[str, Path], out_dir: Path, pipeline_run_id: str) -> None:
@@ -144,6 +145,11 @@ def run_trainjob(cfg: PipelineConfig, stage: str, inputs: dict[str, Path], out_d
     stage_outputs.begin(out_dir, stage, pipeline_run_id, inputs)
     shared = Path(cfg.run.checkpoint_root) / pipeline_run_id / f"{stage}-job"
     for name, path in inputs.items():  # a retried task copies again: the previous attempt may have stopped halfway
+        if name == "raw":  # of ingest's folder (the whole event log) align reads one side table only
+            (shared / "inputs" / name).mkdir(parents=True, exist_ok=True)
+            if (path / PSEUDO_EXPOSURES_FILE).is_file():
+                shutil.copy2(path / PSEUDO_EXPOSURES_FILE, shared / "inputs" / name / PSEUDO_EXPOSURES_FILE)
+            continue
         shutil.copytree(path, shared / "inputs" / name, dirs_exist_ok=True)
     (shared / "config.yaml").write_text(cfg.to_yaml())
     job_out = shared / "out"
