@@ -179,3 +179,22 @@ def test_a_failed_trainjob_fails_the_task_with_its_message_and_a_stuck_one_is_de
             run_trainjob(cfg, "train-sft", inputs, tmp_path / "out3", "kfp-run-10", refused.client(), "team-a")
     finally:
         refused.stop()
+
+
+def test_a_trainjob_volume_gets_whole_inputs_but_only_the_side_table_of_the_event_log(tmp_path):
+    from genrec.train.launch import stage_argv, stage_inputs
+
+    src = {name: tmp_path / "src" / name for name in ("sft", "reward", "pages", "sids", "embeddings", "raw")}
+    for name, folder in src.items():
+        (folder / "sub").mkdir(parents=True)
+        (folder / "sub" / "f.bin").write_bytes(b"x")
+    (src["raw"] / "events.parquet").write_bytes(b"the whole event log")
+    (src["raw"] / "pseudo_exposures.parquet").write_bytes(b"p")
+    stage_inputs("align", src, tmp_path / "vol")
+    assert (tmp_path / "vol" / "sft" / "sub" / "f.bin").is_file() and (tmp_path / "vol" / "embeddings" / "sub").is_dir()
+    assert sorted(p.name for p in (tmp_path / "vol" / "raw").iterdir()) == ["pseudo_exposures.parquet"]
+    (src["raw"] / "pseudo_exposures.parquet").unlink()  # a source without the side table: an empty folder
+    stage_inputs("align", src, tmp_path / "vol2")
+    assert list((tmp_path / "vol2" / "raw").iterdir()) == []
+    argv = stage_argv("align", Path("/c.yaml"), {n: Path(f"/v/{n}") for n in src}, Path("/o"), "r")
+    assert argv[argv.index("--raw") + 1] == "/v/raw" and argv[argv.index("--embeddings") + 1] == "/v/embeddings"

@@ -23,7 +23,14 @@ from genrec.config import PipelineConfig
 from genrec.data.schema import PSEUDO_EXPOSURES_FILE
 
 # The stage command of each training stage, and its input options in order.
-STAGES = {"train-sft": ("pages", "sids"), "align": ("sft", "reward", "pages", "sids", "embeddings", "raw")}
+# The inputs of the stages a launcher runs, in CLI order, and what a TrainJob's shared volume gets of each: the whole
+# folder (None) or only the files named (of ingest's folder, which holds the whole event log, align reads one side
+# table, when there is one).
+STAGES: dict[str, dict[str, tuple[str, ...] | None]] = {
+    "train-sft": {"pages": None, "sids": None},
+    "align": {"sft": None, "reward": None, "pages": None, "sids": None, "embeddings": None,
+              "raw": (PSEUDO_EXPOSURES_FILE,)},
+}
 # The container of the torch-distributed runtime's pods (Kubeflow Trainer).
 TRAINER_CONTAINER = "node"
 # The label JobSet (under the Trainer) puts on the pods of a TrainJob.
@@ -33,7 +40,7 @@ JOBSET_LABEL = "jobset.sigs.k8s.io/jobset-name"
 def stage_argv(stage: str, config_file: Path, inputs: dict[str, Path], out_dir: Path, pipeline_run_id: str) -> list:
     """The arguments of `genrec <stage>` for these inputs (after `-m genrec.cli`)."""
     if set(inputs) != set(STAGES[stage]):
-        raise ValueError(f"{stage} takes inputs {STAGES[stage]}, got {sorted(inputs)}")
+        raise ValueError(f"{stage} takes inputs {list(STAGES[stage])}, got {sorted(inputs)}")
     argv = [stage, "--config", str(config_file)]
     for name in STAGES[stage]:
         argv += [f"--{name}", str(inputs[name])]
@@ -138,19 +145,26 @@ def _env_from_cluster(cfg: PipelineConfig) -> list[dict]:
     return env
 
 
+def stage_inputs(stage: str, inputs: dict[str, Path], dest: Path) -> None:
+    """Copy a stage's input folders to dest/<name>: whole, or only the files STAGES names (those that exist)."""
+    for name, path in inputs.items():
+        files = STAGES[stage][name]
+        if files is None:
+            shutil.copytree(path, dest / name, dirs_exist_ok=True)
+            continue
+        (dest / name).mkdir(parents=True, exist_ok=True)
+        for file in files:
+            if (path / file).is_file():
+                shutil.copy2(path / file, dest / name / file)
+
+
 def run_trainjob(cfg: PipelineConfig, stage: str, inputs: dict[str, Path], out_dir: Path, pipeline_run_id: str,
                  api_client=None, namespace: str = "") -> None:
     """Stage the inputs on the shared volume, run the TrainJob, copy its outputs (not its checkpoints) to out_dir."""
     t = cfg.cluster.training
     stage_outputs.begin(out_dir, stage, pipeline_run_id, inputs)
     shared = Path(cfg.run.checkpoint_root) / pipeline_run_id / f"{stage}-job"
-    for name, path in inputs.items():  # a retried task copies again: the previous attempt may have stopped halfway
-        if name == "raw":  # of ingest's folder (the whole event log) align reads one side table only
-            (shared / "inputs" / name).mkdir(parents=True, exist_ok=True)
-            if (path / PSEUDO_EXPOSURES_FILE).is_file():
-                shutil.copy2(path / PSEUDO_EXPOSURES_FILE, shared / "inputs" / name / PSEUDO_EXPOSURES_FILE)
-            continue
-        shutil.copytree(path, shared / "inputs" / name, dirs_exist_ok=True)
+    stage_inputs(stage, inputs, shared / "inputs")  # a retried task copies again: the last attempt may have stopped halfway
     (shared / "config.yaml").write_text(cfg.to_yaml())
     job_out = shared / "out"
     argv = stage_argv(stage, shared / "config.yaml", {n: shared / "inputs" / n for n in inputs}, job_out,
