@@ -28,6 +28,8 @@ from genrec.model.genrec_model import GenRecModel
 from genrec.model.samples import batch_order
 from genrec.model.vocab import SidMap
 
+ENGAGED = ("order", "cart", "click")  # the items the rank head learns to pick out
+
 
 def ldpo_training(cfg: PipelineConfig, policy: GenRecModel, pages: pd.DataFrame, sid_map: SidMap,
                   pages_dir: Path, raw_dir: Path | None) -> AlignTraining:
@@ -73,7 +75,7 @@ def ldpo_training(cfg: PipelineConfig, policy: GenRecModel, pages: pd.DataFrame,
             item_codes.append(sid_map.item_codes(p.items + negatives, f"the items of page {p.page_id}"))
             item_level += p.levels + [level] * len(negatives)
             ntp += [g in ntp_groups for g in p.groups] + [False] * len(negatives)
-            engaged += [lvl < 2 for lvl in p.levels] + [False] * len(negatives)  # ordered, carted, clicked
+            engaged += [g in ENGAGED for g in p.groups] + [False] * len(negatives)
         b = isolated_items_batch([hist_codes[i] for i in indices], item_codes, policy.vocab, policy.token_merger)
         b["item_level"] = torch.as_tensor(item_level, dtype=torch.int64)
         b["ntp"] = torch.as_tensor(ntp, dtype=torch.bool)
