@@ -133,3 +133,11 @@ def test_a_page_ranks_its_pseudo_exposures_last_and_samples_negatives_only_witho
     assert page1 == [1, 2] + [NEGATIVE_LEVEL] * 3  # no pseudo-exposure: three sampled items
     loss, stats = train.loss_fn(model, batch)
     assert torch.isfinite(loss) and stats["loss_ldpo"] > 0
+
+
+def test_a_prompt_subset_is_seeded_and_keeps_order():
+    from genrec.align.training import prompt_subset
+
+    a = prompt_subset(list(range(100)), 7, seed=3)
+    assert len(a) == 7 and a == sorted(set(a)) and a == prompt_subset(list(range(100)), 7, seed=3)
+    assert prompt_subset(list(range(5)), 0, seed=3) == list(range(5)) == prompt_subset(list(range(5)), 9, seed=3)

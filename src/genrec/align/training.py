@@ -19,3 +19,11 @@ class AlignTraining:
     count_tokens: Callable[[dict], int]  # tokens a micro-batch processes with gradient
     report: dict
     quarantined: dict[str, pd.DataFrame] = field(default_factory=dict)  # input file -> its refused rows (+ reason)
+
+
+def prompt_subset(prompts: list, max_prompts: int, seed: int) -> list:
+    """At most `max_prompts` of the prompts (align.max_prompts; 0: all), a seeded subset in their order."""
+    if not max_prompts or len(prompts) <= max_prompts:
+        return prompts
+    keep = np.sort(np.random.default_rng(seed).choice(len(prompts), max_prompts, replace=False))
+    return [prompts[i] for i in keep]
