@@ -242,13 +242,18 @@ def rank_head_loss(model: GenRecModel, batch: dict[str, torch.Tensor], states: I
     return torch.stack(losses).mean(), float(torch.stack(top1).mean())
 
 
+def lower_pairs(levels: torch.Tensor, group: torch.Tensor) -> torch.Tensor:
+    """(M, M) bool: [k, i] is True when item i is on k's page at a less preferred level."""
+    return (group.unsqueeze(1) == group.unsqueeze(0)) & (levels.unsqueeze(0) > levels.unsqueeze(1))
+
+
 def ldpo_loss(scores: torch.Tensor, levels: torch.Tensor, group: torch.Tensor, beta: float) -> torch.Tensor:
     """RankGR eq. 8. scores (M,): pi of each item; levels (M,): its preference level (0 = most preferred);
     group (M,): its page. Mean over the items that have a lower-level item in their page of
     -log(e^{beta pi(k)} / (e^{beta pi(k)} + sum over the page's lower-level items i of e^{beta pi(i)}));
     0 (with gradient) when no page has two levels."""
     s = beta * scores
-    lower = (group.unsqueeze(1) == group.unsqueeze(0)) & (levels.unsqueeze(0) > levels.unsqueeze(1))  # [k, i]
+    lower = lower_pairs(levels, group)
     active = lower.any(dim=1)
     if not bool(active.any()):
         return scores.sum() * 0.0

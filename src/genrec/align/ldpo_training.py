@@ -17,7 +17,7 @@ import pyarrow.parquet as pq
 import torch
 
 from genrec.align.ldpo import (NEGATIVE_LEVEL, PSEUDO_LEVEL, isolated_items_batch, item_states, item_token_logprobs,
-                               ldpo_loss, ntp_loss, preference_pages, pseudo_exposures, rank_head_loss,
+                               ldpo_loss, lower_pairs, ntp_loss, preference_pages, pseudo_exposures, rank_head_loss,
                                sample_negatives)
 from genrec.align.training import AlignTraining, prompt_subset
 from genrec.config import PipelineConfig
@@ -87,8 +87,7 @@ def ldpo_training(cfg: PipelineConfig, policy: GenRecModel, pages: pd.DataFrame,
         l_ntp = ntp_loss(token_logp, batch["ntp"])
         l_ldpo = ldpo_loss(scores, batch["item_level"], batch["item_row"], lc.beta)
         with torch.no_grad():  # share of (preferred, less preferred) item pairs of a page ordered right by pi
-            lower = (batch["item_row"].unsqueeze(1) == batch["item_row"].unsqueeze(0)) & (
-                batch["item_level"].unsqueeze(0) > batch["item_level"].unsqueeze(1))
+            lower = lower_pairs(batch["item_level"], batch["item_row"])
             right = (scores.unsqueeze(1) > scores.unsqueeze(0)) & lower
             pair_acc = float(right.sum() / lower.sum().clamp(min=1))
         loss = l_ntp + lc.alpha * l_ldpo
