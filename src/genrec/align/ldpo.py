@@ -156,8 +156,9 @@ def isolated_items_batch(history_codes: list[np.ndarray], item_codes: list[np.nd
             span = np.arange(start, start + levels - 1)
             ids[r, span] = np.repeat(tok[:-1, None], levels, axis=1)
             position[r, span] = np.arange(p, p + levels - 1)
-            visible[r, 0, start:start + levels - 1, :p] = True
-            visible[r, 0, start:start + levels - 1, start:start + levels - 1] = np.tril(np.ones((levels - 1,) * 2, bool))
+            own = slice(start, start + levels - 1)
+            visible[r, 0, own, :p] = True
+            visible[r, 0, own, own] = np.tril(np.ones((levels - 1,) * 2, bool))
             item_row.append(r)
             query_pos.append(np.concatenate([[p - 1], span]))
             item_tokens.append(tok)
