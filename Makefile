@@ -22,12 +22,13 @@ SHELL := /bin/bash
 QUIET_PIP = 2>&1 | { grep -v "^WARNING: Location" || true; }
 
 .PHONY: run test install compile infra-templates lint bench-sessionize ui clean lock help wheelhouse wheelhouse-gpu image image-gpu e2e-docker \
-	mlflow-image mlflow-up mlflow-down image-spark
+	mlflow-image mlflow-up mlflow-down image-spark bad-inputs-doc
 
 help:
 	@echo "make run      create the environment (first time) and run the demo pipeline end to end"
 	@echo "make test     create the environment (first time) and run the test suite"
 	@echo "make compile  recompile pipelines/genrec_pipeline.yaml"
+	@echo "make bad-inputs-doc   rewrite README's table of bad inputs from tests/bad_input_corpus.py"
 	@echo "make ui       start the MLflow UI on http://127.0.0.1:5000 over the work folder's sqlite store"
 	@echo "make mlflow-up    start the team server here: PostgreSQL + object store + mlflow server with logins (mlflow/README.md)"
 	@echo "make mlflow-image build the MLflow server image \$$(MLFLOW_IMAGE)"
@@ -60,6 +61,9 @@ compile: install
 
 infra-templates: install
 	$(BIN)/python -m pipelines.k8s_templates
+
+bad-inputs-doc: install
+	$(BIN)/python tests/bad_input_corpus.py
 
 ui: install
 	$(BIN)/genrec ui --config $(CONFIG)

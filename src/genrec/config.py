@@ -62,6 +62,13 @@ class SourceConfig(_Section):
     period_end: Optional[date] = Field(
         None, description="Day after the last day the logs cover (exclusive). Empty: the simulator's month, else the day after the last event."
     )
+    ts_unit: Literal["", "s", "ms", "us", "iso8601"] = Field(
+        "",
+        description="How the events' `ts` column is written when it is not a timestamp type: s, ms or us (numbers: "
+        "seconds, milliseconds or microseconds since 1970-01-01 UTC), or iso8601 (strings with a UTC offset, e.g. "
+        "2026-10-01T08:00:00+02:00; converted to UTC). Empty: `ts` must be a timestamp column (a naive one is read "
+        "as UTC); numbers or strings are refused, since their unit or zone would be a guess.",
+    )
 
 
 class SimulatorConfig(_Section):
@@ -108,6 +115,31 @@ class ValidationConfig(_Section):
     )
     future_tolerance_minutes: int = Field(10, ge=0, description="Events this far past the current time are still accepted (clock skew).")
     max_history_items: int = Field(200, gt=0, description="Pages whose history is longer than this fail validation (must match sessionize.max_history).")
+    duplicate_key_columns: list[str] = Field(
+        ["user_id", "item_id", "event_type", "ts", "request_id", "position"],
+        description="Events equal in all these columns are one action logged twice (double logging, often under new "
+        "event ids): the later copies are quarantined as `event_duplicate`, the first kept. Empty: no such check.",
+    )
+    max_events_per_request: int = Field(
+        1000, ge=0, description="A feed request with more events than this is likely automated traffic (a bot or a "
+                                "logging loop): all its events are quarantined as `request_oversized`. 0: no cap.")
+    max_events_per_user_day: int = Field(
+        5000, ge=0, description="A user with more events than this on one UTC day is likely automated: all the user's "
+                                "events of that day are quarantined as `user_day_hyperactive`. 0: no cap.")
+    max_automated_fraction: float = Field(
+        0.2, ge=0, le=1, description="Share of events the automated-traffic checks (request_oversized, "
+                                     "user_day_hyperactive) may quarantine before the stage stops; they do not count "
+                                     "toward max_quarantine_fraction, since bots are expected in real logs.")
+
+    @field_validator("duplicate_key_columns")
+    @classmethod
+    def _known_event_columns(cls, cols: list[str]) -> list[str]:
+        known = ["user_id", "item_id", "event_type", "ts", "request_id", "position"]
+        unknown = [c for c in cols if c not in known]
+        if unknown:
+            raise ValueError(f"unknown event column(s) {unknown}; choose from {known} (event_id is never a key: "
+                             f"double logging gives the copy a new id)")
+        return cols
 
 
 class SplitConfig(_Section):

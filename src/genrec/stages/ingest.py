@@ -20,6 +20,7 @@ from genrec import plots, stage_outputs, tracking
 from genrec.config import PipelineConfig
 from genrec.data.io import is_object_store, read_parquet
 from genrec.data.schema import EVENTS_FILE, ITEMS_FILE, MANIFEST_FILE, PSEUDO_EXPOSURES_FILE
+from genrec.data.timestamps import canonical_ts
 from genrec.errors import InputDataError
 
 
@@ -80,7 +81,14 @@ def _period(cfg: PipelineConfig, events: pa.Table, extra: dict) -> tuple[datetim
             start = start or _day(lo.date())
             end = end or _day(hi.date()) + timedelta(days=1)
     if start is None or end is None:
-        raise InputDataError("cannot tell the period the logs cover: set source.period_start and source.period_end")
+        if "ts" not in events.column_names:
+            cause = f"the events have no 'ts' column (they have: {', '.join(events.column_names) or 'none'})"
+        elif events.num_rows == 0:
+            cause = "the events table is empty"
+        else:
+            cause = "every event's ts is null"
+        raise InputDataError(f"cannot tell the period the logs cover: {cause}. Fix the log, or set "
+                             f"source.period_start and source.period_end")
     return start, end
 
 
@@ -92,6 +100,7 @@ def run_ingest(cfg: PipelineConfig, out_dir: str | Path, pipeline_run_id: str) -
         if cfg.source.kind == "simulator":
             track.params({"simulator": cfg.simulator.model_dump(mode="json")})
         events, items, extra = _load(cfg, out_dir)
+        events = canonical_ts(events, cfg.source.ts_unit, EVENTS_FILE)
         start, end = _period(cfg, events, extra)
         pq.write_table(events, out_dir / EVENTS_FILE)
         pq.write_table(items, out_dir / ITEMS_FILE)

@@ -61,11 +61,13 @@ def run_validate_events(cfg: PipelineConfig, ingest_dir: str | Path, out_dir: st
 
         items_raw = read_parquet(ingest_dir / ITEMS_FILE, "run the ingest stage first")
         items_rep = TableValidation("items", items_raw.num_rows)
-        items_tab, items_rep.schema_problems, utf8_ok = conform(items_raw, ITEMS_SCHEMA, f"{ITEMS_FILE}", TEXT_COLUMNS)
+        conformed = conform(items_raw, ITEMS_SCHEMA, f"{ITEMS_FILE}", TEXT_COLUMNS)
+        items_tab, items_rep.schema_problems = conformed.table, conformed.problems
         clean_item_ids = pd.Series([], dtype="Int64")
         if items_tab is not None:
             items = to_frame(items_tab)
-            items["text_utf8"] = utf8_ok
+            items["text_utf8"] = conformed.utf8_ok
+            items["numbers_finite"] = conformed.finite
             items["any_text"] = items[["title", "description", "category", "brand"]].bfill(axis=1).iloc[:, 0]
             item_checks = C.item_checks()
             bad = check_table(project, items, "items", item_checks, items_rep, pipeline_run_id)
@@ -75,10 +77,13 @@ def run_validate_events(cfg: PipelineConfig, ingest_dir: str | Path, out_dir: st
 
         events_raw = read_parquet(ingest_dir / EVENTS_FILE, "run the ingest stage first")
         events_rep = TableValidation("events", events_raw.num_rows)
-        events_tab, events_rep.schema_problems, _ = conform(events_raw, EVENTS_SCHEMA, f"{EVENTS_FILE}")
+        conformed = conform(events_raw, EVENTS_SCHEMA, f"{EVENTS_FILE}")
+        events_tab, events_rep.schema_problems = conformed.table, conformed.problems
         if events_tab is not None:
-            events = C.add_event_columns(to_frame(events_tab), clean_item_ids.dropna().to_numpy())
-            event_checks = C.event_checks(period[0], period[1], now)
+            v = cfg.validation
+            events = C.add_event_columns(to_frame(events_tab), clean_item_ids.dropna().to_numpy(), conformed.finite,
+                                         v.duplicate_key_columns)
+            event_checks = C.event_checks(period[0], period[1], now, v.max_events_per_request, v.max_events_per_user_day)
             bad = check_table(project, events, "events", event_checks, events_rep, pipeline_run_id)
             _write(events[~bad], EVENTS_SCHEMA, out_dir / EVENTS_FILE)
             _write_quarantine(quarantine_frame(events, bad, event_checks), out_dir / "quarantine" / EVENTS_FILE)
@@ -90,7 +95,7 @@ def run_validate_events(cfg: PipelineConfig, ingest_dir: str | Path, out_dir: st
             track.dataset(out_dir / EVENTS_FILE, "events_validated", "output", {f.name: str(f.type) for f in EVENTS_SCHEMA})
             track.dataset(out_dir / ITEMS_FILE, "items_validated", "output", {f.name: str(f.type) for f in ITEMS_SCHEMA})
         reports = [items_rep, events_rep]
-        reasons = gate_reasons(reports, cfg.validation.max_quarantine_fraction)
+        reasons = gate_reasons(reports, cfg.validation.max_quarantine_fraction, cfg.validation.max_automated_fraction)
         report = {"passed": not reasons, "reasons": reasons, "tables": [r.as_dict() for r in reports],
                   "data_docs": str(project.docs_index)}
         (out_dir / "report.json").write_text(json.dumps(report, indent=2, default=str))
@@ -108,6 +113,9 @@ def _log(track, reports: list[TableValidation], project: GxProject, report: dict
         track.metrics({f"{rep.table}_rows_in": rep.rows_in, f"{rep.table}_rows_out": rep.rows_out,
                        f"{rep.table}_rows_quarantined": rep.rows_quarantined})
         track.metrics({f"{rep.table}_quarantined_{k}": v for k, v in rep.quarantine_by_check.items()})
+        if rep.rows_in:  # shares, so runs on logs of different sizes compare in the MLflow UI
+            track.metrics({f"{rep.table}_share_{k}": v / rep.rows_in for k, v in rep.quarantine_by_check.items()})
+        track.metrics({f"{rep.table}_rows_automated": rep.rows_automated})
         track.metrics({f"{rep.table}_failed_expectations": sum(not r.success for r in rep.results)})
     track.metrics({"validation_passed": int(report["passed"])})
     track.json(report, "validation/report.json")

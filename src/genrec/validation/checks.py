@@ -27,6 +27,7 @@ class Check:
     description: str
     expectation: gxe.Expectation
     bad_rows: Mask | None = None  # row-level: True where a row fails; None: table-level
+    automated: bool = False  # flags likely automated traffic (bots), gated by its own share, not as a data defect
 
     def __post_init__(self) -> None:
         self.expectation.meta = {"check": self.name}
@@ -42,18 +43,45 @@ def _ts(value: datetime) -> pd.Timestamp:
     return pd.Timestamp(value).tz_convert("UTC") if pd.Timestamp(value).tzinfo else pd.Timestamp(value, tz="UTC")
 
 
-def event_checks(period_start: datetime, period_end: datetime, now: datetime) -> list[Check]:
-    """Checks of canonical events. Needs the derived column `item_in_catalog` (see add_event_columns)."""
+def _flag(name: str, description: str, column: str) -> Check:
+    """A row-level check on a derived boolean column that is True where the row is fine."""
+    return Check(name, description, gxe.ExpectColumnValuesToBeInSet(column=column, value_set=[True]),
+                 lambda df: ~df[column].astype(bool))
+
+
+def _at_most(name: str, description: str, column: str, cap: int) -> Check:
+    return Check(name, description, gxe.ExpectColumnValuesToBeBetween(column=column, max_value=cap),
+                 lambda df: (df[column] > cap).fillna(False), automated=True)
+
+
+def event_checks(period_start: datetime, period_end: datetime, now: datetime, max_per_request: int = 0,
+                 max_per_user_day: int = 0) -> list[Check]:
+    """Checks of canonical events. Needs the derived columns of add_event_columns. A cap of 0 is no check."""
     lo, hi, now = _ts(period_start), _ts(period_end), _ts(now)
+    caps = []
+    if max_per_request:
+        caps.append(_at_most("request_oversized", f"a feed request has at most {max_per_request:,} events (more: "
+                             f"likely a bot or a logging loop; the whole request is quarantined)", "request_events",
+                             max_per_request))
+    if max_per_user_day:
+        caps.append(_at_most("user_day_hyperactive", f"a user has at most {max_per_user_day:,} events on one UTC day "
+                             f"(more: likely automated; that user-day is quarantined)", "user_day_events",
+                             max_per_user_day))
     return [
         Check("not_empty", "the log has at least one event", gxe.ExpectTableRowCountToBeBetween(min_value=1)),
+        _flag("numbers_finite", "numeric columns hold finite numbers (NaN or +-inf in an id or position is quarantined)",
+              "numbers_finite"),
         _not_null("event_id", "event_id"),
         _not_null("user_id", "user_id"),
         _not_null("item_id", "item_id"),
         _not_null("ts", "the timestamp"),
+        _not_null("event_type", "event_type"),  # the set check below passes nulls (GE skips them)
         Check("event_id_unique", "event ids are unique (later copies of an id are quarantined)",
               gxe.ExpectColumnValuesToBeUnique(column="event_id"),
               lambda df: df["event_id"].duplicated(keep="first") & df["event_id"].notna()),
+        _flag("event_duplicate", "no event repeats an earlier one in every key column of "
+              "validation.duplicate_key_columns (double logging: later copies are quarantined, the first kept)",
+              "first_copy"),
         Check("event_type_known", f"event_type is one of {', '.join(EVENT_TYPES)}",
               gxe.ExpectColumnValuesToBeInSet(column="event_type", value_set=list(EVENT_TYPES)),
               lambda df: ~df["event_type"].isin(EVENT_TYPES)),
@@ -80,13 +108,24 @@ def event_checks(period_start: datetime, period_end: datetime, now: datetime) ->
         # (lost log lines); many mean the page data cannot be trusted, so this one stops the pipeline.
         Check("positive_has_exposure", "clicks, carts and orders of a feed request follow an exposure of the item (mostly)",
               gxe.ExpectColumnValuesToBeInSet(column="exposed_in_request", value_set=[True], mostly=0.95)),
+        *caps,
     ]
 
 
-def add_event_columns(events: pd.DataFrame, item_ids: np.ndarray) -> pd.DataFrame:
-    """Derived columns that some event checks read (a fact about a row that needs another table or group)."""
+def add_event_columns(events: pd.DataFrame, item_ids: np.ndarray, finite: np.ndarray | None = None,
+                      duplicate_keys: list[str] | tuple[str, ...] = ()) -> pd.DataFrame:
+    """Derived columns that some event checks read (a fact about a row that needs another table or group).
+
+    `finite` marks rows whose numbers were all finite before conforming (see conform); `duplicate_keys` are the
+    columns that make two events the same action.
+    """
     out = events.copy()
+    out["numbers_finite"] = np.ones(len(out), dtype=bool) if finite is None else finite
+    out["first_copy"] = ~out.duplicated(subset=list(duplicate_keys), keep="first") if duplicate_keys else True
     out["item_in_catalog"] = out["item_id"].isin(item_ids).astype(bool)
+    out["request_events"] = out.groupby("request_id", dropna=True)["event_type"].transform("size").astype("Int64")
+    day = out["ts"].dt.floor("D")
+    out["user_day_events"] = out.groupby([out["user_id"], day], dropna=True)["event_type"].transform("size").astype("Int64")
     req = out[["request_id", "user_id"]].dropna()
     n_users = req.groupby("request_id")["user_id"].transform("nunique")
     out["request_single_user"] = True
@@ -115,6 +154,8 @@ def item_checks() -> list[Check]:
               lambda df: (df["item_id"] < 0).fillna(False)),
         Check("price_non_negative", "prices, where given, are >= 0", gxe.ExpectColumnValuesToBeBetween(column="price", min_value=0),
               lambda df: (df["price"] < 0).fillna(False)),
+        _flag("numbers_finite", "prices, where given, are finite (NaN or +-inf is quarantined; a missing price is null)",
+              "numbers_finite"),
         Check("text_utf8", "title, description, category and brand are valid UTF-8 text",
               gxe.ExpectColumnValuesToBeInSet(column="text_utf8", value_set=[True]), lambda df: ~df["text_utf8"]),
         Check("has_text", "an item has at least one of title, description, category, brand (mostly)",

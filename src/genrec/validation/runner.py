@@ -8,9 +8,9 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pyarrow as pa
+import pyarrow.compute as pc
 
 from genrec.validation.checks import Check
-
 
 
 @dataclass
@@ -33,6 +33,9 @@ class TableValidation:
     results: list[CheckResult] = field(default_factory=list)
     rows_quarantined: int = 0
     quarantine_by_check: dict[str, int] = field(default_factory=dict)
+    rows_automated: int = 0  # rows quarantined by an automated-traffic check (some may fail other checks too)
+    rows_defective: int = 0  # rows quarantined by any other check
+    automated_users: list[dict] = field(default_factory=list)  # the users behind the automated traffic, most first
 
     @property
     def rows_out(self) -> int:
@@ -45,22 +48,47 @@ class TableValidation:
 # -- Arrow-level schema: exact types, before anything is converted -------------------------------------------
 
 
-def conform(table: pa.Table, schema: pa.Schema, name: str, text_columns: tuple[str, ...] = ()) -> tuple[pa.Table | None, list[str], np.ndarray]:
+@dataclass
+class Conformed:
+    """A table cast to the canonical schema (None when it cannot be), and per-row facts found on the way."""
+
+    table: pa.Table | None
+    problems: list[str]
+    utf8_ok: np.ndarray  # False: a binary text value did not decode as UTF-8 (it is null now)
+    finite: np.ndarray  # False: a numeric value was NaN or +-inf (null now where the column holds integers)
+
+
+def _non_finite(col: pa.ChunkedArray) -> np.ndarray:
+    """True where a floating-point value is NaN or +-inf (nulls are not: a missing value is allowed)."""
+    if not pa.types.is_floating(col.type):
+        return np.zeros(len(col), dtype=bool)
+    finite = pc.is_finite(col)
+    return ~np.asarray(finite.fill_null(True).to_numpy(zero_copy_only=False), dtype=bool)
+
+
+def conform(table: pa.Table, schema: pa.Schema, name: str, text_columns: tuple[str, ...] = ()) -> Conformed:
     """Cast a table to the canonical schema where that loses nothing.
 
-    Returns (table or None when it cannot be conformed, problems, utf8_ok) where utf8_ok marks rows whose
-    binary text columns decode as UTF-8 (undecodable values become null and the row is flagged).
+    Binary text columns are decoded (undecodable values become null, the row is flagged in utf8_ok). NaN and +-inf
+    are a row-level fault, not a reason to refuse the table: they are flagged in `finite`, and where the column holds
+    integers (ids written as floats) they become null, since an integer cannot hold them.
     """
     problems = []
     missing = [f.name for f in schema if f.name not in table.column_names]
     for col in missing:
         problems.append(f"{name}: required column '{col}' is missing (has: {', '.join(table.column_names) or 'none'})")
     utf8_ok = np.ones(table.num_rows, dtype=bool)
-    columns = []
+    finite = np.ones(table.num_rows, dtype=bool)
     for f in schema:
         if f.name in missing:
             continue
         col = table.column(f.name)
+        if (pa.types.is_integer(f.type) or pa.types.is_floating(f.type)) and pa.types.is_floating(col.type):
+            bad = _non_finite(col)
+            if bad.any():
+                finite &= ~bad
+                if pa.types.is_integer(f.type):
+                    col = pc.if_else(pa.array(bad), pa.scalar(None, col.type), col)
         if f.name in text_columns and (pa.types.is_binary(col.type) or pa.types.is_large_binary(col.type)):
             values = []
             for i, raw in enumerate(col.to_pylist()):
@@ -86,20 +114,20 @@ def conform(table: pa.Table, schema: pa.Schema, name: str, text_columns: tuple[s
                           (pa.types.is_large_string(col.type) and pa.types.is_string(f.type)) or \
                           (pa.types.is_dictionary(col.type) and pa.types.is_string(f.type))
                 if not ok_cast:
-                    problems.append(f"{name}: column '{f.name}' has type {col.type}, expected {f.type}")
+                    hint = f" (set source.ts_unit)" if f.name == "ts" else ""
+                    problems.append(f"{name}: column '{f.name}' has type {col.type}, expected {f.type}{hint}")
                     continue
                 try:
                     col = col.cast(f.type)
                 except (pa.ArrowInvalid, pa.ArrowNotImplementedError) as exc:
                     problems.append(f"{name}: column '{f.name}' cannot be read as {f.type}: {exc}")
                     continue
-        columns.append(pa.field(f.name, f.type))
         table = table.set_column(table.schema.get_field_index(f.name), f.name, col)
     if problems:
-        return None, problems, utf8_ok
+        return Conformed(None, problems, utf8_ok, finite)
     # Nulls in required columns are a row-level fault (quarantined later), not a reason to refuse the table.
     nullable = pa.schema([f.with_nullable(True) for f in schema])
-    return table.select([f.name for f in schema]).cast(nullable), problems, utf8_ok
+    return Conformed(table.select([f.name for f in schema]).cast(nullable), problems, utf8_ok, finite)
 
 
 def to_frame(table: pa.Table) -> pd.DataFrame:
@@ -168,7 +196,8 @@ def check_table(project: GxProject, df: pd.DataFrame, table: str, checks: list[C
                 run_name: str | None = None) -> np.ndarray:
     """Validate df with GE and return the quarantine mask (True: the row fails a row-level check)."""
     report.results = project.validate(df, table, checks, run_name)
-    bad = np.zeros(len(df), dtype=bool)
+    defective = np.zeros(len(df), dtype=bool)
+    automated = np.zeros(len(df), dtype=bool)
     failed = {r.name for r in report.results if not r.success}
     for check in checks:
         if check.bad_rows is None:
@@ -178,9 +207,25 @@ def check_table(project: GxProject, df: pd.DataFrame, table: str, checks: list[C
             continue
         mask = np.asarray(check.bad_rows(df), dtype=bool)
         report.quarantine_by_check[check.name] = int(mask.sum())
-        bad |= mask
-    report.rows_quarantined = int(bad.sum())
+        if check.automated:
+            automated |= mask
+        else:
+            defective |= mask
+    bad = defective | automated
+    report.rows_quarantined, report.rows_defective, report.rows_automated = int(bad.sum()), int(defective.sum()), int(automated.sum())
+    if automated.any() and "user_id" in df.columns:
+        report.automated_users = automated_users(df[automated])
     return bad
+
+
+def automated_users(rows: pd.DataFrame, top: int = 50) -> list[dict]:
+    """Who is behind the traffic quarantined as automated: per user, events, requests and days, most events first."""
+    per_user = rows.groupby("user_id", dropna=False).agg(events=("user_id", "size"),
+                                                         requests=("request_id", "nunique"),
+                                                         days=("ts", lambda t: t.dt.floor("D").nunique()))
+    per_user = per_user.sort_values("events", ascending=False).head(top).reset_index()
+    return [{"user_id": None if pd.isna(r.user_id) else int(r.user_id), "events": int(r.events),
+             "requests": int(r.requests), "days": int(r.days)} for r in per_user.itertuples()]
 
 
 def quarantine_frame(df: pd.DataFrame, bad: np.ndarray, checks: list[Check]) -> pd.DataFrame:
