@@ -32,14 +32,14 @@ def free_port() -> int:
 
 
 @contextlib.contextmanager
-def mlflow_server(root: Path, proxied_artifacts: bool = True, timeout_s: float = 120) -> Iterator[str]:
+def mlflow_server(root: Path, proxied_artifacts: bool = True, timeout_s: float = 120, port: int = 0) -> Iterator[str]:
     """An MLflow server on 127.0.0.1 with a sqlite store under root; yields its URI.
 
     proxied_artifacts: clients upload artifacts through the server into root/artifacts (what containers need);
-    False: clients write them to root/artifacts themselves (a path on this machine).
+    False: clients write them to root/artifacts themselves (a path on this machine). port 0: a free one.
     """
     root.mkdir(parents=True, exist_ok=True)
-    port = free_port()
+    port = port or free_port()
     artifacts = (["--serve-artifacts", "--artifacts-destination", str(root / "artifacts")] if proxied_artifacts
                  else ["--default-artifact-root", (root / "artifacts").as_uri()])
     log = open(root / "server.log", "w")

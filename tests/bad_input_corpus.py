@@ -301,6 +301,24 @@ CASES = [
 ]
 
 
+BY_NAME = {c.name: c for c in CASES}
+
+
+def write_folder(root: Path, events, items, manifest: bool = True) -> None:
+    """An ingest-like folder: events.parquet, items.parquet and (unless told not to) manifest.json with the period."""
+    import json
+
+    import pyarrow.parquet as pq
+
+    root.mkdir(parents=True)
+    for name, obj in (("events.parquet", events), ("items.parquet", items)):
+        table = obj if isinstance(obj, pa.Table) else pa.Table.from_pandas(obj, preserve_index=False)
+        pq.write_table(table, root / name)
+    if manifest:
+        (root / "manifest.json").write_text(json.dumps({"source": "test", "period_start": BASE.period_start.isoformat(),
+                                                         "period_end": BASE.period_end.isoformat()}))
+
+
 def outcome_text(case: Case) -> str:
     """The outcome as the README states it."""
     if case.outcome == "pass":

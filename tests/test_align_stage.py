@@ -58,7 +58,7 @@ def test_a_killed_align_run_resumes_to_the_same_model(sft_data, trained, reward_
                            env=sub_env(tmp_path), capture_output=True, text=True, timeout=600)
     assert whole.returncode == 0, whole.stderr[-3000:]
     kill_at_first_checkpoint(_align_cmd(sft_data, trained, reward, embeddings, tmp_path / "killed", mlflow_server),
-                             tmp_path / "killed" / "checkpoints", sub_env(tmp_path))
+                             tmp_path / "killed.partial" / "checkpoints", sub_env(tmp_path))
     resumed = subprocess.run(_align_cmd(sft_data, trained, reward, embeddings, tmp_path / "killed", mlflow_server),
                              env=sub_env(tmp_path), capture_output=True, text=True, timeout=600)
     assert resumed.returncode == 0, resumed.stderr[-3000:]
@@ -102,7 +102,7 @@ def test_ldpo_with_the_rank_head_needs_no_reward_model_and_resumes(sft_data, tra
 
     whole = subprocess.run(cmd(tmp_path / "whole"), env=sub_env(tmp_path), capture_output=True, text=True, timeout=600)
     assert whole.returncode == 0, whole.stderr[-3000:]
-    kill_at_first_checkpoint(cmd(tmp_path / "killed"), tmp_path / "killed" / "checkpoints", sub_env(tmp_path))
+    kill_at_first_checkpoint(cmd(tmp_path / "killed"), tmp_path / "killed.partial" / "checkpoints", sub_env(tmp_path))
     resumed = subprocess.run(cmd(tmp_path / "killed"), env=sub_env(tmp_path), capture_output=True, text=True, timeout=600)
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     report = json.loads((tmp_path / "killed" / "report.json").read_text())

@@ -6,28 +6,15 @@ import json
 
 import numpy as np
 import pandas as pd
-import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 from typer.testing import CliRunner
 
-from bad_input_corpus import BASE, CASES, EVENTS, ITEMS, N, README, readme_with_table, _set
+from bad_input_corpus import BY_NAME, CASES, EVENTS, ITEMS, N, README, _set, readme_with_table, write_folder as _write_case
 from genrec.cli import app
 from genrec.errors import InputDataError, ValidationFailed
 from genrec.stages.ingest import run_ingest
 from genrec.stages.validate_events import run_validate_events
-
-BY_NAME = {c.name: c for c in CASES}
-
-
-def _write_case(root, events, items, manifest=True):
-    root.mkdir(parents=True)
-    for name, obj in (("events.parquet", events), ("items.parquet", items)):
-        table = obj if isinstance(obj, pa.Table) else pa.Table.from_pandas(obj, preserve_index=False)
-        pq.write_table(table, root / name)
-    if manifest:
-        (root / "manifest.json").write_text(json.dumps({"source": "test", "period_start": BASE.period_start.isoformat(),
-                                                         "period_end": BASE.period_end.isoformat()}))
 
 
 def test_the_corpus_covers_forty_kinds():
@@ -145,8 +132,9 @@ def test_a_stage_whose_tracking_fails_mid_run_leaves_no_output_the_next_stage_ac
         m.setattr(tracking.StageTracker, "artifact", gone)
         with pytest.raises(tracking.TrackingError, match="lost the MLflow server at http"):
             run_validate_events(cfg, tmp_path / "in", tmp_path / "validated", "midrun")
-    assert (tmp_path / "validated" / "events.parquet").exists()  # half-written: files are there ...
-    assert (tmp_path / "validated" / outputs.MARKER).exists()  # ... and marked incomplete
+    assert not (tmp_path / "validated").exists()  # no output folder ...
+    assert (tmp_path / "validated.partial" / "events.parquet").exists()  # ... its half-written files are in the work
+    assert (tmp_path / "validated.partial" / outputs.MARKER).exists()  # folder, marked incomplete
     result = CliRunner().invoke(app, ["sessionize", "--input", str(tmp_path / "validated"), "--out",
                                       str(tmp_path / "sessionized"), f"run.work_dir={tmp_path}"])
     assert result.exit_code == 2 and "Traceback" not in result.output
@@ -154,5 +142,5 @@ def test_a_stage_whose_tracking_fails_mid_run_leaves_no_output_the_next_stage_ac
     assert "rerun validate-events" in result.output
     # A rerun that finishes makes the folder usable again.
     run_validate_events(cfg, tmp_path / "in", tmp_path / "validated", "midrun-2")
-    assert not (tmp_path / "validated" / outputs.MARKER).exists()
+    assert not (tmp_path / "validated.partial").exists() and (tmp_path / "validated" / outputs.DONE).exists()
     outputs.require_complete(tmp_path / "validated", "validated")

@@ -143,7 +143,8 @@ def test_a_failed_application_fails_the_task_with_the_drivers_error(spark, s3, m
             run_sessionize(_cfg(make_cfg), validated, tmp_path / "out", "kfp-run-6")
     finally:
         api.stop()
-    assert (tmp_path / "out" / "_GENREC_INCOMPLETE.json").exists()  # the half-made output is never used
+    assert not (tmp_path / "out").exists()  # the half-made output is never used ...
+    assert (tmp_path / "out.partial" / "_GENREC_INCOMPLETE.json").exists()  # ... and its work folder says so
 
 
 def test_spark_image_entry_point_runs_the_driver(tmp_path, make_cfg):

@@ -17,9 +17,10 @@ from conftest import STEPS, kill_at_first_checkpoint, sft_cmd as _cmd, sub_env a
 
 def test_a_killed_run_resumes_to_the_same_model(sft_data, trained, tmp_path, mlflow_server):
     steps = STEPS
-    kill_at_first_checkpoint(_cmd(sft_data, tmp_path / "killed", mlflow_server, *steps), tmp_path / "killed" / "checkpoints",
+    kill_at_first_checkpoint(_cmd(sft_data, tmp_path / "killed", mlflow_server, *steps), tmp_path / "killed.partial" / "checkpoints",
                              _env(tmp_path))
-    assert not (tmp_path / "killed" / "model").exists()
+    assert not (tmp_path / "killed").exists()  # the killed run's files stay in its work folder
+    assert not (tmp_path / "killed.partial" / "model").exists()
     resumed = subprocess.run(_cmd(sft_data, tmp_path / "killed", mlflow_server, *steps), env=_env(tmp_path),
                              capture_output=True, text=True, timeout=600)
     assert resumed.returncode == 0, resumed.stderr[-3000:]

@@ -36,7 +36,7 @@ def test_component_runs_torchrun_ranks_in_its_pod(sft_data, tmp_path, make_cfg, 
               SimpleNamespace(path=str(sft_data / "sids")), SimpleNamespace(path=str(out)))
     report = json.loads((out / "report.json").read_text())
     assert report["world_size"] == 2 and report["steps"] == 20
-    assert (out / "model" / "model.safetensors").is_file() and not (out / "_GENREC_INCOMPLETE.json").exists()
+    assert (out / "model" / "model.safetensors").is_file() and (out / "_GENREC_COMPLETE.json").exists()
 
 
 def test_torchrun_failure_names_the_stage(sft_data, tmp_path, make_cfg):
@@ -141,7 +141,7 @@ def test_trainjob_runs_on_the_shared_volume_and_its_outputs_come_back(sft_data, 
     report = json.loads((tmp_path / "out" / "report.json").read_text())
     assert report["world_size"] == 2 and report["steps"] == 20
     assert (tmp_path / "out" / "model" / "model.safetensors").is_file()
-    assert not (tmp_path / "out" / "checkpoints").exists() and not (tmp_path / "out" / "_GENREC_INCOMPLETE.json").exists()
+    assert not (tmp_path / "out" / "checkpoints").exists() and (tmp_path / "out" / "_GENREC_COMPLETE.json").exists()
     # Checkpoints stayed on the volume, where a retry of this run finds them.
     assert list((volume / "kfp-run-7" / "train-sft").glob("step-*"))
     assert f"TrainJob team-a/{name}: succeeded" in capsys.readouterr().out

@@ -15,3 +15,7 @@ class InputDataError(GenrecError):
 
 class ValidationFailed(GenrecError):
     """A data-validation gate stopped the pipeline; the message names the expectations and row counts."""
+
+
+class StorageError(GenrecError):
+    """Writing an output failed (a full disk, a volume gone read-only); the message names the path and what is intact."""

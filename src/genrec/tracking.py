@@ -17,6 +17,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Iterator
 
+from genrec import stage_outputs
 from genrec.config import PipelineConfig
 from genrec.credentials import redact
 from genrec.tracking_server import TrackingError, check_server, explain, is_server, tracking_uri
@@ -97,6 +98,18 @@ def _few_retries() -> Iterator[None]:
 
 
 _FEW_RETRIES = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "1", "MLFLOW_HTTP_REQUEST_TIMEOUT": "30"}
+# For the whole of a stage: a server that has gone away fails the stage in seconds (not after MLflow's 7 retries
+# with backoff, about 4 minutes); KFP's task retry, and the stages' resume, handle what a longer outage needs.
+_STAGE_RETRIES = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "2", "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "1"}
+
+
+@contextmanager
+def _stage_retries() -> Iterator[None]:
+    """Few, short retries for every call of a stage; a user's own MLFLOW_HTTP_REQUEST_* settings win."""
+    with _env_restored(*_STAGE_RETRIES):
+        for key, value in _STAGE_RETRIES.items():
+            os.environ.setdefault(key, value)
+        yield
 
 
 @contextmanager
@@ -213,7 +226,8 @@ class StageTracker:
         if schema_columns:
             kinds = {"int64": "long", "int32": "integer", "double": "double", "float64": "double", "bool": "boolean"}
             schema = Schema([ColSpec(kinds.get(t, "string"), n) for n, t in schema_columns.items()])
-        source = resolve_dataset_source(str(Path(path).resolve()))
+        # A stage writes into its work folder; the dataset is read later from the output folder it becomes.
+        source = resolve_dataset_source(str(stage_outputs.final_path(Path(path).resolve())))
         ds = MetaDataset(source=source, name=name, digest=digest, schema=schema)
         self._mlflow.log_input(ds, context=context)
 
@@ -225,6 +239,13 @@ def stage_run(cfg: PipelineConfig, stage: str, pipeline_run_id: str) -> Iterator
 
     A server that cannot be used fails here, before the stage does any work, with one line that says what to do.
     """
+    with _stage_retries():
+        with _stage_run(cfg, stage, pipeline_run_id) as tracker:
+            yield tracker
+
+
+@contextmanager
+def _stage_run(cfg: PipelineConfig, stage: str, pipeline_run_id: str) -> Iterator[StageTracker]:
     mlflow = _mlflow()
     parent_id = ensure_parent_run(cfg, pipeline_run_id)
     with _startup(cfg):

@@ -49,9 +49,10 @@ def run_align(cfg: PipelineConfig, sft_dir: str | Path, reward_dir: str | Path, 
     a = cfg.align
     rank, world, device = init_distributed()
     grpo = a.method == "grpo_sr"  # LDPO reads neither the reward model nor the item vectors
-    stage_outputs.begin(out_dir, "align", pipeline_run_id, {
+    out_dir = stage_outputs.begin(out_dir, "align", pipeline_run_id, {
         "sft": sft_dir, "pages": pages_dir, "sids": sids_dir, "reward": reward_dir if grpo else None,
-        "embeddings": embeddings_dir if grpo else None, "raw": None if grpo else raw_dir})
+        "embeddings": embeddings_dir if grpo else None, "raw": None if grpo else raw_dir}, rank)
+    torch.distributed.barrier()  # rank 0 has prepared the work folder
     # before any work: a volume that is not mounted fails at once
     ckpt_dir = stage_outputs.checkpoint_dir(cfg.run.checkpoint_root, out_dir, "align", pipeline_run_id)
     sid_map = SidMap.load(sids_dir)

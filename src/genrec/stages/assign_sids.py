@@ -47,7 +47,7 @@ def run_assign_sids(cfg: PipelineConfig, embeddings_dir: str | Path, validated_d
                     pipeline_run_id: str) -> dict:
     """Fit RQ-KMeans, give every item a unique SID, build the trie, check and report."""
     embeddings_dir, validated_dir, out_dir = map(Path, (embeddings_dir, validated_dir, out_dir))
-    stage_outputs.begin(out_dir, "assign-sids", pipeline_run_id, {"embeddings": embeddings_dir, "validated": validated_dir})
+    out_dir = stage_outputs.begin(out_dir, "assign-sids", pipeline_run_id, {"embeddings": embeddings_dir, "validated": validated_dir})
     with tracking.stage_run(cfg, "assign-sids", pipeline_run_id) as track:
         track.params({"sid": cfg.sid.model_dump(mode="json")})
         item_ids = _load(embeddings_dir / "item_ids.npy")

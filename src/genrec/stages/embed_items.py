@@ -132,7 +132,7 @@ def run_embed_items(cfg: PipelineConfig, validated_dir: str | Path, pages_dir: s
                     out_dir: str | Path, pipeline_run_id: str) -> dict:
     """Embed every item of the validated catalog; fine-tune on co-engagement pairs; write the vectors."""
     validated_dir, pages_dir, raw_dir, out_dir = map(Path, (validated_dir, pages_dir, raw_dir, out_dir))
-    stage_outputs.begin(out_dir, "embed-items", pipeline_run_id, {"validated": validated_dir, "pages": pages_dir, "raw": raw_dir})
+    out_dir = stage_outputs.begin(out_dir, "embed-items", pipeline_run_id, {"validated": validated_dir, "pages": pages_dir, "raw": raw_dir})
     with tracking.stage_run(cfg, "embed-items", pipeline_run_id) as track:
         track.params({"embed": cfg.embed.model_dump(mode="json")})
         items = read_parquet(validated_dir / ITEMS_FILE, "run validate-events first").to_pandas()

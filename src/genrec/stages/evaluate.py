@@ -138,7 +138,7 @@ def run_evaluate(cfg: PipelineConfig, model_dir: str | Path, pages_dir: str | Pa
     the reward model (R@K from r_pref for every method); `raw_dir`, ingest's folder (R@K from the
     simulator's true preference when ground_truth.npz is there)."""
     model_dir, pages_dir, sids_dir, out_dir = map(Path, (model_dir, pages_dir, sids_dir, out_dir))
-    stage_outputs.begin(out_dir, "evaluate", pipeline_run_id, {"model": model_dir, "pages": pages_dir, "sids": sids_dir, "sft": sft_dir,
+    out_dir = stage_outputs.begin(out_dir, "evaluate", pipeline_run_id, {"model": model_dir, "pages": pages_dir, "sids": sids_dir, "sft": sft_dir,
                                                         "reward": reward_dir, "raw": raw_dir})
     e = cfg.eval
     if e.beam_width < max(e.ks):

@@ -31,7 +31,7 @@ def run_gate_and_register(cfg: PipelineConfig, eval_dir: str | Path, model_dir: 
                           out_dir: str | Path, pipeline_run_id: str) -> dict:
     """Decide and register; returns the decision (also decision.json) with the registered version."""
     eval_dir, model_dir, sids_dir, out_dir = map(Path, (eval_dir, model_dir, sids_dir, out_dir))
-    stage_outputs.begin(out_dir, "gate-and-register", pipeline_run_id, {"evaluation": eval_dir, "model": model_dir, "sids": sids_dir})
+    out_dir = stage_outputs.begin(out_dir, "gate-and-register", pipeline_run_id, {"evaluation": eval_dir, "model": model_dir, "sids": sids_dir})
     model_dir = model_folder(model_dir)
     table = eval_dir / ("metrics_valid.json" if cfg.gate.split == "valid" else "metrics.json")
     if not table.is_file():

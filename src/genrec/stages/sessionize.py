@@ -23,7 +23,7 @@ def run_sessionize(cfg: PipelineConfig, validated_dir: str | Path, out_dir: str 
     """
     from genrec.spark.sessionize import build_spark, sessionize
 
-    stage_outputs.begin(out_dir, "sessionize", pipeline_run_id, {"validated": validated_dir})
+    out_dir = stage_outputs.begin(out_dir, "sessionize", pipeline_run_id, {"validated": validated_dir})
     events = Path(validated_dir) / EVENTS_FILE
     if not events.exists():
         raise InputDataError(f"{events} not found: run validate-events first")

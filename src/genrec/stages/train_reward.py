@@ -33,7 +33,7 @@ def run_train_reward(cfg: PipelineConfig, pages_dir: str | Path, sids_dir: str |
                      pipeline_run_id: str, raw_dir: str | Path | None = None) -> dict:
     """Train the reward model and measure it on the test day; returns the report (also report.json)."""
     pages_dir, sids_dir, out_dir = Path(pages_dir), Path(sids_dir), Path(out_dir)
-    stage_outputs.begin(out_dir, "train-reward", pipeline_run_id, {"pages": pages_dir, "sids": sids_dir, "raw": raw_dir})
+    out_dir = stage_outputs.begin(out_dir, "train-reward", pipeline_run_id, {"pages": pages_dir, "sids": sids_dir, "raw": raw_dir})
     r = cfg.reward
     sid_map = SidMap.load(sids_dir)
     train = build_exposures(read_split_pages(pages_dir, "train"), sid_map, r.max_history, r.max_examples, cfg.run.seed)

@@ -102,7 +102,8 @@ def run_train_sft(cfg: PipelineConfig, pages_dir: str | Path, sids_dir: str | Pa
     """Train the model on the training pages; returns the report (also report.json)."""
     pages_dir, sids_dir, out_dir = Path(pages_dir), Path(sids_dir), Path(out_dir)
     rank, world, _ = init_distributed()
-    stage_outputs.begin(out_dir, "train-sft", pipeline_run_id, {"pages": pages_dir, "sids": sids_dir})
+    out_dir = stage_outputs.begin(out_dir, "train-sft", pipeline_run_id, {"pages": pages_dir, "sids": sids_dir}, rank)
+    torch.distributed.barrier()  # rank 0 has prepared the work folder
     # before any work: a volume that is not mounted fails at once
     ckpt_dir = stage_outputs.checkpoint_dir(cfg.run.checkpoint_root, out_dir, "train-sft", pipeline_run_id)
     data = prepare_training(cfg, pages_dir, sids_dir, world)

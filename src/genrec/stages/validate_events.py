@@ -25,7 +25,7 @@ from genrec.data.schema import EVENTS_FILE, EVENTS_SCHEMA, ITEMS_FILE, ITEMS_SCH
 from genrec.errors import InputDataError, ValidationFailed
 from genrec.validation import checks as C
 from genrec.validation.gate import gate_reasons
-from genrec.validation.report import report_markdown
+from genrec.validation.report import report_html, report_markdown
 from genrec.validation.runner import GxProject, TableValidation, check_table, conform, quarantine_frame, to_frame
 
 TEXT_COLUMNS = ("title", "description", "category", "brand", "image_path")
@@ -48,7 +48,7 @@ def _write_quarantine(df: pd.DataFrame, path: Path) -> None:
 def run_validate_events(cfg: PipelineConfig, ingest_dir: str | Path, out_dir: str | Path, pipeline_run_id: str) -> dict:
     """Validate events and items with Great Expectations; quarantine failing rows; stop if the gate fails."""
     ingest_dir, out_dir = Path(ingest_dir), Path(out_dir)
-    stage_outputs.begin(out_dir, "validate-events", pipeline_run_id, {"raw": ingest_dir})
+    out_dir = stage_outputs.begin(out_dir, "validate-events", pipeline_run_id, {"raw": ingest_dir})
     with tracking.stage_run(cfg, "validate-events", pipeline_run_id) as track:
         track.params({"validation": cfg.validation.model_dump(mode="json")})
         manifest_path = ingest_dir / MANIFEST_FILE
@@ -97,10 +97,12 @@ def run_validate_events(cfg: PipelineConfig, ingest_dir: str | Path, out_dir: st
         reports = [items_rep, events_rep]
         reasons = gate_reasons(reports, cfg.validation.max_quarantine_fraction, cfg.validation.max_automated_fraction)
         report = {"passed": not reasons, "reasons": reasons, "tables": [r.as_dict() for r in reports],
-                  "data_docs": str(project.docs_index)}
+                  "data_docs": str(project.docs_path(stopped=bool(reasons)))}
         (out_dir / "report.json").write_text(json.dumps(report, indent=2, default=str))
         (out_dir / "report.md").write_text(report_markdown("validate-events", report))
+        (out_dir / "report.html").write_text(report_html("validate-events", report))
         _log(track, reports, project, report)
+        track.artifact(out_dir / "report.html", "validation")  # the offline page; Data Docs need CDNs
         if reasons:
             raise ValidationFailed("validate-events stopped the pipeline:\n  " + "\n  ".join(reasons)
                                    + f"\nData Docs: {project.docs_index}")
@@ -121,4 +123,5 @@ def _log(track, reports: list[TableValidation], project: GxProject, report: dict
     track.json(report, "validation/report.json")
     if project.docs_index.is_file():
         track.artifact(project.docs_index.parent, "data_docs")
-        track.tag("genrec.data_docs", project.docs_index.resolve().as_uri())
+        track.tag("genrec.data_docs", Path(report["data_docs"]).resolve().as_uri())
+

@@ -26,6 +26,8 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
+from genrec.errors import StorageError
+
 
 @dataclass
 class LoopConfig:
@@ -149,6 +151,29 @@ def _restore_rng(tag_dir: Path, rank: int, device: torch.device) -> None:
         torch.cuda.set_rng_state(state["cuda"], device)
 
 
+def save_checkpoint(engine, ckpt_dir: Path, step: int, rank: int, device: torch.device) -> None:
+    """Save checkpoint step-<step>; if the write fails (a full disk), remove it, point `latest` back at the previous
+    one and raise StorageError: the previous checkpoint still loads, so a rerun with space resumes from it."""
+    tag_dir = ckpt_dir / f"step-{step}"
+    previous = (ckpt_dir / "latest").read_text().strip() if (ckpt_dir / "latest").is_file() else ""
+    try:
+        _save_rng(tag_dir, rank, device)  # before DeepSpeed writes `latest`
+        engine.save_checkpoint(str(ckpt_dir), tag=f"step-{step}", client_state={"step": step})
+    except (OSError, RuntimeError) as exc:  # torch.save reports a failed write as RuntimeError
+        shutil.rmtree(tag_dir, ignore_errors=True)
+        if rank == 0:
+            try:
+                if previous:
+                    (ckpt_dir / "latest").write_text(previous)
+                else:
+                    (ckpt_dir / "latest").unlink(missing_ok=True)
+            except OSError:
+                pass
+        intact = f"the previous checkpoint ({previous}) is intact" if previous else "there is no earlier checkpoint"
+        raise StorageError(f"could not write checkpoint step-{step} to {ckpt_dir}: {exc}. Nothing of it was kept and "
+                           f"{intact}: free space (or give run.checkpoint_root more) and rerun to resume") from exc
+
+
 def _prune(ckpt_dir: Path, keep: int) -> None:
     tags = sorted((p for p in ckpt_dir.glob("step-*") if p.is_dir()), key=lambda p: int(p.name.split("-")[1]))
     for old in tags[:-keep]:
@@ -223,8 +248,7 @@ def run_loop(model: torch.nn.Module, loss_fn: Callable, make_batch: Callable[[np
                 bar.set_postfix(loss=f"{last_loss:.3f}")
             window_loss, window_stats, window_tokens, t0 = [], [], 0, time.time()
         if step % cfg.checkpoint_every == 0 and step < total:
-            _save_rng(ckpt_dir / f"step-{step}", rank, device)  # before DeepSpeed writes `latest`
-            engine.save_checkpoint(str(ckpt_dir), tag=f"step-{step}", client_state={"step": step})
+            save_checkpoint(engine, ckpt_dir, step, rank, device)
             if rank == 0:
                 _prune(ckpt_dir, cfg.keep_checkpoints)
     bar.close()

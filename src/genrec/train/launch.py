@@ -162,7 +162,7 @@ def run_trainjob(cfg: PipelineConfig, stage: str, inputs: dict[str, Path], out_d
                  api_client=None, namespace: str = "") -> None:
     """Stage the inputs on the shared volume, run the TrainJob, copy its outputs (not its checkpoints) to out_dir."""
     t = cfg.cluster.training
-    stage_outputs.begin(out_dir, stage, pipeline_run_id, inputs)
+    out_dir = stage_outputs.begin(out_dir, stage, pipeline_run_id, inputs)
     shared = Path(cfg.run.checkpoint_root) / pipeline_run_id / f"{stage}-job"
     stage_inputs(stage, inputs, shared / "inputs")  # a retried task copies again: the last attempt may have stopped halfway
     (shared / "config.yaml").write_text(cfg.to_yaml())

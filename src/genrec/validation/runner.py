@@ -10,6 +10,7 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from genrec import stage_outputs
 from genrec.validation.checks import Check
 
 
@@ -190,6 +191,11 @@ class GxProject:
     @property
     def docs_index(self) -> Path:
         return Path(self.context.root_directory) / "uncommitted" / "data_docs" / "local_site" / "index.html"
+
+    def docs_path(self, stopped: bool) -> Path:
+        """Where a reader finds the Data Docs: in the stage's output folder once it completes, or, when the stage
+        stops, in the work folder it stopped in (stage_outputs)."""
+        return self.docs_index if stopped else stage_outputs.final_path(self.docs_index)
 
 
 def check_table(project: GxProject, df: pd.DataFrame, table: str, checks: list[Check], report: TableValidation,
