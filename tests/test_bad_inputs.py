@@ -13,6 +13,7 @@ from typer.testing import CliRunner
 from bad_input_corpus import BY_NAME, CASES, EVENTS, ITEMS, N, README, _set, readme_with_table, write_folder as _write_case
 from genrec.cli import app
 from genrec.errors import InputDataError, ValidationFailed
+from genrec.stage_outputs import work_dir
 from genrec.stages.ingest import run_ingest
 from genrec.stages.validate_events import run_validate_events
 
@@ -51,8 +52,10 @@ def test_bad_input_corpus(name, make_cfg, tmp_path):
             run()
         assert case.expected in str(exc.value), str(exc.value)
         assert "Data Docs:" in str(exc.value)
-        report = json.loads((out / "report.json").read_text())
-        assert not report["passed"] and report["reasons"]
+        assert not out.exists()  # a stopped stage leaves no output; its report is in the work folder
+        report = json.loads((work_dir(out) / "report.json").read_text())
+        assert not report["passed"] and report["reasons"] and (work_dir(out) / "report.html").is_file()
+        assert str(work_dir(out)) in str(exc.value)  # the message points where the Data Docs are
         return
     report = run()
     assert report["passed"], report["reasons"]

@@ -264,9 +264,15 @@ def test_the_server_gone_while_registering_fails_in_seconds_and_registers_nothin
 
 
 def _children(pid: int) -> list[tuple[int, str]]:
-    """(pid, command line) of a process's children."""
-    out = subprocess.run(["ps", "-o", "pid=,args=", "--ppid", str(pid)], capture_output=True, text=True).stdout
-    return [(int(line.split(None, 1)[0]), line.split(None, 1)[1]) for line in out.splitlines() if line.strip()]
+    """(pid, full command line) of a process's children (from /proc: `ps` may cut long command lines)."""
+    out = subprocess.run(["ps", "-o", "pid=", "--ppid", str(pid)], capture_output=True, text=True).stdout
+    found = []
+    for child in (int(p) for p in out.split()):
+        try:
+            found.append((child, Path(f"/proc/{child}/cmdline").read_bytes().replace(b"\0", b" ").decode()))
+        except OSError:  # it ended meanwhile
+            pass
+    return found
 
 
 def _descendants(pid: int) -> list[int]:
