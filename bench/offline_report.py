@@ -43,9 +43,7 @@ def make_report(root: Path) -> Path:
     import sys
 
     sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
-    import pyarrow as pa
-    import pyarrow.parquet as pq
-    from bad_input_corpus import BASE, BY_NAME, EVENTS, ITEMS, write_folder  # noqa: E402
+    from bad_input_corpus import BY_NAME, EVENTS, ITEMS, write_folder  # noqa: E402
 
     from genrec.config import load_config
     from genrec.stages.validate_events import run_validate_events

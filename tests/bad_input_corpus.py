@@ -10,7 +10,7 @@ file or the source is unusable), "quarantine" ({table: {check: rows}}, rows None
 from __future__ import annotations
 
 import sys
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import Callable

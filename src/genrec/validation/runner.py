@@ -115,7 +115,7 @@ def conform(table: pa.Table, schema: pa.Schema, name: str, text_columns: tuple[s
                           (pa.types.is_large_string(col.type) and pa.types.is_string(f.type)) or \
                           (pa.types.is_dictionary(col.type) and pa.types.is_string(f.type))
                 if not ok_cast:
-                    hint = f" (set source.ts_unit)" if f.name == "ts" else ""
+                    hint = " (set source.ts_unit and rerun ingest)" if f.name == "ts" else ""
                     problems.append(f"{name}: column '{f.name}' has type {col.type}, expected {f.type}{hint}")
                     continue
                 try:
