@@ -75,7 +75,21 @@ def steps_per_epoch(n_train: int, cfg: FinetuneConfig) -> int:
 
 
 def finetune_head(emb: np.ndarray, pairs: np.ndarray, weights: np.ndarray, cfg: FinetuneConfig, seed: int) -> FinetuneResult:
-    """Train the projection head on `pairs` (row indices into emb) and report recall@10 before and after."""
+    """Train the projection head on `pairs` (row indices into emb) and report recall@10 before and after.
+
+    Runs with torch's deterministic algorithms: without them two runs of the same seed differed in the last
+    bits of the head on small catalogs (the residual's scatter-add backward sums in thread order), enough to
+    move an item across an RQ-KMeans boundary, so that its SID and everything trained after it differed.
+    """
+    was = torch.are_deterministic_algorithms_enabled()
+    torch.use_deterministic_algorithms(True)
+    try:
+        return _train_head(emb, pairs, weights, cfg, seed)
+    finally:
+        torch.use_deterministic_algorithms(was)
+
+
+def _train_head(emb: np.ndarray, pairs: np.ndarray, weights: np.ndarray, cfg: FinetuneConfig, seed: int) -> FinetuneResult:
     train, train_w, held = split_pairs(pairs, weights, cfg.heldout_fraction, cfg.max_pairs, seed)
     before = recall_at_k(emb, held)
     # Model selection on a validation share of the training pairs (never on the held-out pairs): the epoch
