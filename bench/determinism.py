@@ -20,8 +20,10 @@ import pyarrow as pa
 import pyarrow.dataset as ds
 import pyarrow.parquet as pq
 
-VOLATILE = ("time", "created", "duration", "_s", "started", "finished", "per_s", "pipeline_run", "run_id", "path",
-            "docs", "uri", "version")
+# Keys holding times, paths and run ids: a key is left out when it contains one of these words or ends in "_s"
+# (a duration in seconds); a looser rule would also drop counts such as n_samples.
+VOLATILE = ("time", "created", "duration", "started", "finished", "pipeline_run", "run_id", "path", "docs", "uri",
+            "version")
 SKIP_PARTS = ("gx", "checkpoints", "quarantine")
 SKIP_SUFFIXES = (".png", ".html", ".md", ".log", ".crc")
 
@@ -33,7 +35,7 @@ def run_root(work: Path) -> Path:
 
 def _strip(o):
     if isinstance(o, dict):
-        return {k: _strip(v) for k, v in o.items() if not any(t in k for t in VOLATILE)}
+        return {k: _strip(v) for k, v in o.items() if not (k.endswith("_s") or any(t in k for t in VOLATILE))}
     if isinstance(o, list):
         return [_strip(v) for v in o]
     return o
