@@ -112,8 +112,12 @@ def test_ldpo_with_the_rank_head_needs_no_reward_model_and_resumes(sft_data, tra
     sft = load_file(str(trained / "model" / "model.safetensors"))
     assert any(not np.allclose(a[k], sft[k]) for k in a), "LDPO did not change the model"
     whole_report = json.loads((tmp_path / "whole" / "report.json").read_text())
-    for key in ("final_loss_ntp", "final_loss_ldpo", "final_pair_accuracy", "final_loss_rsp", "final_rsp_top1"):
+    for key in ("final_loss_ntp", "final_loss_ldpo", "final_pair_accuracy", "final_loss_rsp", "final_rsp_top1",
+                "final_model_top1"):
         assert np.isfinite(whole_report[key]), key
+    # the config's rank head (model feature, model weight 2) went through DeepSpeed, was saved and reloads as such
+    saved = json.loads((tmp_path / "whole" / "model" / "genrec_model.json").read_text())
+    assert saved["rank_model_feature"] is True and saved["rank_model_weight"] == 2.0
     # pairs ordered right by the item score: clicked (the next item) above exposed and sampled items is learnable;
     # exposed vs sampled is a coin toss here (both random), so a working LDPO lands well above 0.5, a sign error below
     assert whole_report["final_pair_accuracy"] > 0.55

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import torch
 
-from genrec.align.ldpo import isolated_items_batch, item_states, rank_head_logits
+from genrec.align.ldpo import isolated_items_batch, item_states, item_token_logprobs, rank_head_logits
 from genrec.model.beam_search import beam_search
 from genrec.model.genrec_model import GenRecModel, build_model
 from genrec.model.rank_head import keep_candidates, rank_head_bce
@@ -65,13 +65,65 @@ def test_two_stage_decoding_stays_in_the_trie_and_scores_as_training_does(ranked
     model.rank = rank
 
 
+def test_a_head_with_the_model_feature_starts_as_the_models_order_and_decodes_as_training_scores(ranked):
+    model, sid_map, hist = ranked
+    rank = model.rank
+    torch.manual_seed(1)
+    model.add_rank_head((3, 2, 3), model_feature=True)
+    try:
+        out = beam_search(model, hist, sid_map, beam=6, constrained=True)
+        with torch.no_grad():
+            batch = isolated_items_batch(hist, [c[:1] for c in out.codes], model.vocab, model.token_merger)
+            states = item_states(model, batch)
+            idx = torch.arange(len(hist))
+            per_level = [rank_head_logits(model, batch, states, idx, level, torch.from_numpy(
+                out.codes[:, 0, level:level + 1])).squeeze(1) for level in range(3)]
+            log_p = item_token_logprobs(model, batch, states)  # (R, L): the model's own per-code log p
+        for level in range(3):  # a fresh head's logit is the model's log-probability of the code
+            torch.testing.assert_close(per_level[level], log_p[:, level], atol=1e-5, rtol=0)
+        total = sum(torch.nn.functional.logsigmoid(x) for x in per_level)
+        np.testing.assert_allclose(total.numpy(), out.scores[:, 0], atol=1e-5)
+        with torch.no_grad():  # and it learns: the MLP's correction moves the logits
+            model.rank.mlp[-1].bias.fill_(0.5)
+        moved = rank_head_logits(model, batch, states, idx, 0, torch.from_numpy(out.codes[:, 0, :1])).squeeze(1)
+        torch.testing.assert_close(moved, per_level[0] + 0.5)
+    finally:
+        model.rank = rank
+
+
+def test_a_model_weight_adds_the_models_own_log_probability_to_the_refined_score(ranked):
+    model, sid_map, hist = ranked
+    model.rank.model_weight = 0.5
+    try:
+        out = beam_search(model, hist, sid_map, beam=6, constrained=True)
+    finally:
+        model.rank.model_weight = 0.0
+    assert (out.items >= 0).all() and (np.diff(out.scores, axis=1) <= 1e-6).all()
+    with torch.no_grad():  # for each request's best item: sum of log s + 0.5 * log p(item)
+        batch = isolated_items_batch(hist, [c[:1] for c in out.codes], model.vocab, model.token_merger)
+        states = item_states(model, batch)
+        idx = torch.arange(len(hist))
+        log_s = sum(torch.nn.functional.logsigmoid(rank_head_logits(model, batch, states, idx, level, torch.from_numpy(
+            out.codes[:, 0, level:level + 1]))).squeeze(1) for level in range(3))
+        log_p = item_token_logprobs(model, batch, states).sum(dim=1)
+    np.testing.assert_allclose((log_s + 0.5 * log_p).numpy(), out.scores[:, 0], atol=1e-5)
+
+
 def test_the_rank_head_is_saved_and_loaded(ranked, tmp_path):
     model, sid_map, hist = ranked
+    model.rank.model_weight = 0.25
     model.save(tmp_path / "m")
+    model.rank.model_weight = 0.0
     loaded = GenRecModel.load(tmp_path / "m")
-    assert loaded.rank is not None and loaded.rank.lambdas == (3, 2, 3)
+    assert loaded.rank is not None and loaded.rank.lambdas == (3, 2, 3) and loaded.rank.model_weight == 0.25
+    assert not loaded.rank.model_feature
+    loaded.rank.model_weight = 0.0
     a, b = (beam_search(m, hist, sid_map, beam=4, constrained=True) for m in (model, loaded))
     np.testing.assert_array_equal(a.items, b.items)
     np.testing.assert_allclose(a.scores, b.scores, atol=1e-6)
     with pytest.raises(Exception, match="one lambda per SID level"):
         model.add_rank_head((3, 3))
+    featured = GenRecModel.load(tmp_path / "m")
+    featured.add_rank_head((3, 2, 3), model_feature=True)
+    featured.save(tmp_path / "f")
+    assert GenRecModel.load(tmp_path / "f").rank.model_feature

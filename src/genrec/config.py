@@ -349,6 +349,16 @@ class RspConfig(_Section):
                                                                         "beam at each SID level for the rank head to "
                                                                         "rescore (one per level).")
     weight: float = Field(1.0, gt=0, description="Weight of the rank head's binary cross-entropy in the loss.")
+    model_weight: float = Field(2.0, ge=0, description="Decoding: beams are ordered by the sum of the rank head's "
+                                                       "log-scores plus this times the model's own log-probability "
+                                                       "of the prefix. 0: RankGR's rule (the rank head alone), which "
+                                                       "cost MovieLens most of its hit rate; 2 was chosen on "
+                                                       "validation (bench/results/rankgr_movielens.md). Saved with "
+                                                       "the model.")
+    model_feature: bool = Field(True, description="Give the rank head the model's own log-probability of each "
+                                                  "candidate code as an input (with a learned gain, starting as "
+                                                  "the model's order), so it learns a correction to the model "
+                                                  "rather than a ranking from scratch. False: RankGR's head.")
 
     @field_validator("lambdas")
     @classmethod

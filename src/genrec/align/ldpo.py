@@ -213,34 +213,43 @@ def _item_codes(model: GenRecModel, batch: dict[str, torch.Tensor]) -> torch.Ten
 def rank_head_logits(model: GenRecModel, batch: dict[str, torch.Tensor], states: ItemStates, idx: torch.Tensor,
                      level: int, candidates: torch.Tensor) -> torch.Tensor:
     """The rank head's logits (R, C) for candidate codes (R, C) at `level` of items `idx` (R,): keys are what the
-    position predicting that level sees (the prompt and the item's earlier codes), as in decoding."""
+    position predicting that level sees (the prompt and the item's earlier codes), as in decoding; with
+    model_feature, the backbone's log-probability of each candidate (a feature: no gradient through it)."""
     rows, query = batch["item_row"][idx], batch["query_pos"][idx, level]
-    code_emb = model.lm.get_input_embeddings()(candidates + model.vocab.level_start(level))
-    return model.rank(code_emb, states.hidden[rows], batch["visible"][rows, 0, query], states.hidden[rows, query])
+    tokens = candidates + model.vocab.level_start(level)
+    code_logp = None
+    if model.rank.model_feature:
+        code_logp = torch.log_softmax(states.logits[idx, level].detach().float(), dim=-1).gather(1, tokens)
+    code_emb = model.lm.get_input_embeddings()(tokens)
+    return model.rank(code_emb, states.hidden[rows], batch["visible"][rows, 0, query], states.hidden[rows, query],
+                      code_logp)
 
 
 def rank_head_loss(model: GenRecModel, batch: dict[str, torch.Tensor], states: ItemStates, trained: torch.Tensor,
-                   masks: PrefixMasks | None) -> tuple[torch.Tensor, float]:
+                   masks: PrefixMasks | None) -> tuple[torch.Tensor, float, float]:
     """RankGR's RSP objective on the items flagged `trained` (M,): at each level, the backbone's top lambda_l codes
     after the item's true prefix (inside the SID trie when `masks` is given; the true code always among them), scored
     by the rank head against what the predicting position sees, BCE with 1 for the true code. Returns the loss
-    (mean over levels) and the share of (item, level) where the true code scored highest."""
+    (mean over levels), the share of (item, level) where the true code scored highest, and the same share for the
+    backbone's own order of the kept codes (what the head has to beat)."""
     if not bool(trained.any()):
-        return states.logits.sum() * 0.0, float("nan")
+        return states.logits.sum() * 0.0, float("nan"), float("nan")
     vocab, hidden = model.vocab, states.hidden
     idx = torch.nonzero(trained, as_tuple=True)[0]
     codes = _item_codes(model, batch)[idx]
-    losses, top1 = [], []
+    losses, top1, model_top1 = [], [], []
     for level in range(vocab.levels):
         start, size = vocab.level_start(level), vocab.sizes[level]
         allowed = masks.allowed(level, codes[:, :level]).to(hidden.device) if masks is not None else None
-        kept = keep_candidates(states.logits[idx, level, start:start + size].detach(), allowed, codes[:, level],
-                               model.rank.lambdas[level])
+        level_logits = states.logits[idx, level, start:start + size].detach()
+        kept = keep_candidates(level_logits, allowed, codes[:, level], model.rank.lambdas[level])
         logits = rank_head_logits(model, batch, states, idx, level, kept)
         losses.append(rank_head_bce(logits, kept, codes[:, level]))
         best = torch.gather(kept, 1, logits.detach().argmax(dim=1, keepdim=True)).squeeze(1)
         top1.append((best == codes[:, level]).float().mean())
-    return torch.stack(losses).mean(), float(torch.stack(top1).mean())
+        model_best = keep_candidates(level_logits, allowed, None, 1)[:, 0]
+        model_top1.append((model_best == codes[:, level]).float().mean())
+    return torch.stack(losses).mean(), float(torch.stack(top1).mean()), float(torch.stack(model_top1).mean())
 
 
 def lower_pairs(levels: torch.Tensor, group: torch.Tensor) -> torch.Tensor:

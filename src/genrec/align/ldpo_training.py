@@ -56,7 +56,7 @@ def ldpo_training(cfg: PipelineConfig, policy: GenRecModel, pages: pd.DataFrame,
     masks = None
     if cfg.align.rsp.enabled:
         torch.manual_seed(cfg.run.seed)
-        policy.add_rank_head(tuple(cfg.align.rsp.lambdas))
+        policy.add_rank_head(tuple(cfg.align.rsp.lambdas), cfg.align.rsp.model_weight, cfg.align.rsp.model_feature)
         masks = PrefixMasks(sid_map.trie())
 
     def make_batch(indices):
@@ -93,11 +93,11 @@ def ldpo_training(cfg: PipelineConfig, policy: GenRecModel, pages: pd.DataFrame,
         loss = l_ntp + lc.alpha * l_ldpo
         stats = {"loss_ntp": float(l_ntp.detach()), "loss_ldpo": float(l_ldpo.detach()), "pair_accuracy": pair_acc}
         if model.rank is not None:
-            l_rsp, top1 = rank_head_loss(model, batch, states, batch["engaged"], masks)
+            l_rsp, top1, model_top1 = rank_head_loss(model, batch, states, batch["engaged"], masks)
             loss = loss + cfg.align.rsp.weight * l_rsp
             stats["loss_rsp"] = float(l_rsp.detach())
             if np.isfinite(top1):  # a batch without an engaged item has none
-                stats["rsp_top1"] = top1
+                stats["rsp_top1"], stats["model_top1"] = top1, model_top1
         return loss, stats
 
     lengths = np.array([len(p.history) + (len(p.items) + lc.negatives) * (levels - 1) for p in prefs])
@@ -105,6 +105,8 @@ def ldpo_training(cfg: PipelineConfig, policy: GenRecModel, pages: pd.DataFrame,
               "skipped_empty_history": counts.skipped_empty_history, "skipped_no_item": counts.skipped_no_item,
               "truncated_pages": counts.truncated, "mean_logged_items": float(np.mean([len(p.items) for p in prefs])),
               "negatives": lc.negatives, "alpha": lc.alpha, "beta": lc.beta, "rank_head": cfg.align.rsp.enabled,
+              "rsp_model_weight": cfg.align.rsp.model_weight if cfg.align.rsp.enabled else None,
+              "rsp_model_feature": cfg.align.rsp.model_feature if cfg.align.rsp.enabled else None,
               "pages_with_pseudo_exposures": sum(bool(p.pseudo) for p in prefs),
               "pseudo_exposures_quarantined": int(sum(len(q) for q in quarantined.values()))}
     return AlignTraining(loss_fn, make_batch,

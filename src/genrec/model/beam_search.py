@@ -79,31 +79,38 @@ def tree_mask(visible: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
 
 
 def rank_head_select(model: GenRecModel, cand: torch.Tensor, level: int, lam: int, beam: int, keys_h: torch.Tensor,
-                     key_mask: torch.Tensor, state_h: torch.Tensor, rank_scores: torch.Tensor
-                     ) -> tuple[torch.Tensor, torch.Tensor]:
-    """RankGR's two-stage step: cand (N, W, K) the initial assessment's scores of each beam's next codes (-inf where
-    not allowed); keep the top `lam` per beam, score them with the rank head (keys_h (N * W, S, d) and key_mask
-    (N * W, S): what each beam has seen; state_h (N * W, d): its predicting state), and keep the best `beam` by
-    rank_scores (N, W) + log s. Returns the new rank scores (N, k) and the choices as indices into W * K."""
+                     key_mask: torch.Tensor, state_h: torch.Tensor, rank_sums: torch.Tensor, level_logp: torch.Tensor
+                     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """RankGR's two-stage step: cand (N, W, K) the initial assessment's log-probabilities of each beam's prefix
+    extended by each next code (-inf where not allowed); keep the top `lam` per beam, score them with the rank head
+    (keys_h (N * W, S, d) and key_mask (N * W, S): what each beam has seen; state_h (N * W, d): its predicting
+    state; level_logp (N, W, K): the backbone's log p of each next code, the head's input with model_feature), and
+    keep the best `beam` by rank_sums (N, W) + log s + model_weight * cand (genrec.model.rank_head). Returns those
+    scores (N, k), the new sums of log s (N, k) and the choices as indices into W * K."""
     n, width, size = cand.shape
     lam = min(lam, size)
     kept_score, kept = torch.topk(cand, lam, dim=2)  # (N, W, lam)
     start = model.vocab.level_start(level)
     code_emb = model.lm.get_input_embeddings()(kept.reshape(n * width, lam) + start)
-    log_s = torch.nn.functional.logsigmoid(model.rank(code_emb, keys_h, key_mask, state_h).float()).view(n, width, lam)
-    refined = (rank_scores.unsqueeze(-1) + log_s).masked_fill(~torch.isfinite(kept_score), float("-inf"))
+    code_logp = torch.gather(level_logp, 2, kept).reshape(n * width, lam) if model.rank.model_feature else None
+    log_s = torch.nn.functional.logsigmoid(model.rank(code_emb, keys_h, key_mask, state_h, code_logp).float())
+    log_s = log_s.view(n, width, lam)
+    sums = rank_sums.unsqueeze(-1) + log_s
+    refined = sums if model.rank.model_weight == 0 else sums + model.rank.model_weight * kept_score
+    refined = refined.masked_fill(~torch.isfinite(kept_score), float("-inf"))
     k = min(beam, width * lam)
     top, flat = torch.topk(refined.reshape(n, width * lam), k, dim=1)
     parent = flat // lam
     code = torch.gather(kept.reshape(n, width * lam), 1, flat)
-    return top, parent * size + code
+    return top, torch.gather(sums.reshape(n, width * lam), 1, flat), parent * size + code
 
 
 @torch.no_grad()
 def beam_search(model: GenRecModel, history_codes: list[np.ndarray], sid_map: SidMap, beam: int, constrained: bool,
                 masks: PrefixMasks | None = None, use_rank_head: bool = True) -> BeamOutput:
     """Top-`beam` items for each request (one history's (n, L) codes each), best first. A model with a rank head
-    decodes in two stages (`rank_head_select`) and scores items by it, unless `use_rank_head` is False."""
+    decodes in two stages (`rank_head_select`) and scores items by it (and by its model_weight times log p(item)),
+    unless `use_rank_head` is False."""
     empty = [i for i, h in enumerate(history_codes) if len(h) == 0]
     if empty:
         raise InputDataError(f"{len(empty)} requests have an empty history (first: request {empty[0]}); "
@@ -122,6 +129,7 @@ def beam_search(model: GenRecModel, history_codes: list[np.ndarray], sid_map: Si
     prompt_h, prefix_h = out.hidden, out.hidden[:, :0].unsqueeze(1)  # (N, P, d), (N, width, decoded, d)
     scores = torch.zeros(n, 1, device=device)  # one live beam per request before the first step
     gen_scores = scores  # the backbone's own log p(prefix); equal to scores without a copy head
+    rank_sums = scores  # with a rank head: the sum of its log s over the levels so far
     codes = torch.zeros(n, 1, 0, dtype=torch.int64, device=device)
     seen = torch.zeros(n, 1, 0, dtype=torch.bool, device=device)  # (N, width, decoded columns): a beam's ancestors
     dtype = model.lm.get_input_embeddings().weight.dtype
@@ -141,8 +149,9 @@ def beam_search(model: GenRecModel, history_codes: list[np.ndarray], sid_map: Si
             key_mask = torch.cat([attn.bool().unsqueeze(1).expand(-1, width, -1),
                                   torch.ones(n, width, level, dtype=torch.bool, device=device)], dim=2).flatten(0, 1)
             state = prompt_h[:, -1].repeat_interleave(width, dim=0) if level == 0 else prefix_h[:, :, -1].flatten(0, 1)
-            top, idx = rank_head_select(model, cand.view(n, width, size), level, model.rank.lambdas[level], beam, keys,
-                                        key_mask, state, scores)
+            top, rank_sums, idx = rank_head_select(model, cand.view(n, width, size), level, model.rank.lambdas[level],
+                                                   beam, keys, key_mask, state, rank_sums,
+                                                   logp.view(n, width, size))
         else:
             top, idx = torch.topk(cand, min(beam, width * size), dim=1)
         k = idx.shape[1]

@@ -78,7 +78,8 @@ class GenRecModel(nn.Module):
     input ids."""
 
     def __init__(self, lm: Qwen2ForCausalLM, vocab: SidVocab, token_merger: bool, sid_fingerprint: str = "",
-                 copy_head: bool = False, dropout: float = 0.0, rank_lambdas: tuple[int, ...] | None = None):
+                 copy_head: bool = False, dropout: float = 0.0, rank_lambdas: tuple[int, ...] | None = None,
+                 rank_model_weight: float = 0.0, rank_model_feature: bool = False):
         super().__init__()
         self.lm = lm
         self.vocab = vocab
@@ -91,7 +92,8 @@ class GenRecModel(nn.Module):
                 self.merger.weight.copy_(torch.cat([torch.eye(d) / levels] * levels, dim=1))
                 self.merger.bias.zero_()
         self.copy = CopyHead(d) if copy_head else None
-        self.rank = RankHead(d, rank_lambdas) if rank_lambdas else None  # RankGR's RSP (genrec.model.rank_head)
+        # RankGR's RSP (genrec.model.rank_head)
+        self.rank = RankHead(d, rank_lambdas, rank_model_weight, rank_model_feature) if rank_lambdas else None
         # Regularisation for small datasets: on the input embeddings here, on the attention probabilities in the
         # backbone. Active in train mode only (SFT); decoding, evaluation and alignment run in eval mode.
         self.dropout = float(dropout)
@@ -108,12 +110,16 @@ class GenRecModel(nn.Module):
     def copy_head(self) -> bool:
         return self.copy is not None
 
-    def add_rank_head(self, lambdas: tuple[int, ...]) -> None:
+    def add_rank_head(self, lambdas: tuple[int, ...], model_weight: float = 0.0, model_feature: bool = False
+                      ) -> None:
         """Give the model a fresh rank head (RankGR's RSP) keeping `lambdas[l]` codes at level l; decoding then
-        rescores with it. Initialised from torch's global RNG (seed it first)."""
+        rescores with it, adding `model_weight` times the model's own log-probability; with `model_feature` the
+        head also takes each code's log-probability as an input (genrec.model.rank_head). Initialised from torch's
+        global RNG (seed it first)."""
         if len(lambdas) != self.vocab.levels:
             raise ConfigError(f"the rank head needs one lambda per SID level ({self.vocab.levels}); got {list(lambdas)}")
-        self.rank = RankHead(self.lm.config.hidden_size, tuple(lambdas)).to(self.lm.device)
+        d = self.lm.config.hidden_size
+        self.rank = RankHead(d, tuple(lambdas), model_weight, model_feature).to(self.lm.device)
 
     def embed(self, ids: torch.Tensor, is_item: torch.Tensor) -> torch.Tensor:
         """(B, T, L) ids and (B, T) flags -> (B, T, d) input embeddings."""
@@ -196,6 +202,8 @@ class GenRecModel(nn.Module):
         meta = {"format": 1, "backbone": self.lm.config.to_diff_dict(), "vocab": self.vocab.to_dict(),
                 "token_merger": self.token_merger, "copy_head": self.copy_head, "dropout": self.dropout,
                 "rank_lambdas": list(self.rank.lambdas) if self.rank is not None else None,
+                "rank_model_weight": self.rank.model_weight if self.rank is not None else None,
+                "rank_model_feature": self.rank.model_feature if self.rank is not None else None,
                 "sid_fingerprint": self.sid_fingerprint}
         (out_dir / CONFIG_FILE).write_text(json.dumps(meta, indent=2))
         save_model(self, str(out_dir / MODEL_FILE))  # handles the tied input/output embeddings
@@ -214,7 +222,8 @@ class GenRecModel(nn.Module):
         backbone = {k: v for k, v in meta["backbone"].items() if k not in ("model_type", "transformers_version")}
         lm = Qwen2ForCausalLM(Qwen2Config(**backbone))
         model = cls(lm, SidVocab.from_dict(meta["vocab"]), meta["token_merger"], meta.get("sid_fingerprint", ""),
-                    meta.get("copy_head", False), meta.get("dropout", 0.0), meta.get("rank_lambdas"))
+                    meta.get("copy_head", False), meta.get("dropout", 0.0), meta.get("rank_lambdas"),
+                    meta.get("rank_model_weight") or 0.0, bool(meta.get("rank_model_feature")))
         load_model(model, str(weights))
         return model.eval()
 
