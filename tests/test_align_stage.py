@@ -122,6 +122,7 @@ def test_ldpo_with_the_rank_head_needs_no_reward_model_and_resumes(sft_data, tra
     # exposed vs sampled is a coin toss here (both random), so a working LDPO lands well above 0.5, a sign error below
     assert whole_report["final_pair_accuracy"] > 0.55
     assert whole_report["prompts"] > 0 and whole_report["negatives"] == 4 and whole_report["rank_head"]
+    assert whole_report["reference"]  # the default: log-ratios to the frozen SFT model, loaded inside the loop
 
     from genrec.stages.evaluate import run_evaluate
 

@@ -121,9 +121,10 @@ def test_a_page_ranks_its_pseudo_exposures_last_and_samples_negatives_only_witho
                            "clicked_items": [10 + r], "exposed_items": [20 + r]} for r in range(2)])
     pq.write_table(pa.table({"request_id": [0, 0], "item_id": [30, 31], "rank": [10, 11]}),
                    tmp_path / "pseudo_exposures.parquet")
-    cfg = load_config(None, ["align.method=ldpo", "align.ldpo.negatives=3", "model.size=tiny"])
+    cfg = load_config(None, ["align.method=ldpo", "align.ldpo.negatives=3", "model.size=tiny",
+                             "align.ldpo.reference=false"])  # eq. 8's plain pi: no reference model to load
     model = build_model("tiny", "", (4, 4, 4), True, sid_map.fingerprint())
-    train = ldpo_training(cfg, model, pages, sid_map, tmp_path, tmp_path)
+    train = ldpo_training(cfg, model, pages, sid_map, tmp_path, tmp_path, tmp_path, torch.device("cpu"))
     assert train.report["pages_with_pseudo_exposures"] == 1
     batch = train.make_batch(np.array([0, 1]))
     levels, rows = batch["item_level"].tolist(), batch["item_row"].tolist()
@@ -133,6 +134,22 @@ def test_a_page_ranks_its_pseudo_exposures_last_and_samples_negatives_only_witho
     assert page1 == [1, 2] + [NEGATIVE_LEVEL] * 3  # no pseudo-exposure: three sampled items
     loss, stats = train.loss_fn(model, batch)
     assert torch.isfinite(loss) and stats["loss_ldpo"] > 0
+
+    # align.ldpo.reference: items scored by pi - pi_ref. With the reference equal to the policy every log-ratio is
+    # 0, so each item with n less preferred items on its page costs log(1 + n) exactly, and the gradient still flows
+    model.save(tmp_path / "sft")
+    ref_cfg = load_config(None, ["align.method=ldpo", "align.ldpo.negatives=3", "model.size=tiny",
+                                 "align.ldpo.reference=true", "align.ldpo.beta=0.5"])
+    ref_train = ldpo_training(ref_cfg, model, pages, sid_map, tmp_path, tmp_path, tmp_path / "sft",
+                              torch.device("cpu"))
+    model.eval()
+    loss, stats = ref_train.loss_fn(model, ref_train.make_batch(np.array([0, 1])))
+    # page 0: click above 3 items, exposure above 2; page 1: click above 4, exposure above 3
+    expected = (math.log(4) + math.log(3) + math.log(5) + math.log(4)) / 4
+    assert stats["loss_ldpo"] == pytest.approx(expected, rel=1e-5)
+    loss.backward()
+    assert any(p.grad is not None and bool(p.grad.abs().sum() > 0) for p in model.parameters())
+    assert ref_train.report["reference"] is True
 
 
 def test_a_prompt_subset_is_seeded_and_keeps_order():

@@ -336,10 +336,16 @@ class LdpoConfig(_Section):
                                                 "(RankGR eq. 8: L = L_NTP + alpha * L_LDPO). 0: NTP only.")
     beta: float = Field(1.0, gt=0, description="Inverse temperature of the item scores pi (summed code log-probabilities) "
                                                "in the listwise softmax.")
-    negatives: int = Field(8, ge=0, description="Items sampled uniformly from the catalog per page, outside the page's "
-                                                "items, as the least preferred level (logs here hold no pseudo-exposures). "
-                                                "0: the page's own levels only.")
+    negatives: int = Field(8, ge=0, description="Least preferred items per page: up to this many of the page's "
+                                                "pseudo-exposures when ingest's folder has them, else items sampled "
+                                                "uniformly from the catalog outside the page's items. 0: the page's "
+                                                "own levels only.")
     max_items: int = Field(20, gt=0, description="Most logged items per page (the most preferred kept).")
+    reference: bool = Field(True, description="Score items by pi(i) - pi_ref(i), the log-ratio to the frozen SFT "
+                                              "model (as DPO does), instead of pi(i) (false: RankGR eq. 8, which "
+                                              "broke the simulator's model when pages had pseudo-exposures: "
+                                              "bench/results/rankgr_simulator.md). Costs one forward pass of the "
+                                              "reference per step.")
 
 
 class RspConfig(_Section):

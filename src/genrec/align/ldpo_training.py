@@ -3,7 +3,8 @@
 Per step: a micro-batch of training pages; each page's logged items by preference level plus up to
 `align.ldpo.negatives` least preferred items: the page's pseudo-exposures when ingest's folder has them
 (pseudo_exposures.parquet), else items sampled from the catalog (seeded by the batch, so a resumed run replays them);
-loss = NTP over the page's logged items of sft.target_types + alpha * LDPO over the levels
+loss = NTP over the page's logged items of sft.target_types + alpha * LDPO over the levels (on pi - pi_ref, the
+log-ratio to the frozen SFT model, with align.ldpo.reference)
 [+ rsp.weight * the rank head's BCE over the page's engaged items (ordered, carted, clicked), with align.rsp].
 """
 
@@ -32,9 +33,14 @@ ENGAGED = ("order", "cart", "click")  # the items the rank head learns to pick o
 
 
 def ldpo_training(cfg: PipelineConfig, policy: GenRecModel, pages: pd.DataFrame, sid_map: SidMap,
-                  pages_dir: Path, raw_dir: Path | None) -> AlignTraining:
-    """Build the preference pages of the training split and the NTP + LDPO loss."""
+                  pages_dir: Path, raw_dir: Path | None, sft_dir: Path, device: torch.device) -> AlignTraining:
+    """Build the preference pages of the training split and the NTP + LDPO loss (loading the frozen SFT model
+    from `sft_dir` with align.ldpo.reference)."""
     a, lc = cfg.align, cfg.align.ldpo
+    reference = None
+    if lc.reference:
+        reference = GenRecModel.load(sft_dir).to(device)
+        reference.requires_grad_(False)
     pseudo, quarantined = None, {}
     side_table = raw_dir / PSEUDO_EXPOSURES_FILE if raw_dir else None
     if side_table is not None and side_table.is_file():
@@ -85,7 +91,12 @@ def ldpo_training(cfg: PipelineConfig, policy: GenRecModel, pages: pd.DataFrame,
         token_logp = item_token_logprobs(model, batch, states)
         scores = token_logp.sum(dim=1)
         l_ntp = ntp_loss(token_logp, batch["ntp"])
-        l_ldpo = ldpo_loss(scores, batch["item_level"], batch["item_row"], lc.beta)
+        pref_scores = scores
+        if reference is not None:
+            with torch.no_grad():
+                ref_scores = item_token_logprobs(reference, batch).sum(dim=1)
+            pref_scores = scores - ref_scores
+        l_ldpo = ldpo_loss(pref_scores, batch["item_level"], batch["item_row"], lc.beta)
         with torch.no_grad():  # share of (preferred, less preferred) item pairs of a page ordered right by pi
             lower = lower_pairs(batch["item_level"], batch["item_row"])
             right = (scores.unsqueeze(1) > scores.unsqueeze(0)) & lower
@@ -104,7 +115,7 @@ def ldpo_training(cfg: PipelineConfig, policy: GenRecModel, pages: pd.DataFrame,
     report = {"method": "ldpo", "prompts": len(prefs), "pages": counts.pages,
               "skipped_empty_history": counts.skipped_empty_history, "skipped_no_item": counts.skipped_no_item,
               "truncated_pages": counts.truncated, "mean_logged_items": float(np.mean([len(p.items) for p in prefs])),
-              "negatives": lc.negatives, "alpha": lc.alpha, "beta": lc.beta, "rank_head": cfg.align.rsp.enabled,
+              "negatives": lc.negatives, "alpha": lc.alpha, "beta": lc.beta, "reference": lc.reference, "rank_head": cfg.align.rsp.enabled,
               "rsp_model_weight": cfg.align.rsp.model_weight if cfg.align.rsp.enabled else None,
               "rsp_model_feature": cfg.align.rsp.model_feature if cfg.align.rsp.enabled else None,
               "pages_with_pseudo_exposures": sum(bool(p.pseudo) for p in prefs),

@@ -64,7 +64,7 @@ def run_align(cfg: PipelineConfig, sft_dir: str | Path, reward_dir: str | Path, 
     if grpo:
         train = grpo_sr_training(cfg, policy, pages, sid_map, sft_dir, reward_dir, embeddings_dir, pages_dir, device)
     else:
-        train = ldpo_training(cfg, policy, pages, sid_map, pages_dir, raw_dir)
+        train = ldpo_training(cfg, policy, pages, sid_map, pages_dir, raw_dir, sft_dir, device)
 
     for name, rows in train.quarantined.items() if rank == 0 else ():
         (out_dir / "quarantine").mkdir(exist_ok=True)
