@@ -25,13 +25,13 @@ from __future__ import annotations
 
 import argparse
 import json
-import shutil
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
-from genrec.eval.metrics import bootstrap_interval, per_request_metrics
+from genrec.model.genrec_model import GenRecModel
+from genrec.stages.evaluate import paired_differences
 from genrec_cli import genrec  # bench/ is on sys.path when a script here runs
 
 
@@ -140,14 +140,10 @@ def _pick(runs: dict, metric: str):
 
 
 def _with_model_weight(align_out: Path, weight: float) -> Path:
-    """A copy of an aligned model folder whose rank head decodes with align.rsp.model_weight = `weight`."""
-    dst = align_out.parent / f"{align_out.name}-w{weight:g}"
-    shutil.rmtree(dst, ignore_errors=True)
-    shutil.copytree(align_out / "model", dst)
-    meta = json.loads((dst / "genrec_model.json").read_text())
-    meta["rank_model_weight"] = weight
-    (dst / "genrec_model.json").write_text(json.dumps(meta, indent=2))
-    return dst
+    """A copy of an aligned model whose rank head decodes with align.rsp.model_weight = `weight`."""
+    model = GenRecModel.load(align_out)
+    model.rank.model_weight = weight
+    return model.save(align_out.parent / f"{align_out.name}-w{weight:g}")
 
 
 def _table(rows: dict, select: str) -> str:
@@ -165,30 +161,26 @@ def _table(rows: dict, select: str) -> str:
 
 
 def _paired_table(evals: dict[str, Path], ks=(10,)) -> str:
-    """Each chosen variant minus the SFT model on the same test requests (from evaluate's topk.parquet): mean
-    difference and 95% paired bootstrap interval (seed 0)."""
+    """Each chosen variant minus the SFT model on the same test requests (from evaluate's topk.parquet), as
+    evaluate's paired_differences computes them: mean difference and 95% paired bootstrap interval (seed 0)."""
     def test_rows(folder: Path) -> pd.DataFrame:
         t = pd.read_parquet(folder / "topk.parquet")
         return t[(t["method"] == "genrec") & (t["split"] == "test")].sort_values("request")
 
-    base = test_rows(evals["sft"])
-    truths = [set(x.tolist()) for x in base["true_items"]]
-    ref = {k: per_request_metrics(np.stack(base["ranked_items"].tolist()), truths, k) for k in ks}
-    head = ["test, minus the SFT model", *[f"{m}@{k}" for k in ks for m in ("hr", "ndcg")]]
-    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
-    for name, folder in evals.items():
-        if name == "sft":
-            continue
-        other = test_rows(folder)
+    frames = {name: test_rows(folder) for name, folder in evals.items()}
+    base = frames["sft"]
+    for name, other in frames.items():
         if other["page_id"].tolist() != base["page_id"].tolist():
-            raise SystemExit(f"{folder}: other test requests than {evals['sft']}")
-        cells = []
-        for k in ks:
-            per = per_request_metrics(np.stack(other["ranked_items"].tolist()), truths, k)
-            for m in (f"hr@{k}", f"ndcg@{k}"):
-                diff = per[m] - ref[k][m]
-                lo, hi = bootstrap_interval(diff, 0)
-                cells.append(f"{diff.mean():+.4f} [{lo:+.4f}, {hi:+.4f}]")
+            raise SystemExit(f"{evals[name]}: other test requests than {evals['sft']}")
+    truths = [set(x.tolist()) for x in base["true_items"]]
+    rankings = {name: np.stack(f["ranked_items"].tolist()) for name, f in frames.items()}
+    variants = [name for name in evals if name != "sft"]
+    paired = paired_differences(rankings, truths, list(ks), 0, [(name, "sft") for name in variants])
+    metrics = [f"{m}@{k}" for k in ks for m in ("hr", "ndcg")]
+    lines = ["| " + " | ".join(["test, minus the SFT model", *metrics]) + " |", "|" + "---|" * (len(metrics) + 1)]
+    for name in variants:
+        cells = [f"{mean:+.4f} [{lo:+.4f}, {hi:+.4f}]" for mean, lo, hi in
+                 (paired[f"{name} - sft"][m] for m in metrics)]
         lines.append(f"| {name} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
 

@@ -19,7 +19,7 @@ each level keeps lambda_l codes per beam, the rank head rescores them, and the b
 
 continue (genrec.model.beam_search); an item's score is that sum. model_weight 0 is RankGR's rule (the rank head
 alone orders the beams); a positive weight keeps the initial assessment's own log-probability in the score, which
-a young head needs (bench/results/rankgr_simulator.md).
+a young head needs (bench/results/rankgr_movielens.md, rankgr_simulator.md).
 """
 
 from __future__ import annotations
