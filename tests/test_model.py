@@ -153,6 +153,29 @@ def test_dropout_acts_in_training_only_and_survives_save_and_load(sid_map, tmp_p
     assert torch.allclose(again(ids, flags).logits, m(ids, flags).logits)
 
 
+def test_hidden_dropout_drops_block_outputs_in_training_only(sid_map, tmp_path):
+    m = build_model("tiny", "", sid_map.sizes, False, sid_map.fingerprint(), hidden_dropout=0.3)
+    plain = build_model("tiny", "", sid_map.sizes, False, sid_map.fingerprint())
+    assert m.state_dict().keys() == plain.state_dict().keys()  # hooks, not new modules: Qwen checkpoints still load
+    plain.load_state_dict(m.state_dict())
+    seen = []
+    m.lm.model.layers[0].mlp.down_proj.register_forward_hook(lambda mod, i, out: seen.append(out.detach()))
+    ids = torch.from_numpy(np.repeat(m.vocab.code_tokens(sid_map.item_codes(sid_map.item_ids[:4])[0])[:, None], 3, 1))[None]
+    flags = torch.zeros(1, ids.shape[1], dtype=torch.bool)
+    m.train()
+    torch.manual_seed(0)
+    assert not torch.allclose(m(ids, flags).logits, m(ids, flags).logits)
+    zeros = (seen[-1] == 0).float().mean().item()
+    assert 0.15 < zeros < 0.45, zeros  # about 30% of the MLP's output is dropped
+    m.eval()
+    assert torch.allclose(m(ids, flags).logits, plain.eval()(ids, flags).logits)  # inert when not training
+    assert (seen[-1] != 0).all()
+    again = GenRecModel.load(m.save(tmp_path / "m"))
+    assert again.hidden_dropout == 0.3
+    again.train()
+    assert not torch.allclose(again(ids, flags).logits, again(ids, flags).logits)
+
+
 def test_beam_wider_than_the_catalog_pads_with_empty_beams():
     small = SidMap(np.array([1, 2, 3]), np.array([[0, 0, 0], [0, 1, 0], [1, 0, 1]]), (2, 2, 2))
     out = beam_search(_model(small), [small.item_codes([1])], small, beam=5, constrained=True)

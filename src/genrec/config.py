@@ -241,6 +241,9 @@ class ModelConfig(_Section):
     dropout: float = Field(0.0, ge=0, lt=1, description="Dropout while training SFT: on the input embeddings and the "
                                                         "attention probabilities. Off in decoding, evaluation and "
                                                         "alignment. For small datasets (MovieLens).")
+    hidden_dropout: float = Field(0.0, ge=0, lt=1, description="Dropout while training SFT on what each attention and "
+                                                               "MLP block adds to the residual stream (GPT-2's and "
+                                                               "SASRec's residual dropout; Qwen2 has none). 0: off.")
     attn_implementation: Literal["sdpa", "eager"] = Field("sdpa", description="Attention kernel of the backbone.")
 
 

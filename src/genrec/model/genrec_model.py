@@ -79,7 +79,7 @@ class GenRecModel(nn.Module):
 
     def __init__(self, lm: Qwen2ForCausalLM, vocab: SidVocab, token_merger: bool, sid_fingerprint: str = "",
                  copy_head: bool = False, dropout: float = 0.0, rank_lambdas: tuple[int, ...] | None = None,
-                 rank_model_weight: float = 0.0, rank_model_feature: bool = False):
+                 rank_model_weight: float = 0.0, rank_model_feature: bool = False, hidden_dropout: float = 0.0):
         super().__init__()
         self.lm = lm
         self.vocab = vocab
@@ -101,6 +101,17 @@ class GenRecModel(nn.Module):
         lm.config.attention_dropout = self.dropout
         for layer in lm.model.layers:
             layer.self_attn.attention_dropout = self.dropout
+        # Qwen2 has no dropout on what a block adds to the residual stream (GPT-2 and SASRec do): hooks on the
+        # attention's and the MLP's output projections add it without changing the state dict's keys, so Qwen
+        # checkpoints still load.
+        self.hidden_dropout = float(hidden_dropout)
+        if self.hidden_dropout > 0:
+            for layer in lm.model.layers:
+                layer.self_attn.o_proj.register_forward_hook(self._drop_block_output)
+                layer.mlp.down_proj.register_forward_hook(self._drop_block_output)
+
+    def _drop_block_output(self, module: nn.Module, inputs, output: torch.Tensor) -> torch.Tensor:
+        return nn.functional.dropout(output, self.hidden_dropout, training=module.training)
 
     @property
     def token_merger(self) -> bool:
@@ -204,7 +215,7 @@ class GenRecModel(nn.Module):
                 "rank_lambdas": list(self.rank.lambdas) if self.rank is not None else None,
                 "rank_model_weight": self.rank.model_weight if self.rank is not None else None,
                 "rank_model_feature": self.rank.model_feature if self.rank is not None else None,
-                "sid_fingerprint": self.sid_fingerprint}
+                "hidden_dropout": self.hidden_dropout, "sid_fingerprint": self.sid_fingerprint}
         (out_dir / CONFIG_FILE).write_text(json.dumps(meta, indent=2))
         save_model(self, str(out_dir / MODEL_FILE))  # handles the tied input/output embeddings
         return out_dir
@@ -223,7 +234,8 @@ class GenRecModel(nn.Module):
         lm = Qwen2ForCausalLM(Qwen2Config(**backbone))
         model = cls(lm, SidVocab.from_dict(meta["vocab"]), meta["token_merger"], meta.get("sid_fingerprint", ""),
                     meta.get("copy_head", False), meta.get("dropout", 0.0), meta.get("rank_lambdas"),
-                    meta.get("rank_model_weight") or 0.0, bool(meta.get("rank_model_feature")))
+                    meta.get("rank_model_weight") or 0.0, bool(meta.get("rank_model_feature")),
+                    meta.get("hidden_dropout", 0.0))
         load_model(model, str(weights))
         return model.eval()
 
@@ -236,7 +248,7 @@ def model_folder(path: str | Path) -> Path:
 
 def build_model(size: str, pretrained_path: str, vocab_sizes: tuple[int, ...], token_merger: bool,
                 sid_fingerprint: str, attn_implementation: str = "sdpa", max_positions: int = 4096,
-                copy_head: bool = False, dropout: float = 0.0) -> GenRecModel:
+                copy_head: bool = False, dropout: float = 0.0, hidden_dropout: float = 0.0) -> GenRecModel:
     """A new model: from a size preset (random init) or a local Qwen2 checkpoint (embeddings resized).
 
     With a checkpoint, our tokens are appended after its own vocabulary and the new rows start at the
@@ -262,4 +274,4 @@ def build_model(size: str, pretrained_path: str, vocab_sizes: tuple[int, ...], t
                           pad_token_id=vocab.pad, bos_token_id=vocab.bos, eos_token_id=vocab.eos,
                           attn_implementation=attn_implementation, **shape)
         lm = Qwen2ForCausalLM(cfg)
-    return GenRecModel(lm, vocab, token_merger, sid_fingerprint, copy_head, dropout)
+    return GenRecModel(lm, vocab, token_merger, sid_fingerprint, copy_head, dropout, hidden_dropout=hidden_dropout)
