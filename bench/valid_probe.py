@@ -50,7 +50,7 @@ def main() -> None:
     ap.add_argument("--free", action="store_true", help="Also decode without the trie (HaR over all beams).")
     ap.add_argument("--json", help="Append one JSON line per model to this file.")
     ap.add_argument("overrides", nargs="*", help="key.sub=value config overrides (as the genrec CLI takes).")
-    args = ap.parse_args()
+    args = ap.parse_intermixed_args()  # overrides may come before and after the flags
     cfg = load_config(args.config, args.overrides)
     stages = Path(cfg.run.work_dir) / "stages"
     sid_map = SidMap.load(stages / "sids")
