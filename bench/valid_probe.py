@@ -4,7 +4,8 @@ This is how SFT recipes are compared (bench/results/ablations_amazon_beauty.md):
 `genrec train-sft ... --out <folder>`, this script scores its model on the validation split with the same
 request builder, trie beam search and metrics as `genrec evaluate`, and only the chosen recipe is then run
 through `genrec evaluate` for its test figure. A DeepSpeed checkpoint folder written during training
-(<out>.partial/checkpoints/step_N) is scored too: its weights are loaded into the finished model's shape.
+(<out>/checkpoints/step-N, or <out>.partial/... while it trains) is scored too: its weights are loaded into
+the shape of a finished model (--template).
 
     python bench/valid_probe.py -c configs/amazon_beauty.yaml run.work_dir=work/beauty16 \
         --model work/beauty16/stages/sft-a [--model ...] [--free] [--json out.json]
