@@ -77,6 +77,29 @@ def test_target_side_loss_is_next_token_cross_entropy_over_the_target_only(sid_m
     assert per_mode[True][0][3] == 2 and per_mode[True][0][-1] == 3  # <sep> between items, <eos> at the end
 
 
+
+def test_label_smoothing_spreads_eps_over_the_codes_of_the_targets_own_level(sid_map):
+    m = _model(sid_map)
+    samples = [Sample("a", 1, list(sid_map.item_ids[:4]), list(sid_map.item_ids[4:6]))]
+    enc = [encode_sample(s, sid_map, m.vocab, True) for s in samples]
+    batch = collate(enc, m.vocab.pad)
+    logp = torch.log_softmax(m(batch["ids"], batch["is_item"], batch["attention_mask"]).logits, -1)
+    eps, terms = 0.2, []
+    for t, lab in enumerate(enc[0][2]):
+        if lab < 0:
+            continue
+        row = logp[0, t - 1]
+        if lab >= 4:  # a code: its level's 8 codes start at 4 + 8 * level (vocab test above)
+            start = 4 + 8 * ((lab - 4) // 8)
+            terms.append(-(1 - eps) * row[lab] - eps * row[start:start + 8].mean())
+        else:  # <sep> / <eos>: one-hot
+            terms.append(-row[lab])
+    assert len(terms) == 2 * 4
+    assert torch.allclose(m.loss(batch, label_smoothing=eps), torch.stack(terms).mean(), atol=1e-5)
+    assert not torch.allclose(m.loss(batch, label_smoothing=eps), m.loss(batch), atol=1e-4)
+    with pytest.raises(ConfigError, match="copy head"):
+        build_model("tiny", "", sid_map.sizes, True, sid_map.fingerprint(), copy_head=True).loss(batch, 0.0, eps)
+
 def _pages(rows):
     cols = ["page_id", "user_id", "history_items", "ordered_items", "carted_items", "clicked_items", "exposed_items"]
     return pd.DataFrame(rows, columns=cols)

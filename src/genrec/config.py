@@ -258,6 +258,10 @@ class SftConfig(_Section):
     generator_loss_weight: float = Field(
         0.0, ge=0, description="With model.copy_head: weight of the SID generator's own NLL added to the model's, so "
                                "the generator alone still ranks real items below the copied ones (free decoding).")
+    label_smoothing: float = Field(
+        0.0, ge=0, lt=1, description="Label smoothing of the SID code targets: (1 - eps) on the true code, eps spread "
+                                     "evenly over the codes of the same level (never onto special tokens or other "
+                                     "levels). 0: off. Not with model.copy_head.")
     epochs: int = Field(1, gt=0, description="Passes over the training samples (max_steps, when set, wins).")
     max_steps: int = Field(0, ge=0, description="Stop after this many optimizer steps (0: run all epochs).")
     max_samples: int = Field(0, ge=0, description="Use at most this many training samples, a seeded random subset "
@@ -482,6 +486,13 @@ class PipelineConfig(_Section):
         if self.sft.generator_loss_weight > 0 and not self.model.copy_head:
             raise ValueError(f"sft.generator_loss_weight={self.sft.generator_loss_weight} needs model.copy_head: true "
                              "(without the copy head the loss is already the generator's own NLL)")
+        return self
+
+    @model_validator(mode="after")
+    def _label_smoothing_without_the_copy_head(self):
+        if self.sft.label_smoothing > 0 and self.model.copy_head:
+            raise ValueError(f"sft.label_smoothing={self.sft.label_smoothing} smooths the SID generator's codes; "
+                             "the copy head's mixture has no such smoothing: set it to 0 or model.copy_head: false")
         return self
 
     def to_json(self) -> str:

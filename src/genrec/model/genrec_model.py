@@ -56,6 +56,19 @@ SIZES: dict[str, dict] = {
 }
 
 
+def level_uniform_logprob(logsm: torch.Tensor, labels: torch.Tensor, vocab: SidVocab) -> torch.Tensor:
+    """(B, T): the mean log-probability over the codes of each label's own SID level (0 where the label is not
+    a code). Label smoothing's uniform part: smoothing mass goes to the level's other codes only, never to the
+    special tokens or another level's codes, which the trie never allows there and free decoding would count
+    as hallucinations."""
+    out = torch.zeros(labels.shape, dtype=logsm.dtype, device=logsm.device)
+    for level in range(vocab.levels):
+        start = vocab.level_start(level)
+        end = start + vocab.sizes[level]
+        out = torch.where((labels >= start) & (labels < end), logsm[..., start:end].mean(-1), out)
+    return out
+
+
 @dataclass
 class ModelOut:
     logits: torch.Tensor  # (B, T or logits_to_keep, V)
@@ -157,18 +170,19 @@ class GenRecModel(nn.Module):
         With the copy head, an item's code tokens get the mixture's per-code conditionals (copy_head.py)."""
         return self._logprobs(batch)[1]
 
-    def _logprobs(self, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
-        """The backbone's own target log-probabilities and the model's (the mixture's, with a copy head)."""
+    def _logprobs(self, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """The backbone's own target log-probabilities, the model's (the mixture's, with a copy head), and the
+        backbone's full (B, T-1, V) log-softmax."""
         out = self(batch["ids"], batch["is_item"], batch["attention_mask"])
         labels = batch["labels"][:, 1:]
-        logp = torch.log_softmax(out.logits[:, :-1].float(), dim=-1).gather(-1, labels.clamp(min=0).unsqueeze(-1))
-        logp = logp.squeeze(-1)
+        logsm = torch.log_softmax(out.logits[:, :-1].float(), dim=-1)
+        logp = logsm.gather(-1, labels.clamp(min=0).unsqueeze(-1)).squeeze(-1)
         if self.copy is None:
-            return logp, logp
+            return logp, logp, logsm
         levels, k0 = self.vocab.levels, self.vocab.level_start(0)
         rows, starts = torch.nonzero((labels >= k0) & (labels < k0 + self.vocab.sizes[0]), as_tuple=True)
         if len(rows) == 0:
-            return logp, logp
+            return logp, logp, logsm
         prompt = (batch["labels"] == -100).cumprod(dim=1).bool() & batch["attention_mask"].bool()
         slots = history_slots(batch["ids"], batch["is_item"], prompt, self.vocab)
         span = starts.unsqueeze(1) + torch.arange(levels, device=logp.device)  # (M, L) shifted indices of the codes
@@ -180,14 +194,25 @@ class GenRecModel(nn.Module):
                                               slots.recency[rows])
         mixed = mixture_token_logprobs(logp[rows.unsqueeze(1), span], copy_prefix_logmass(
             log_attn, slots.codes[rows], codes), log_g, log_1m_g)
-        return logp, logp.index_put((rows.unsqueeze(1).expand_as(span), span), mixed)
+        return logp, logp.index_put((rows.unsqueeze(1).expand_as(span), span), mixed), logsm
 
-    def loss(self, batch: dict[str, torch.Tensor], generator_weight: float = 0.0) -> torch.Tensor:
+    def loss(self, batch: dict[str, torch.Tensor], generator_weight: float = 0.0,
+             label_smoothing: float = 0.0) -> torch.Tensor:
         """Negative log-likelihood of the target tokens only (labels -100 elsewhere), mean per target token.
         With a copy head, `generator_weight` adds the backbone's own NLL of the same targets, so the SID generator
-        keeps modelling every target item, the repeated ones too, rather than leaving them to the copy head."""
-        gen, model = self._logprobs(batch)
-        mask = batch["labels"][:, 1:] != -100
+        keeps modelling every target item, the repeated ones too, rather than leaving them to the copy head.
+        `label_smoothing` eps: each SID code target is (1 - eps) its code + eps uniform over its level's codes
+        (level_uniform_logprob); <sep> / <eos> targets stay one-hot."""
+        gen, model, logsm = self._logprobs(batch)
+        labels = batch["labels"][:, 1:]
+        mask = labels != -100
+        if label_smoothing > 0:
+            if self.copy is not None:
+                raise ConfigError("label smoothing is defined on the SID generator's distribution; the copy head's "
+                                  "mixture has none (model.copy_head)")
+            uniform = level_uniform_logprob(logsm, labels, self.vocab)
+            is_code = labels >= self.vocab.level_start(0)
+            model = torch.where(is_code, (1 - label_smoothing) * model + label_smoothing * uniform, model)
         loss = -model[mask].mean()
         if generator_weight > 0:
             if self.copy is None:

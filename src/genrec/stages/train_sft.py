@@ -91,7 +91,7 @@ def train_model(cfg: PipelineConfig, data: TrainingSet, loop: LoopConfig, ckpt_d
         return batch_order(data.lengths, cfg.sft.micro_batch_size, cfg.run.seed, epoch, cfg.sft.length_grouped)
 
     def loss_fn(model, batch):
-        return model.loss(batch, cfg.sft.generator_loss_weight)
+        return model.loss(batch, cfg.sft.generator_loss_weight, cfg.sft.label_smoothing)
 
     return run_loop(data.model, loss_fn, data.make_batch, epoch_batches, loop, ckpt_dir, on_log,
                     lambda b: int(b["attention_mask"].sum()), desc="train-sft")
