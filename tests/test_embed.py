@@ -322,3 +322,71 @@ def test_embed_stage_rejects_empty_and_textless_catalogs(make_cfg, tmp_path):
     pq.write_table(textless, tmp_path / "validated" / "items.parquet")
     with pytest.raises(InputDataError, match=r"2 items have no text .* first item ids: \[2, 3\]"):
         run_embed_items(make_cfg(), tmp_path / "validated", tmp_path, tmp_path, tmp_path / "out", "textless")
+
+
+def _cluster_walk_pages(n_users=60, size=20, length=15, seed=0):
+    """One training page per user: a random walk inside one of two item clusters (0..size-1, size..2*size-1)."""
+    import pandas as pd
+
+    rng = np.random.default_rng(seed)
+    rows = []
+    for u in range(n_users):
+        walk = [int(x) for x in (u % 2) * size + rng.integers(0, size, length)]
+        rows.append({"page_id": f"u{u}", "user_id": u, "page_start": pd.Timestamp("2026-10-01", tz="UTC"),
+                     "history_items": walk[:-1], "ordered_items": [], "carted_items": [], "clicked_items": walk[-1:],
+                     "exposed_items": [], "split": "train"})
+    return pd.DataFrame(rows)
+
+
+def test_sequence_vectors_group_the_items_that_follow_the_same_histories():
+    from genrec.config import SasrecConfig
+    from genrec.embed.sequence_vectors import sasrec_item_vectors
+
+    vec = sasrec_item_vectors(_cluster_walk_pages(), np.arange(40), SasrecConfig(hidden=16, batch_size=16), epochs=15,
+                              max_len=15, seed=0)
+    unit = vec / np.linalg.norm(vec, axis=1, keepdims=True)
+    cos = unit @ unit.T
+    same = np.equal.outer(np.arange(40) // 20, np.arange(40) // 20) & ~np.eye(40, dtype=bool)
+    # at initialisation both means are ~0; trained, the clusters separate
+    assert cos[same].mean() - cos[~np.equal.outer(np.arange(40) // 20, np.arange(40) // 20)].mean() > 0.3
+
+
+def test_collaborative_fusion_is_a_weighted_sum_of_the_two_cosines():
+    from genrec.embed.sequence_vectors import fuse_collaborative
+
+    rng = np.random.default_rng(0)
+    content, collab = rng.normal(size=(5, 8)), rng.normal(size=(5, 3))
+    fused = fuse_collaborative(content, collab, 0.3)
+    assert fused.shape == (5, 11) and np.allclose(np.linalg.norm(fused, axis=1), 1, atol=1e-6)
+
+    def cos(x):
+        x = x / np.linalg.norm(x, axis=1, keepdims=True)
+        return x @ x.T
+
+    assert np.allclose(fused @ fused.T, 0.7 * cos(content) + 0.3 * cos(collab), atol=1e-5)
+    with pytest.raises(ValueError, match="5 content vectors but 4 collaborative"):
+        fuse_collaborative(content, collab[:4], 0.3)
+
+
+def test_embed_stage_fuses_sequence_vectors_from_the_training_pages(sft_data, make_cfg, tmp_path):
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from genrec.stages.embed_items import run_embed_items
+
+    (tmp_path / "validated").mkdir()
+    n = 64  # sft_data's catalog: items 0..63, users walking it
+    pq.write_table(pa.table({"item_id": np.arange(n), "title": [f"item {i}" for i in range(n)], "description": [None] * n,
+                             "category": [None] * n, "brand": [None] * n, "price": [1.0] * n, "image_path": [None] * n}),
+                   tmp_path / "validated" / "items.parquet")
+    cfg = make_cfg("embed.collaborative_weight=0.25", "embed.collaborative_epochs=2", "eval.sasrec.hidden=16")
+    report = run_embed_items(cfg, tmp_path / "validated", sft_data / "pages", tmp_path / "raw", tmp_path / "out", "cf")
+    out = tmp_path / "out"
+    base, final, collab = (np.load(out / f) for f in ("embeddings_base.npy", "embeddings.npy", "collaborative.npy"))
+    assert collab.shape == (n, 16) and final.shape == (n, base.shape[1] + 16), report
+    assert report["finetune_skipped"] == "only 0 co-engagement pairs" and report["collaborative_dim"] == 16
+    # the content part is the (here not fine-tuned) base vector at weight sqrt(0.75), the rest SASRec's at sqrt(0.25)
+    unit = base / np.linalg.norm(base, axis=1, keepdims=True)
+    assert np.allclose(final[:, :base.shape[1]], np.sqrt(0.75) * unit, atol=1e-5)
+    assert np.allclose(final[:, base.shape[1]:], np.sqrt(0.25) * collab / np.linalg.norm(collab, axis=1, keepdims=True),
+                       atol=1e-5)

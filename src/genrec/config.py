@@ -211,6 +211,12 @@ class EmbedConfig(_Section):
                             "AMX; on the demo catalog its vectors agree with fp32 to cosine 0.99999 (99.3% of top-10 "
                             "neighbours the same). Fine-tuning itself stays fp32.")
     finetune: FinetuneConfig = Field(default_factory=FinetuneConfig, description="Collaborative fine-tuning on co-engagement pairs.")
+    collaborative_weight: float = Field(
+        0.0, ge=0, lt=1, description="Weight of collaborative item vectors fused with the content vectors before "
+                                     "RQ-KMeans: a SASRec (shape and optimiser from eval.sasrec) trained on the "
+                                     "training pages only; each part L2-normalised, scaled by sqrt(1 - w) and "
+                                     "sqrt(w), concatenated (genrec/embed/sequence_vectors.py). 0: content only.")
+    collaborative_epochs: int = Field(20, gt=0, description="SASRec epochs for collaborative_weight > 0.")
 
 
 class SidConfig(_Section):

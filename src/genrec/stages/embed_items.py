@@ -3,7 +3,8 @@
 Reads validated/items.parquet, pages/pairs (from sessionization, train sessions only) and the ingest
 folder (item images; the simulator's ground_truth.npz when present). Writes into `out_dir`:
 embeddings.npy (final, L2-normalised, row i = item_ids[i]), embeddings_base.npy (before fine-tuning),
-item_ids.npy, report.json, and the fine-tuned state: head.safetensors (projection weight and per-item
+item_ids.npy, report.json, collaborative.npy (with embed.collaborative_weight > 0: the SASRec item vectors fused
+into embeddings.npy), and the fine-tuned state: head.safetensors (projection weight and per-item
 residuals of the chosen epoch; embed.finetune.target=head) or encoder/ (the fine-tuned text encoder,
 save_pretrained; target=encoder).
 """
@@ -11,6 +12,7 @@ save_pretrained; target=encoder).
 from __future__ import annotations
 
 import json
+import time
 from pathlib import Path
 
 import numpy as np
@@ -20,12 +22,13 @@ from tqdm import tqdm
 
 from genrec import stage_outputs, tracking
 from genrec.config import PipelineConfig
-from genrec.data.io import read_parquet
+from genrec.data.io import read_parquet, read_split_pages
 from genrec.data.schema import ITEMS_FILE
 from genrec.embed.encoders import ImageEncoder, TextEncoder, VLMEncoder, fuse, is_vlm
 from genrec.embed.encoder_finetune import finetune_encoder
 from genrec.embed.finetune import FinetuneResult, finetune_head
 from genrec.embed.item_text import item_text
+from genrec.embed.sequence_vectors import fuse_collaborative, sasrec_item_vectors
 from genrec.errors import ConfigError, InputDataError
 
 
@@ -128,6 +131,20 @@ def _finetune_figures(ft: FinetuneResult) -> dict:
             "finetune_final_loss": ft.losses[-1] if ft.losses else float("nan")}
 
 
+def _fuse_sequence_vectors(cfg: PipelineConfig, pages_dir: Path, item_ids: np.ndarray, content: np.ndarray,
+                           out_dir: Path, report: dict) -> np.ndarray:
+    """Content vectors fused with SASRec item vectors learned on the training pages (collaborative.npy keeps
+    the latter)."""
+    started = time.time()
+    train = read_split_pages(pages_dir, "train")
+    vectors = sasrec_item_vectors(train, item_ids, cfg.eval.sasrec, cfg.embed.collaborative_epochs,
+                                  cfg.model.max_history, cfg.run.seed)
+    np.save(out_dir / "collaborative.npy", vectors)
+    report.update({"collaborative_weight": cfg.embed.collaborative_weight, "collaborative_dim": int(vectors.shape[1]),
+                   "collaborative_s": round(time.time() - started, 1)})
+    return fuse_collaborative(content, vectors, cfg.embed.collaborative_weight)
+
+
 def run_embed_items(cfg: PipelineConfig, validated_dir: str | Path, pages_dir: str | Path, raw_dir: str | Path,
                     out_dir: str | Path, pipeline_run_id: str) -> dict:
     """Embed every item of the validated catalog; fine-tune on co-engagement pairs; write the vectors."""
@@ -182,6 +199,8 @@ def run_embed_items(cfg: PipelineConfig, validated_dir: str | Path, pages_dir: s
             report.update(_finetune_figures(ft))
         elif ft_cfg.enabled:
             report["finetune_skipped"] = f"only {len(pairs)} co-engagement pairs"
+        if cfg.embed.collaborative_weight > 0:
+            final = _fuse_sequence_vectors(cfg, pages_dir, item_ids, final, out_dir, report)
         np.save(out_dir / "embeddings.npy", final)
         np.save(out_dir / "item_ids.npy", item_ids)
         report.update(_truth_correlation(raw_dir, item_ids, {"before": base, "after": final}, cfg.run.seed))
