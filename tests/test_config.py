@@ -124,11 +124,11 @@ def test_a_generator_loss_weight_without_the_copy_head_is_refused():
     assert load_config(REPO / "configs" / "demo.yaml", ["model.copy_head=false", "sft.generator_loss_weight=0"])
 
 
-
 def test_label_smoothing_with_the_copy_head_is_refused():
     with pytest.raises(ConfigError, match="sft.label_smoothing=0.1 smooths the SID generator"):
         load_config(None, ["model.copy_head=true", "sft.label_smoothing=0.1"])
     assert load_config(None, ["sft.label_smoothing=0.1"]).sft.label_smoothing == 0.1
+
 
 def test_the_rank_head_needs_ldpo_and_positive_lambdas():
     with pytest.raises(ConfigError, match="align.rsp.enabled needs align.method: ldpo"):

@@ -77,7 +77,6 @@ def test_target_side_loss_is_next_token_cross_entropy_over_the_target_only(sid_m
     assert per_mode[True][0][3] == 2 and per_mode[True][0][-1] == 3  # <sep> between items, <eos> at the end
 
 
-
 def test_label_smoothing_spreads_eps_over_the_codes_of_the_targets_own_level(sid_map):
     m = _model(sid_map)
     samples = [Sample("a", 1, list(sid_map.item_ids[:4]), list(sid_map.item_ids[4:6]))]
@@ -99,6 +98,7 @@ def test_label_smoothing_spreads_eps_over_the_codes_of_the_targets_own_level(sid
     assert not torch.allclose(m.loss(batch, label_smoothing=eps), m.loss(batch), atol=1e-4)
     with pytest.raises(ConfigError, match="copy head"):
         build_model("tiny", "", sid_map.sizes, True, sid_map.fingerprint(), copy_head=True).loss(batch, 0.0, eps)
+
 
 def _pages(rows):
     cols = ["page_id", "user_id", "history_items", "ordered_items", "carted_items", "clicked_items", "exposed_items"]
