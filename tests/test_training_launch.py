@@ -130,7 +130,8 @@ def test_trainjob_runs_on_the_shared_volume_and_its_outputs_come_back(sft_data, 
     volume.mkdir()
     cfg = _trainjob_cfg(make_cfg, volume)
     trainer = FakeTrainer(sub_env(tmp_path))
-    api = StandIn(on_create=trainer.create, status_of=trainer.status)
+    # pod_logs: were the job to fail, its rank's error would be in the JobFailed message
+    api = StandIn(on_create=trainer.create, status_of=trainer.status, pod_logs=trainer.pods)
     try:
         run_trainjob(cfg, "train-sft", {"pages": sft_data / "pages", "sids": sft_data / "sids"}, tmp_path / "out",
                      "kfp-run-7", api_client=api.client(), namespace="team-a")
