@@ -199,6 +199,33 @@ def test_hidden_dropout_drops_block_outputs_in_training_only(sid_map, tmp_path):
     assert not torch.allclose(again(ids, flags).logits, again(ids, flags).logits)
 
 
+def test_item_embeddings_start_inert_then_separate_items_that_share_codes(sid_map, tmp_path):
+    from genrec.model.genrec_model import item_bucket
+
+    torch.manual_seed(0)
+    m = build_model("tiny", "", sid_map.sizes, True, sid_map.fingerprint(), item_embedding_buckets=512).eval()
+    plain = build_model("tiny", "", sid_map.sizes, True, sid_map.fingerprint()).eval()
+    plain.load_state_dict({k: v for k, v in m.state_dict().items() if not k.startswith("item_table")})
+    batch = collate([encode_sample(Sample("a", 1, list(sid_map.item_ids[:4]), [int(sid_map.item_ids[4])]), sid_map,
+                                   m.vocab, True)], m.vocab.pad)
+    assert torch.equal(m(batch["ids"], batch["is_item"]).logits, plain(batch["ids"], batch["is_item"]).logits)
+    # Items differing in their last code only get different rows (the hash covers the whole SID).
+    codes = torch.from_numpy(m.vocab.code_tokens(sid_map.codes))
+    buckets = item_bucket(codes, 100_000)
+    assert len(set(buckets.tolist())) == len(codes)
+    with torch.no_grad():
+        m.item_table.weight.normal_()
+    emb = m.embed(batch["ids"], batch["is_item"])
+    is_item = batch["is_item"][0]
+    assert not torch.allclose(emb[0, is_item], plain.embed(batch["ids"], batch["is_item"])[0, is_item])
+    assert torch.equal(emb[0, ~is_item], plain.embed(batch["ids"], batch["is_item"])[0, ~is_item])  # targets: codes
+    again = GenRecModel.load(m.save(tmp_path / "m"))
+    assert again.item_table.num_embeddings == 512
+    assert torch.equal(again(batch["ids"], batch["is_item"]).logits, m(batch["ids"], batch["is_item"]).logits)
+    with pytest.raises(ConfigError, match="needs model.token_merger=true"):
+        build_model("tiny", "", sid_map.sizes, False, sid_map.fingerprint(), item_embedding_buckets=512)
+
+
 def test_beam_wider_than_the_catalog_pads_with_empty_beams():
     small = SidMap(np.array([1, 2, 3]), np.array([[0, 0, 0], [0, 1, 0], [1, 0, 1]]), (2, 2, 2))
     out = beam_search(_model(small), [small.item_codes([1])], small, beam=5, constrained=True)

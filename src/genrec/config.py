@@ -250,6 +250,12 @@ class ModelConfig(_Section):
     hidden_dropout: float = Field(0.0, ge=0, lt=1, description="Dropout while training SFT on what each attention and "
                                                                "MLP block adds to the residual stream (GPT-2's and "
                                                                "SASRec's residual dropout; Qwen2 has none). 0: off.")
+    item_embedding_buckets: int = Field(
+        0, ge=0, description="Add a learned per-item vector to each history item's merged input position, looked up "
+                             "by a hash of its whole SID in a table of this many rows (starts at zero). Gives the "
+                             "model SASRec's per-item memory on the input side; targets are still generated as SIDs. "
+                             "~1.5-3x the catalog keeps hash collisions rare. 0: off (the paper's model). Needs "
+                             "token_merger.")
     attn_implementation: Literal["sdpa", "eager"] = Field("sdpa", description="Attention kernel of the backbone.")
 
 

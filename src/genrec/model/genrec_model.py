@@ -69,6 +69,17 @@ def level_uniform_logprob(logsm: torch.Tensor, labels: torch.Tensor, vocab: SidV
     return out
 
 
+# Odd multipliers of the SID hash (item_bucket): large, so items that differ in one code land far apart.
+_HASH_MULTIPLIERS = (1_000_003, 7_919_251, 104_729_017, 2_147_483_629)
+
+
+def item_bucket(ids: torch.Tensor, buckets: int) -> torch.Tensor:
+    """(..., L) an item's code token ids -> (...) its bucket in [0, buckets): a hash of the whole SID, so each item
+    (its SIDs are unique after assign-sids) gets its own row up to hash collisions."""
+    mult = torch.tensor(_HASH_MULTIPLIERS[: ids.shape[-1]], dtype=torch.int64, device=ids.device)
+    return (ids.long() * mult).sum(-1).remainder(buckets)
+
+
 @dataclass
 class ModelOut:
     logits: torch.Tensor  # (B, T or logits_to_keep, V)
@@ -92,7 +103,8 @@ class GenRecModel(nn.Module):
 
     def __init__(self, lm: Qwen2ForCausalLM, vocab: SidVocab, token_merger: bool, sid_fingerprint: str = "",
                  copy_head: bool = False, dropout: float = 0.0, rank_lambdas: tuple[int, ...] | None = None,
-                 rank_model_weight: float = 0.0, rank_model_feature: bool = False, hidden_dropout: float = 0.0):
+                 rank_model_weight: float = 0.0, rank_model_feature: bool = False, hidden_dropout: float = 0.0,
+                 item_embedding_buckets: int = 0):
         super().__init__()
         self.lm = lm
         self.vocab = vocab
@@ -104,6 +116,15 @@ class GenRecModel(nn.Module):
             with torch.no_grad():
                 self.merger.weight.copy_(torch.cat([torch.eye(d) / levels] * levels, dim=1))
                 self.merger.bias.zero_()
+        # A per-item input row (SASRec's item memory) added to each merged history item; zero at the start, so the
+        # model begins as the paper's. Targets are still generated code by code.
+        self.item_table = None
+        if item_embedding_buckets:
+            if self.merger is None:
+                raise ConfigError("model.item_embedding_buckets adds to the Token Merger's item positions; it needs "
+                                  "model.token_merger=true")
+            self.item_table = nn.Embedding(item_embedding_buckets, d)
+            nn.init.zeros_(self.item_table.weight)
         self.copy = CopyHead(d) if copy_head else None
         # RankGR's RSP (genrec.model.rank_head)
         self.rank = RankHead(d, rank_lambdas, rank_model_weight, rank_model_feature) if rank_lambdas else None
@@ -152,6 +173,8 @@ class GenRecModel(nn.Module):
         if self.merger is None:
             return self.input_dropout(plain)
         merged = self.merger(table(ids).flatten(-2))
+        if self.item_table is not None:
+            merged = merged + self.item_table(item_bucket(ids, self.item_table.num_embeddings))
         return self.input_dropout(torch.where(is_item.unsqueeze(-1), merged, plain))
 
     def forward(self, ids: torch.Tensor, is_item: torch.Tensor, attention_mask: torch.Tensor | None = None,
@@ -240,7 +263,8 @@ class GenRecModel(nn.Module):
                 "rank_lambdas": list(self.rank.lambdas) if self.rank is not None else None,
                 "rank_model_weight": self.rank.model_weight if self.rank is not None else None,
                 "rank_model_feature": self.rank.model_feature if self.rank is not None else None,
-                "hidden_dropout": self.hidden_dropout, "sid_fingerprint": self.sid_fingerprint}
+                "hidden_dropout": self.hidden_dropout, "sid_fingerprint": self.sid_fingerprint,
+                "item_embedding_buckets": self.item_table.num_embeddings if self.item_table is not None else 0}
         (out_dir / CONFIG_FILE).write_text(json.dumps(meta, indent=2))
         save_model(self, str(out_dir / MODEL_FILE))  # handles the tied input/output embeddings
         return out_dir
@@ -260,7 +284,7 @@ class GenRecModel(nn.Module):
         model = cls(lm, SidVocab.from_dict(meta["vocab"]), meta["token_merger"], meta.get("sid_fingerprint", ""),
                     meta.get("copy_head", False), meta.get("dropout", 0.0), meta.get("rank_lambdas"),
                     meta.get("rank_model_weight") or 0.0, bool(meta.get("rank_model_feature")),
-                    meta.get("hidden_dropout", 0.0))
+                    meta.get("hidden_dropout", 0.0), meta.get("item_embedding_buckets", 0))
         load_model(model, str(weights))
         return model.eval()
 
@@ -273,7 +297,8 @@ def model_folder(path: str | Path) -> Path:
 
 def build_model(size: str, pretrained_path: str, vocab_sizes: tuple[int, ...], token_merger: bool,
                 sid_fingerprint: str, attn_implementation: str = "sdpa", max_positions: int = 4096,
-                copy_head: bool = False, dropout: float = 0.0, hidden_dropout: float = 0.0) -> GenRecModel:
+                copy_head: bool = False, dropout: float = 0.0, hidden_dropout: float = 0.0,
+                item_embedding_buckets: int = 0) -> GenRecModel:
     """A new model: from a size preset (random init) or a local Qwen2 checkpoint (embeddings resized).
 
     With a checkpoint, our tokens are appended after its own vocabulary and the new rows start at the
@@ -299,4 +324,5 @@ def build_model(size: str, pretrained_path: str, vocab_sizes: tuple[int, ...], t
                           pad_token_id=vocab.pad, bos_token_id=vocab.bos, eos_token_id=vocab.eos,
                           attn_implementation=attn_implementation, **shape)
         lm = Qwen2ForCausalLM(cfg)
-    return GenRecModel(lm, vocab, token_merger, sid_fingerprint, copy_head, dropout, hidden_dropout=hidden_dropout)
+    return GenRecModel(lm, vocab, token_merger, sid_fingerprint, copy_head, dropout, hidden_dropout=hidden_dropout,
+                       item_embedding_buckets=item_embedding_buckets)

@@ -67,7 +67,8 @@ def prepare_training(cfg: PipelineConfig, pages_dir: Path, sids_dir: Path, world
     torch.manual_seed(cfg.run.seed)  # the initialisation is part of the run: a resumed or repeated run must match
     model = build_model(cfg.model.size, cfg.model.pretrained_path, sid_map.sizes, cfg.model.token_merger,
                         sid_map.fingerprint(), cfg.model.attn_implementation, copy_head=cfg.model.copy_head,
-                        dropout=cfg.model.dropout, hidden_dropout=cfg.model.hidden_dropout)
+                        dropout=cfg.model.dropout, hidden_dropout=cfg.model.hidden_dropout,
+                        item_embedding_buckets=cfg.model.item_embedding_buckets)
     vocab = model.vocab
     encoded = [encode_sample(s, sid_map, vocab, cfg.model.token_merger) for s in samples]
     hist_len = np.array([len(s.history) for s in samples])
