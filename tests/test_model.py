@@ -222,8 +222,33 @@ def test_item_embeddings_start_inert_then_separate_items_that_share_codes(sid_ma
     again = GenRecModel.load(m.save(tmp_path / "m"))
     assert again.item_table.num_embeddings == 512
     assert torch.equal(again(batch["ids"], batch["is_item"]).logits, m(batch["ids"], batch["is_item"]).logits)
-    with pytest.raises(ConfigError, match="needs model.token_merger=true"):
-        build_model("tiny", "", sid_map.sizes, False, sid_map.fingerprint(), item_embedding_buckets=512)
+
+
+def test_item_embeddings_without_the_merger_add_the_items_row_to_each_of_its_code_positions(sid_map, tmp_path):
+    from genrec.model.genrec_model import item_bucket
+
+    torch.manual_seed(0)
+    m = build_model("tiny", "", sid_map.sizes, False, sid_map.fingerprint(), item_embedding_buckets=512).eval()
+    plain = build_model("tiny", "", sid_map.sizes, False, sid_map.fingerprint()).eval()
+    plain.load_state_dict({k: v for k, v in m.state_dict().items() if not k.startswith("item_table")})
+    history, target = list(sid_map.item_ids[:4]), [int(sid_map.item_ids[4]), int(sid_map.item_ids[5])]
+    ids, flags, _ = encode_sample(Sample("a", 1, history, target), sid_map, m.vocab, False)
+    # Column 0 is still each position's token; a history position's row is its item's SID rotated.
+    tokens = m.vocab.code_tokens(sid_map.item_codes(history))
+    assert ids[1:13, 0].tolist() == tokens.reshape(-1).tolist()
+    assert ids[1:13].reshape(4, 3, 3).tolist() == [[np.roll(t, -j).tolist() for j in range(3)] for t in tokens]
+    batch = collate([(ids, flags, _)], m.vocab.pad)
+    assert torch.equal(m(batch["ids"], batch["is_item"]).logits, plain(batch["ids"], batch["is_item"]).logits)
+    with torch.no_grad():
+        m.item_table.weight.normal_()
+    added = (m.embed(batch["ids"], batch["is_item"]) - plain.embed(batch["ids"], batch["is_item"]))[0]
+    rows = m.item_table.weight[item_bucket(torch.from_numpy(tokens), 512)]
+    assert torch.allclose(added[1:13], rows.repeat_interleave(3, dim=0), atol=1e-6)  # each code of item k: row k
+    assert torch.equal(added[0], torch.zeros_like(added[0])) and not added[13:].any()  # <bos>, <sep> and targets
+    again = GenRecModel.load(m.save(tmp_path / "m"))
+    assert torch.equal(again(batch["ids"], batch["is_item"]).logits, m(batch["ids"], batch["is_item"]).logits)
+    with pytest.raises(ConfigError, match="at least 2 levels"):
+        build_model("tiny", "", (8,), False, "", item_embedding_buckets=512)
 
 
 def test_beam_wider_than_the_catalog_pads_with_empty_beams():

@@ -251,11 +251,12 @@ class ModelConfig(_Section):
                                                                "MLP block adds to the residual stream (GPT-2's and "
                                                                "SASRec's residual dropout; Qwen2 has none). 0: off.")
     item_embedding_buckets: int = Field(
-        0, ge=0, description="Add a learned per-item vector to each history item's merged input position, looked up "
-                             "by a hash of its whole SID in a table of this many rows (starts at zero). Gives the "
-                             "model SASRec's per-item memory on the input side; targets are still generated as SIDs. "
-                             "Collisions: about n_items / rows of the items share a row with another (Beauty: 65,536 "
-                             "rows for 12,101 items). 0: off (the paper's model). Needs token_merger.")
+        0, ge=0, description="Add a learned per-item vector to each history item's input, looked up by a hash of its "
+                             "whole SID in a table of this many rows (starts at zero): to its merged position, or "
+                             "w/o Token Merger to each of its code positions. Gives the model SASRec's per-item "
+                             "memory on the input side; targets are still generated as SIDs. Collisions: about "
+                             "n_items / rows of the items share a row with another (Beauty: 65,536 rows for 12,101 "
+                             "items). 0: off (the paper's model).")
     attn_implementation: Literal["sdpa", "eager"] = Field("sdpa", description="Attention kernel of the backbone.")
 
 

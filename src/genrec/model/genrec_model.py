@@ -80,6 +80,18 @@ def item_bucket(ids: torch.Tensor, buckets: int) -> torch.Tensor:
     return (ids.long() * mult).sum(-1).remainder(buckets)
 
 
+def history_code_positions(ids: torch.Tensor) -> torch.Tensor:
+    """(B, T, L) w/o-TM ids -> (B, T) True where the position is a code of a history item: its row holds the item's
+    whole SID (samples.encode_prompt), while special and target rows repeat one token."""
+    return ids[..., 0] != ids[..., 1]
+
+
+def whole_sids(ids: torch.Tensor) -> torch.Tensor:
+    """(B, T, L) w/o-TM ids -> the SID of each history-code row in level order: a row is its item's SID rotated, and
+    the levels' token ranges ascend, so sorting restores the order (rows that repeat one token stay as they are)."""
+    return ids.sort(dim=-1).values
+
+
 @dataclass
 class ModelOut:
     logits: torch.Tensor  # (B, T or logits_to_keep, V)
@@ -116,13 +128,14 @@ class GenRecModel(nn.Module):
             with torch.no_grad():
                 self.merger.weight.copy_(torch.cat([torch.eye(d) / levels] * levels, dim=1))
                 self.merger.bias.zero_()
-        # A per-item input row (SASRec's item memory) added to each merged history item; zero at the start, so the
-        # model begins as the paper's. Targets are still generated code by code.
+        # A per-item input row (SASRec's item memory) added to each history item (its merged position, or w/o TM
+        # each of its code positions); zero at the start, so the model begins as the paper's. Targets are still
+        # generated code by code.
         self.item_table = None
         if item_embedding_buckets:
-            if self.merger is None:
-                raise ConfigError("model.item_embedding_buckets adds to the Token Merger's item positions; it needs "
-                                  "model.token_merger=true")
+            if levels < 2:
+                raise ConfigError("model.item_embedding_buckets needs SIDs of at least 2 levels (with one level the "
+                                  "code is the item)")
             self.item_table = nn.Embedding(item_embedding_buckets, d)
             nn.init.zeros_(self.item_table.weight)
         self.copy = CopyHead(d) if copy_head else None
@@ -171,6 +184,9 @@ class GenRecModel(nn.Module):
         table = self.lm.get_input_embeddings()
         plain = table(ids[..., 0])
         if self.merger is None:
+            if self.item_table is not None:
+                rows = self.item_table(item_bucket(whole_sids(ids), self.item_table.num_embeddings))
+                plain = plain + rows * history_code_positions(ids).unsqueeze(-1)
             return self.input_dropout(plain)
         merged = self.merger(table(ids).flatten(-2))
         if self.item_table is not None:

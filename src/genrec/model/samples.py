@@ -87,7 +87,10 @@ def encode_prompt(history_codes: np.ndarray, vocab: SidVocab, token_merger: bool
         ids = np.concatenate([special(vocab.bos), tokens, special(vocab.sep)])
         is_item = np.concatenate([[False], np.ones(len(tokens), bool), [False]])
     else:
-        flat = np.repeat(tokens.reshape(-1, 1), levels, axis=1)  # each code its own position (column 0 is used)
+        # Each code its own position, whose token is column 0. The row holds the item's whole SID, rotated to put
+        # that code first, so per-item input rows (model.item_embedding_buckets) can find the item; special and
+        # target rows repeat their one token.
+        flat = np.stack([np.roll(tokens, -j, axis=1) for j in range(levels)], axis=1).reshape(-1, levels)
         ids = np.concatenate([special(vocab.bos), flat, special(vocab.sep)])
         is_item = np.zeros(len(ids), bool)
     return ids, is_item
