@@ -232,12 +232,12 @@ def test_item_embeddings_without_the_merger_add_the_items_row_to_each_of_its_cod
     plain = build_model("tiny", "", sid_map.sizes, False, sid_map.fingerprint()).eval()
     plain.load_state_dict({k: v for k, v in m.state_dict().items() if not k.startswith("item_table")})
     history, target = list(sid_map.item_ids[:4]), [int(sid_map.item_ids[4]), int(sid_map.item_ids[5])]
-    ids, flags, _ = encode_sample(Sample("a", 1, history, target), sid_map, m.vocab, False)
+    ids, flags, labels = encode_sample(Sample("a", 1, history, target), sid_map, m.vocab, False)
     # Column 0 is still each position's token; a history position's row is its item's SID rotated.
     tokens = m.vocab.code_tokens(sid_map.item_codes(history))
     assert ids[1:13, 0].tolist() == tokens.reshape(-1).tolist()
     assert ids[1:13].reshape(4, 3, 3).tolist() == [[np.roll(t, -j).tolist() for j in range(3)] for t in tokens]
-    batch = collate([(ids, flags, _)], m.vocab.pad)
+    batch = collate([(ids, flags, labels)], m.vocab.pad)
     assert torch.equal(m(batch["ids"], batch["is_item"]).logits, plain(batch["ids"], batch["is_item"]).logits)
     with torch.no_grad():
         m.item_table.weight.normal_()
