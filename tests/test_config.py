@@ -130,6 +130,13 @@ def test_label_smoothing_with_the_copy_head_is_refused():
     assert load_config(None, ["sft.label_smoothing=0.1"]).sft.label_smoothing == 0.1
 
 
+def test_an_item_softmax_without_item_rows_is_refused():
+    with pytest.raises(ConfigError, match="sft.item_softmax_weight=0.5 scores items by their per-item rows"):
+        load_config(None, ["sft.item_softmax_weight=0.5"])
+    cfg = load_config(None, ["sft.item_softmax_weight=0.5", "model.item_embedding_buckets=1024"])
+    assert cfg.sft.item_softmax_weight == 0.5
+
+
 def test_the_rank_head_needs_ldpo_and_positive_lambdas():
     with pytest.raises(ConfigError, match="align.rsp.enabled needs align.method: ldpo"):
         load_config(None, ["align.rsp.enabled=true"])

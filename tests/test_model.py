@@ -251,6 +251,80 @@ def test_item_embeddings_without_the_merger_add_the_items_row_to_each_of_its_cod
         build_model("tiny", "", (8,), False, "", item_embedding_buckets=512)
 
 
+def test_item_softmax_adds_each_target_items_cross_entropy_over_the_catalogs_rows(sid_map):
+    from genrec.model.genrec_model import catalog_buckets, item_bucket
+
+    torch.manual_seed(0)
+    m = build_model("tiny", "", sid_map.sizes, True, sid_map.fingerprint(), item_embedding_buckets=512).eval()
+    with torch.no_grad():
+        m.item_table.weight.normal_()
+    history, target = list(sid_map.item_ids[:4]), [int(sid_map.item_ids[6]), int(sid_map.item_ids[7])]
+    batch = collate([encode_sample(Sample("a", 1, history, target), sid_map, m.vocab, True)], m.vocab.pad)
+    cands = catalog_buckets(sid_map.codes, m.vocab, 512)
+    codes = torch.from_numpy(m.vocab.code_tokens(sid_map.codes))
+    assert cands.tolist() == sorted(set(item_bucket(codes, 512).tolist()))
+    # By hand: the states predicting each target item's first code are the prompt's <sep> (position 5) and the
+    # first item's <sep> (5 + 4); logits are dot products with the catalog's rows.
+    hidden = m(batch["ids"], batch["is_item"]).hidden[0]
+    rows = m.item_table.weight[cands]
+    want = 0.0
+    for pos, item in ((5, target[0]), (9, target[1])):
+        bucket = item_bucket(torch.from_numpy(m.vocab.code_tokens(sid_map.item_codes([item]))), 512)
+        logp = torch.log_softmax(hidden[pos] @ rows.T, dim=-1)
+        want -= logp[cands.tolist().index(int(bucket))] / 2
+    base = m.loss(batch)
+    assert torch.allclose(m.loss(batch, item_softmax_weight=0.5, item_candidates=cands), base + 0.5 * want)
+    # The target items' rows learn although neither item is in the history.
+    m.item_table.weight.grad = None
+    m.loss(batch, item_softmax_weight=0.5, item_candidates=cands).backward()
+    target_rows = item_bucket(torch.from_numpy(m.vocab.code_tokens(sid_map.item_codes(target))), 512)
+    assert (m.item_table.weight.grad[target_rows].abs().sum(-1) > 0).all()
+    plain = build_model("tiny", "", sid_map.sizes, True, sid_map.fingerprint())
+    with pytest.raises(ConfigError, match="item_embedding_buckets"):
+        plain.loss(batch, item_softmax_weight=0.5, item_candidates=cands)
+
+
+def test_rerank_with_item_softmax_adds_the_weighted_item_logprob_and_keeps_empty_beams_last():
+    from genrec.model.item_softmax import rerank_with_item_softmax
+
+    scores = torch.tensor([[-1.0, -2.0, -3.0, float("-inf")]])
+    item_lp = torch.tensor([[-5.0, -1.0, -2.0, -1.0]])
+    new, order = rerank_with_item_softmax(scores, item_lp, 0.5)
+    assert order.tolist() == [[1, 0, 2, 3]]  # -3.5, -2.5, -4.0 -> beams 1, 0, 2; the empty beam stays last
+    assert new[0, :3].tolist() == [-2.5, -3.5, -4.0] and new[0, 3] == float("-inf")
+
+
+def test_beam_search_with_an_item_weight_reranks_the_same_beams_by_the_item_softmax(sid_map):
+    from genrec.model.beam_search import left_pad_prompts
+    from genrec.model.genrec_model import catalog_buckets, item_bucket
+    from genrec.model.item_softmax import item_softmax_logprobs
+
+    torch.manual_seed(0)
+    m = build_model("tiny", "", sid_map.sizes, True, sid_map.fingerprint(), item_embedding_buckets=512).eval()
+    with torch.no_grad():
+        m.item_table.weight.normal_(std=3.0)
+    histories = [sid_map.item_codes(sid_map.item_ids[:3]), sid_map.item_codes(sid_map.item_ids[4:6])]
+    plain = beam_search(m, histories, sid_map, beam=6, constrained=True)
+    mixed = beam_search(m, histories, sid_map, beam=6, constrained=True, item_weight=2.0)
+    cands = catalog_buckets(sid_map.codes, m.vocab, 512)
+    ids, is_item, attn, pos = left_pad_prompts(histories, m, "cpu")
+    with torch.no_grad():
+        state = m(ids, is_item, attn, position_ids=pos).hidden[:, -1]
+        for r in range(2):
+            tokens = torch.from_numpy(m.vocab.code_tokens(sid_map.item_codes(plain.items[r])))
+            lp = item_softmax_logprobs(state[r:r + 1], item_bucket(tokens, 512)[None], m.item_table.weight, cands)
+            want = plain.scores[r] + 2.0 * lp[0].numpy()
+            order = np.argsort(-want, kind="stable")
+            assert mixed.items[r].tolist() == plain.items[r][order].tolist()
+            assert np.allclose(mixed.scores[r], want[order], atol=1e-4)
+        assert not np.array_equal(mixed.items, plain.items)  # the rows this large do move the order
+        # a SID no catalog item has gets no item probability
+        assert item_softmax_logprobs(state[:1], torch.tensor([[int(cands.max()) + 1]]), m.item_table.weight,
+                                     cands).item() == float("-inf")
+    with pytest.raises(ConfigError, match="eval.item_rerank_weight"):
+        beam_search(_model(sid_map), histories, sid_map, beam=6, constrained=True, item_weight=1.0)
+
+
 def test_beam_wider_than_the_catalog_pads_with_empty_beams():
     small = SidMap(np.array([1, 2, 3]), np.array([[0, 0, 0], [0, 1, 0], [1, 0, 1]]), (2, 2, 2))
     out = beam_search(_model(small), [small.item_codes([1])], small, beam=5, constrained=True)

@@ -140,3 +140,31 @@ def test_gate_and_register_decisions_in_the_registry(model_and_sids, make_cfg, t
     (tmp_path / "e4" / "metrics.json").write_text("{}")
     with pytest.raises(InputDataError, match=r"metrics_valid.json not found .*valid_days > 0.*gate.split=test"):
         run_gate_and_register(cfg, tmp_path / "e4", worse, sids, tmp_path / "g4", "run-5")
+
+
+def test_the_registered_model_decodes_with_the_item_rerank_weight_evaluate_used(sft_data, tmp_path):
+    from types import SimpleNamespace
+
+    import pandas as pd
+
+    from genrec.model.beam_search import beam_search
+    from genrec.model.genrec_model import build_model
+    from genrec.model.vocab import SidMap
+    from genrec.registry.pyfunc_model import GenRecRecommender
+
+    sid_map = SidMap.load(sft_data / "sids")
+    torch.manual_seed(0)
+    model = build_model("tiny", "", sid_map.sizes, True, sid_map.fingerprint(), item_embedding_buckets=256)
+    with torch.no_grad():
+        model.item_table.weight.normal_(std=3.0)
+    model.save(tmp_path / "model")
+    serving = tmp_path / "serving.json"
+    serving.write_text(json.dumps({"top_k": 5, "beam_width": 8, "max_history": 20, "item_rerank_weight": 2.0}))
+    served = GenRecRecommender()
+    served.load_context(SimpleNamespace(artifacts={"model": str(tmp_path / "model"), "sids": str(sft_data / "sids"),
+                                                   "serving": str(serving)}))
+    out = served.predict(None, pd.DataFrame({"history": [[1, 2, 3], [40]]}))
+    codes = [sid_map.item_codes([1, 2, 3]), sid_map.item_codes([40])]
+    want = beam_search(served.model, codes, sid_map, 8, True, item_weight=2.0)
+    plain = beam_search(served.model, codes, sid_map, 8, True)
+    assert out["items"].tolist() == want.items[:, :5].tolist() != plain.items[:, :5].tolist()

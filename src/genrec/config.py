@@ -275,6 +275,12 @@ class SftConfig(_Section):
         0.0, ge=0, lt=1, description="Label smoothing of the SID code targets: (1 - eps) on the true code, eps spread "
                                      "evenly over the codes of the same level (never onto special tokens or other "
                                      "levels). 0: off. Not with model.copy_head.")
+    item_softmax_weight: float = Field(
+        0.0, ge=0, description="Weight of an item-level softmax added to the SID loss: the state that predicts a "
+                               "target item's first code scores every catalog item by the dot product with its "
+                               "per-item row, so the rows (model.item_embedding_buckets) also learn when their item "
+                               "is a target, as SASRec's tied item embeddings do (genrec.model.item_softmax). "
+                               "Decoding is unchanged. 0: off.")
     epochs: int = Field(1, gt=0, description="Passes over the training samples (max_steps, when set, wins).")
     max_steps: int = Field(0, ge=0, description="Stop after this many optimizer steps (0: run all epochs).")
     max_samples: int = Field(0, ge=0, description="Use at most this many training samples, a seeded random subset "
@@ -319,6 +325,11 @@ class Bert4recConfig(SasrecConfig):
 class EvalConfig(_Section):
     ks: list[int] = Field([1, 10, 50], min_length=1, description="Cut-offs K of HR@K and NDCG@K (beam width >= max K).")
     beam_width: int = Field(50, gt=0, description="Beam width B: items generated per request.")
+    item_rerank_weight: float = Field(
+        0.0, ge=0, description="Re-rank the trie beams by SID log-probability + this weight times the item softmax's "
+                               "log-probability of each beam's item (a model trained with sft.item_softmax_weight; "
+                               "genrec.model.item_softmax). Evaluate, the gate and the registered model decode with "
+                               "it; free decoding (HaR) does not. 0: off (the paper's decoding).")
     truth_types: list[ItemGroup] = Field(["order", "cart", "click"], min_length=1,
                                          description="Which of a test page's item groups count as true items.")
     batch_size: int = Field(64, gt=0, description="Requests per beam-search batch.")
@@ -506,6 +517,13 @@ class PipelineConfig(_Section):
         if self.sft.label_smoothing > 0 and self.model.copy_head:
             raise ValueError(f"sft.label_smoothing={self.sft.label_smoothing} smooths the SID generator's codes; "
                              "the copy head's mixture has no such smoothing: set it to 0 or model.copy_head: false")
+        return self
+
+    @model_validator(mode="after")
+    def _item_softmax_needs_item_rows(self):
+        if self.sft.item_softmax_weight > 0 and not self.model.item_embedding_buckets:
+            raise ValueError(f"sft.item_softmax_weight={self.sft.item_softmax_weight} scores items by their per-item "
+                             "rows: set model.item_embedding_buckets (e.g. 65536)")
         return self
 
     def to_json(self) -> str:

@@ -25,9 +25,10 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from genrec.errors import InputDataError
+from genrec.errors import ConfigError, InputDataError
 from genrec.model.copy_head import copy_level_logmass, mixture_logprob
-from genrec.model.genrec_model import GenRecModel
+from genrec.model.genrec_model import GenRecModel, catalog_buckets, item_bucket
+from genrec.model.item_softmax import item_softmax_logprobs, rerank_with_item_softmax
 from genrec.model.samples import encode_prompt
 from genrec.model.vocab import SidMap
 from genrec.sid.trie import SidTrie
@@ -73,6 +74,20 @@ def left_pad_prompts(histories: list[np.ndarray], model: GenRecModel, device) ->
             positions.to(device))
 
 
+def item_rerank(model: GenRecModel, sid_map: SidMap, prompt_state: torch.Tensor, codes: torch.Tensor,
+                scores: torch.Tensor, weight: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """Final beams ((N, B, L) codes, (N, B) scores) re-ranked by the item softmax of the prompt-end state."""
+    if model.item_table is None:
+        raise ConfigError("re-ranking by the item softmax (eval.item_rerank_weight) needs a model with per-item rows "
+                          "trained by it (model.item_embedding_buckets, sft.item_softmax_weight)")
+    vocab, rows = model.vocab, model.item_table.num_embeddings
+    candidates = catalog_buckets(sid_map.codes, vocab, rows).to(codes.device)
+    starts = torch.tensor([vocab.level_start(i) for i in range(vocab.levels)], device=codes.device)
+    item_lp = item_softmax_logprobs(prompt_state, item_bucket(codes + starts, rows), model.item_table.weight,
+                                    candidates)
+    return rerank_with_item_softmax(scores, item_lp, weight)
+
+
 def tree_mask(visible: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
     """(N, 1, Q, K) bool (True: may attend) -> the additive float mask the sdpa and eager backbones both take."""
     return torch.zeros(visible.shape, dtype=dtype, device=visible.device).masked_fill(~visible, torch.finfo(dtype).min)
@@ -107,10 +122,11 @@ def rank_head_select(model: GenRecModel, cand: torch.Tensor, level: int, lam: in
 
 @torch.no_grad()
 def beam_search(model: GenRecModel, history_codes: list[np.ndarray], sid_map: SidMap, beam: int, constrained: bool,
-                masks: PrefixMasks | None = None, use_rank_head: bool = True) -> BeamOutput:
+                masks: PrefixMasks | None = None, use_rank_head: bool = True, item_weight: float = 0.0) -> BeamOutput:
     """Top-`beam` items for each request (one history's (n, L) codes each), best first. A model with a rank head
     decodes in two stages (`rank_head_select`) and scores items by it (and by its model_weight times log p(item)),
-    unless `use_rank_head` is False."""
+    unless `use_rank_head` is False. `item_weight` > 0 re-ranks the final beams by adding that times their item
+    softmax log-probability (needs per-item rows; `rerank_with_item_softmax`)."""
     empty = [i for i, h in enumerate(history_codes) if len(h) == 0]
     if empty:
         raise InputDataError(f"{len(empty)} requests have an empty history (first: request {empty[0]}); "
@@ -172,6 +188,9 @@ def beam_search(model: GenRecModel, history_codes: list[np.ndarray], sid_map: Si
         if rank:
             prefix_h = torch.cat([torch.gather(prefix_h, 1, parent[:, :, None, None].expand(-1, -1, *prefix_h.shape[2:])),
                                   out.hidden.unsqueeze(2)], dim=2)
+    if item_weight > 0:
+        scores, order = item_rerank(model, sid_map, prompt_h[:, -1], codes, scores, item_weight)
+        codes = torch.gather(codes, 1, order.unsqueeze(-1).expand(-1, -1, levels))
     codes_np, scores_np = codes.cpu().numpy(), scores.cpu().numpy()
     if codes_np.shape[1] < beam:  # fewer candidates than beams (tiny catalogs): pad with empty beams
         pad = beam - codes_np.shape[1]

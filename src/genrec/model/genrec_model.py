@@ -17,6 +17,7 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 import torch
 from safetensors.torch import load_model, save_model
 from torch import nn
@@ -25,6 +26,7 @@ from transformers import Qwen2Config, Qwen2ForCausalLM
 
 from genrec.errors import ConfigError
 from genrec.model.copy_head import (CopyHead, copy_prefix_logmass, history_slots, mixture_token_logprobs)
+from genrec.model.item_softmax import item_softmax_nll, target_item_queries
 from genrec.model.rank_head import RankHead
 from genrec.model.vocab import SidVocab
 
@@ -78,6 +80,12 @@ def item_bucket(ids: torch.Tensor, buckets: int) -> torch.Tensor:
     (its SIDs are unique after assign-sids) gets its own row up to hash collisions."""
     mult = torch.tensor(_HASH_MULTIPLIERS[: ids.shape[-1]], dtype=torch.int64, device=ids.device)
     return (ids.long() * mult).sum(-1).remainder(buckets)
+
+
+def catalog_buckets(codes: np.ndarray, vocab: SidVocab, buckets: int) -> torch.Tensor:
+    """(n_items, L) SID codes of the catalog -> the sorted distinct rows its items use: the item softmax's
+    candidates (sft.item_softmax_weight; items that share a row by a hash collision are one candidate)."""
+    return torch.unique(item_bucket(torch.from_numpy(vocab.code_tokens(codes)), buckets))
 
 
 def history_code_positions(ids: torch.Tensor) -> torch.Tensor:
@@ -209,19 +217,20 @@ class GenRecModel(nn.Module):
         With the copy head, an item's code tokens get the mixture's per-code conditionals (copy_head.py)."""
         return self._logprobs(batch)[1]
 
-    def _logprobs(self, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """The backbone's own target log-probabilities, the model's (the mixture's, with a copy head), and the
-        backbone's full (B, T-1, V) log-softmax."""
+    def _logprobs(self, batch: dict[str, torch.Tensor]
+                  ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+        """The backbone's own target log-probabilities, the model's (the mixture's, with a copy head), the
+        backbone's full (B, T-1, V) log-softmax, and its (B, T, d) hidden states."""
         out = self(batch["ids"], batch["is_item"], batch["attention_mask"])
         labels = batch["labels"][:, 1:]
         logsm = torch.log_softmax(out.logits[:, :-1].float(), dim=-1)
         logp = logsm.gather(-1, labels.clamp(min=0).unsqueeze(-1)).squeeze(-1)
         if self.copy is None:
-            return logp, logp, logsm
+            return logp, logp, logsm, out.hidden
         levels, k0 = self.vocab.levels, self.vocab.level_start(0)
         rows, starts = torch.nonzero((labels >= k0) & (labels < k0 + self.vocab.sizes[0]), as_tuple=True)
         if len(rows) == 0:
-            return logp, logp, logsm
+            return logp, logp, logsm, out.hidden
         prompt = (batch["labels"] == -100).cumprod(dim=1).bool() & batch["attention_mask"].bool()
         slots = history_slots(batch["ids"], batch["is_item"], prompt, self.vocab)
         span = starts.unsqueeze(1) + torch.arange(levels, device=logp.device)  # (M, L) shifted indices of the codes
@@ -233,16 +242,18 @@ class GenRecModel(nn.Module):
                                               slots.recency[rows])
         mixed = mixture_token_logprobs(logp[rows.unsqueeze(1), span], copy_prefix_logmass(
             log_attn, slots.codes[rows], codes), log_g, log_1m_g)
-        return logp, logp.index_put((rows.unsqueeze(1).expand_as(span), span), mixed), logsm
+        return logp, logp.index_put((rows.unsqueeze(1).expand_as(span), span), mixed), logsm, out.hidden
 
     def loss(self, batch: dict[str, torch.Tensor], generator_weight: float = 0.0,
-             label_smoothing: float = 0.0) -> torch.Tensor:
+             label_smoothing: float = 0.0, item_softmax_weight: float = 0.0,
+             item_candidates: torch.Tensor | None = None) -> torch.Tensor:
         """Negative log-likelihood of the target tokens only (labels -100 elsewhere), mean per target token.
         With a copy head, `generator_weight` adds the backbone's own NLL of the same targets, so the SID generator
         keeps modelling every target item, the repeated ones too, rather than leaving them to the copy head.
         `label_smoothing` eps: each SID code target is (1 - eps) its code + eps uniform over its level's codes
-        (level_uniform_logprob); <sep> / <eos> targets stay one-hot."""
-        gen, model, logsm = self._logprobs(batch)
+        (level_uniform_logprob); <sep> / <eos> targets stay one-hot. `item_softmax_weight` adds that times the
+        item softmax's mean NLL over `item_candidates` (catalog_buckets; genrec.model.item_softmax)."""
+        gen, model, logsm, hidden = self._logprobs(batch)
         labels = batch["labels"][:, 1:]
         mask = labels != -100
         if label_smoothing > 0:
@@ -257,6 +268,14 @@ class GenRecModel(nn.Module):
             if self.copy is None:
                 raise ConfigError("a generator loss weight needs a model with a copy head (model.copy_head)")
             loss = loss - generator_weight * gen[mask].mean()
+        if item_softmax_weight > 0:
+            if self.item_table is None or item_candidates is None:
+                raise ConfigError("an item softmax needs per-item rows (model.item_embedding_buckets) and the "
+                                  "catalog's rows (catalog_buckets)")
+            rows, starts, sids = target_item_queries(labels, self.vocab)
+            targets = item_bucket(sids, self.item_table.num_embeddings)
+            loss = loss + item_softmax_weight * item_softmax_nll(hidden[rows, starts], targets,
+                                                                 self.item_table.weight, item_candidates)
         return loss
 
     def copy_state(self, out: ModelOut, ids: torch.Tensor, is_item: torch.Tensor, attention_mask: torch.Tensor

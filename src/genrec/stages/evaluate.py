@@ -66,15 +66,16 @@ def test_requests(pages: pd.DataFrame, truth_types: list[str], max_history: int,
 
 
 def generate(model: GenRecModel, sid_map: SidMap, histories: list[list[int]], beam: int, constrained: bool,
-             batch_size: int, use_rank_head: bool = True) -> tuple[np.ndarray, np.ndarray]:
+             batch_size: int, use_rank_head: bool = True, item_weight: float = 0.0) -> tuple[np.ndarray, np.ndarray]:
     """(N, beam) item ids by beam search, -1 where the generated SID is no item, and their scores (summed
-    log-probabilities; with a rank head, summed log refined scores unless `use_rank_head` is False)."""
+    log-probabilities; with a rank head, summed log refined scores unless `use_rank_head` is False; plus
+    `item_weight` times the item softmax's log-probability when > 0)."""
     masks = PrefixMasks(sid_map.trie()) if constrained else None
     items, scores = [], []
     desc = "beam search" + (" (trie)" if constrained else " (free)")
     for lo in tqdm(range(0, len(histories), batch_size), desc=desc, unit="batch"):
         codes = [sid_map.item_codes(h, "a test history") for h in histories[lo:lo + batch_size]]
-        out = beam_search(model, codes, sid_map, beam, constrained, masks, use_rank_head)
+        out = beam_search(model, codes, sid_map, beam, constrained, masks, use_rank_head, item_weight)
         items.append(out.items)
         scores.append(out.scores)
     return np.concatenate(items), np.concatenate(scores)
@@ -217,13 +218,14 @@ def _score(cfg: PipelineConfig, models: dict[str, GenRecModel], baselines: dict,
     scores: dict[str, np.ndarray] = {}
     for name, model in models.items():
         t0 = time.perf_counter()
-        rankings[name], scores[name] = generate(model, sid_map, histories, e.beam_width, True, e.batch_size)
+        rankings[name], scores[name] = generate(model, sid_map, histories, e.beam_width, True, e.batch_size,
+                                                item_weight=e.item_rerank_weight)
         rows[name] = ranking_metrics(rankings[name], truths, e.ks)
         if model.rank is not None and compare_rsp:  # two stages against the same model's one-stage search
             rows[name]["decode_s"] = time.perf_counter() - t0
             t0 = time.perf_counter()
             one, scores[f"{name}_no_rsp"] = generate(model, sid_map, histories, e.beam_width, True, e.batch_size,
-                                                     use_rank_head=False)
+                                                     use_rank_head=False, item_weight=e.item_rerank_weight)
             rankings[f"{name}_no_rsp"] = one
             rows[f"{name}_no_rsp"] = ranking_metrics(one, truths, e.ks) | {"decode_s": time.perf_counter() - t0}
         if name != cfg.gate.method:  # free decoding costs a second beam search: only for the model the gate judges

@@ -42,7 +42,7 @@ def run_gate_and_register(cfg: PipelineConfig, eval_dir: str | Path, model_dir: 
     metrics = flatten_metrics(json.loads(table.read_text()))
     name = cfg.registry.model_name
     serving = {"top_k": cfg.registry.top_k, "beam_width": max(cfg.registry.beam_width, cfg.registry.top_k),
-               "max_history": cfg.model.max_history}
+               "max_history": cfg.model.max_history, "item_rerank_weight": cfg.eval.item_rerank_weight}
     with tracking.stage_run(cfg, "gate-and-register", pipeline_run_id) as track:
         track.params({"gate": cfg.gate.model_dump(mode="json"), "registry": cfg.registry.model_dump(mode="json")})
         digest = reg.content_hash(model_dir, sids_dir, serving)

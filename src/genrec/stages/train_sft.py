@@ -22,7 +22,7 @@ from genrec import stage_outputs, tracking
 from genrec.config import PipelineConfig
 from genrec.data.io import read_split_pages
 from genrec.errors import InputDataError
-from genrec.model.genrec_model import GenRecModel, build_model
+from genrec.model.genrec_model import GenRecModel, build_model, catalog_buckets
 from genrec.model.samples import batch_order, build_samples, collate, encode_sample
 from genrec.model.vocab import SidMap
 from genrec.train.deepspeed_loop import (LoopConfig, LoopResult, ds_config, gathered_state, init_distributed,
@@ -46,6 +46,7 @@ class TrainingSet:
     encoded: list
     lengths: np.ndarray
     report: dict
+    item_candidates: torch.Tensor | None = None  # the catalog's per-item rows, for sft.item_softmax_weight
 
     def make_batch(self, indices: np.ndarray) -> dict:
         return collate([self.encoded[i] for i in indices], self.model.vocab.pad)
@@ -80,7 +81,11 @@ def prepare_training(cfg: PipelineConfig, pages_dir: Path, sids_dir: Path, world
               "prompt_len_unmerged": float(np.mean(hist_len * vocab.levels + 2)),
               "mean_target_items": float(np.mean([len(s.target) for s in samples])),
               "n_parameters": sum(p.numel() for p in model.parameters()), "world_size": world}
-    return TrainingSet(model, encoded, np.array([len(e[0]) for e in encoded]), report)
+    candidates = None
+    if cfg.sft.item_softmax_weight > 0:
+        candidates = catalog_buckets(sid_map.codes, vocab, cfg.model.item_embedding_buckets)
+        report["item_softmax_candidates"] = len(candidates)
+    return TrainingSet(model, encoded, np.array([len(e[0]) for e in encoded]), report, candidates)
 
 
 def train_model(cfg: PipelineConfig, data: TrainingSet, loop: LoopConfig, ckpt_dir: Path,
@@ -91,8 +96,14 @@ def train_model(cfg: PipelineConfig, data: TrainingSet, loop: LoopConfig, ckpt_d
     def epoch_batches(epoch: int):
         return batch_order(data.lengths, cfg.sft.micro_batch_size, cfg.run.seed, epoch, cfg.sft.length_grouped)
 
+    candidates = data.item_candidates
+
     def loss_fn(model, batch):
-        return model.loss(batch, cfg.sft.generator_loss_weight, cfg.sft.label_smoothing)
+        nonlocal candidates
+        if candidates is not None:
+            candidates = candidates.to(batch["ids"].device)
+        return model.loss(batch, cfg.sft.generator_loss_weight, cfg.sft.label_smoothing,
+                          cfg.sft.item_softmax_weight, candidates)
 
     return run_loop(data.model, loss_fn, data.make_batch, epoch_batches, loop, ckpt_dir, on_log,
                     lambda b: int(b["attention_mask"].sum()), desc="train-sft")
