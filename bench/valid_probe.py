@@ -61,7 +61,7 @@ def item_softmax_scores(model: GenRecModel, sid_map: SidMap, histories: list[lis
         codes = [sid_map.item_codes(h, "a validation history") for h in histories[lo:lo + batch_size]]
         ids, is_item, attn, pos = left_pad_prompts(codes, model, "cpu")
         state = model(ids, is_item, attn, position_ids=pos, logits_to_keep=1).hidden[:, -1]
-        per_item = item_softmax_logprobs(state, catalog.expand(len(codes), -1), model.item_table.weight,
+        per_item = item_softmax_logprobs(state, catalog.expand(len(codes), -1), model.item_table(cands),
                                          cands).numpy()  # (n, n_items)
         beam_lp.append(np.take_along_axis(per_item, beam_index[lo:lo + len(codes)], axis=1))
         alone.append(sid_map.item_ids[np.argsort(-per_item, axis=1, kind="stable")[:, :top]])

@@ -312,14 +312,14 @@ def test_beam_search_with_an_item_weight_reranks_the_same_beams_by_the_item_soft
         state = m(ids, is_item, attn, position_ids=pos).hidden[:, -1]
         for r in range(2):
             tokens = torch.from_numpy(m.vocab.code_tokens(sid_map.item_codes(plain.items[r])))
-            lp = item_softmax_logprobs(state[r:r + 1], item_bucket(tokens, 512)[None], m.item_table.weight, cands)
+            lp = item_softmax_logprobs(state[r:r + 1], item_bucket(tokens, 512)[None], m.item_table(cands), cands)
             want = plain.scores[r] + 2.0 * lp[0].numpy()
             order = np.argsort(-want, kind="stable")
             assert mixed.items[r].tolist() == plain.items[r][order].tolist()
             assert np.allclose(mixed.scores[r], want[order], atol=1e-4)
         assert not np.array_equal(mixed.items, plain.items)  # the rows this large do move the order
         # a SID no catalog item has gets no item probability
-        assert item_softmax_logprobs(state[:1], torch.tensor([[int(cands.max()) + 1]]), m.item_table.weight,
+        assert item_softmax_logprobs(state[:1], torch.tensor([[int(cands.max()) + 1]]), m.item_table(cands),
                                      cands).item() == float("-inf")
     with pytest.raises(ConfigError, match="eval.item_rerank_weight"):
         beam_search(_model(sid_map), histories, sid_map, beam=6, constrained=True, item_weight=1.0)

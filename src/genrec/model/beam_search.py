@@ -83,7 +83,7 @@ def item_rerank(model: GenRecModel, sid_map: SidMap, prompt_state: torch.Tensor,
     vocab, rows = model.vocab, model.item_table.num_embeddings
     candidates = catalog_buckets(sid_map.codes, vocab, rows).to(codes.device)
     starts = torch.tensor([vocab.level_start(i) for i in range(vocab.levels)], device=codes.device)
-    item_lp = item_softmax_logprobs(prompt_state, item_bucket(codes + starts, rows), model.item_table.weight,
+    item_lp = item_softmax_logprobs(prompt_state, item_bucket(codes + starts, rows), model.item_table(candidates),
                                     candidates)
     return rerank_with_item_softmax(scores, item_lp, weight)
 

@@ -275,7 +275,7 @@ class GenRecModel(nn.Module):
             rows, starts, sids = target_item_queries(labels, self.vocab)
             targets = item_bucket(sids, self.item_table.num_embeddings)
             loss = loss + item_softmax_weight * item_softmax_nll(hidden[rows, starts], targets,
-                                                                 self.item_table.weight, item_candidates)
+                                                                 self.item_table(item_candidates), item_candidates)
         return loss
 
     def copy_state(self, out: ModelOut, ids: torch.Tensor, is_item: torch.Tensor, attention_mask: torch.Tensor

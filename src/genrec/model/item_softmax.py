@@ -1,11 +1,15 @@
 """An item-level softmax beside the SID loss: the per-item rows (model.item_embedding_buckets) also learn as targets.
 
-The rows are input-side memory: a row moves only when its item is in a history. Rare items are seldom there, and
-on Amazon Beauty GenRec trails SASRec on exactly those (bench/hits_by_item_frequency.py). SASRec ties its item
-embeddings to its output layer, so an item's vector also learns each time the item is bought. Here the same tie
-is an auxiliary loss: the state that predicts a target item's first code scores every catalog item by the dot
-product with its row, and the cross-entropy of the true item is added to the SID loss (sft.item_softmax_weight).
-Generation is unchanged: targets are still decoded code by code.
+The rows are input-side memory: a row moves only when its item is in a history. SASRec ties its item embeddings
+to its output layer, so an item's vector also learns each time the item is bought. Here the same tie is an
+auxiliary loss: the state that predicts a target item's first code scores every catalog item by the dot product
+with its row, and the cross-entropy of the true item is added to the SID loss (sft.item_softmax_weight). Items
+are still generated code by code; decoding may re-rank the final beams by the same softmax
+(eval.item_rerank_weight). It was aimed at rare items, on which GenRec trails SASRec on Amazon Beauty; measured
+there, the gain came on frequently bought items (bench/results/ablations_amazon_beauty.md).
+
+The candidates' rows come in as `item_table(candidates)` (a call of the embedding module, which DeepSpeed ZeRO-3
+gathers), never as the table's weight read directly.
 """
 
 from __future__ import annotations
@@ -24,23 +28,23 @@ def target_item_queries(labels: torch.Tensor, vocab: SidVocab) -> tuple[torch.Te
     return rows, starts, labels[rows.unsqueeze(1), span]
 
 
-def item_softmax_nll(query: torch.Tensor, target_buckets: torch.Tensor, table: torch.Tensor,
+def item_softmax_nll(query: torch.Tensor, target_buckets: torch.Tensor, candidate_rows: torch.Tensor,
                      candidates: torch.Tensor) -> torch.Tensor:
-    """Mean cross-entropy of the true items over the catalog: (M, d) query states, (M,) their items' rows,
-    (R, d) the row table and (C,) the sorted candidate rows. Logits are dot products with the rows."""
-    logits = query @ table[candidates].T  # (M, C)
+    """Mean cross-entropy of the true items over the catalog: (M, d) query states, (M,) their items' rows, (C,) the
+    sorted candidate rows and (C, d) their vectors. Logits are dot products with the rows."""
+    logits = query @ candidate_rows.T  # (M, C)
     target = torch.searchsorted(candidates, target_buckets)
     if not bool((candidates[target.clamp(max=len(candidates) - 1)] == target_buckets).all()):
         raise ValueError("a target item's row is not among the catalog's candidate rows (built from another SID map?)")
     return torch.nn.functional.cross_entropy(logits.float(), target)
 
 
-def item_softmax_logprobs(query: torch.Tensor, item_buckets: torch.Tensor, table: torch.Tensor,
+def item_softmax_logprobs(query: torch.Tensor, item_buckets: torch.Tensor, candidate_rows: torch.Tensor,
                           candidates: torch.Tensor) -> torch.Tensor:
     """(N, d) prompt-end states, (N, B) the rows of N requests' B candidate items -> (N, B) each item's log-probability
-    under the item softmax over the catalog's rows (the distribution item_softmax_nll trains); -inf for a row no
-    catalog item uses."""
-    logsm = torch.log_softmax((query @ table[candidates].T).float(), dim=-1)  # (N, C)
+    under the item softmax over the catalog's rows (the distribution item_softmax_nll trains; candidates and
+    candidate_rows as there); -inf for a row no catalog item uses."""
+    logsm = torch.log_softmax((query @ candidate_rows.T).float(), dim=-1)  # (N, C)
     index = torch.searchsorted(candidates, item_buckets).clamp(max=len(candidates) - 1)
     known = candidates[index] == item_buckets  # False for a SID no catalog item has (free decoding)
     return torch.gather(logsm, 1, index).masked_fill(~known, float("-inf"))
