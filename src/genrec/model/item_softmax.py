@@ -8,8 +8,8 @@ are still generated code by code; decoding may re-rank the final beams by the sa
 (eval.item_rerank_weight). It was aimed at rare items, on which GenRec trails SASRec on Amazon Beauty; measured
 there, the gain came on frequently bought items (bench/results/ablations_amazon_beauty.md).
 
-The candidates' rows come in as `item_table(candidates)` (a call of the embedding module, which DeepSpeed ZeRO-3
-gathers), never as the table's weight read directly.
+The candidates' rows come in as `item_table(candidates)`: a call of the embedding module, which DeepSpeed ZeRO-3's
+gather hooks cover (tests/test_train.py trains it under ZeRO-3 with a table above the persistence threshold).
 """
 
 from __future__ import annotations
