@@ -26,7 +26,7 @@ from transformers import Qwen2Config, Qwen2ForCausalLM
 
 from genrec.errors import ConfigError
 from genrec.model.copy_head import (CopyHead, copy_prefix_logmass, history_slots, mixture_token_logprobs)
-from genrec.model.item_softmax import item_softmax_nll, target_item_queries
+from genrec.model.item_softmax import item_softmax_nll, target_item_spans
 from genrec.model.rank_head import RankHead
 from genrec.model.vocab import SidVocab
 
@@ -227,13 +227,13 @@ class GenRecModel(nn.Module):
         logp = logsm.gather(-1, labels.clamp(min=0).unsqueeze(-1)).squeeze(-1)
         if self.copy is None:
             return logp, logp, logsm, out.hidden
-        levels, k0 = self.vocab.levels, self.vocab.level_start(0)
-        rows, starts = torch.nonzero((labels >= k0) & (labels < k0 + self.vocab.sizes[0]), as_tuple=True)
+        levels = self.vocab.levels
+        rows, span = target_item_spans(labels, self.vocab)  # span: (M, L) shifted indices of the codes
         if len(rows) == 0:
             return logp, logp, logsm, out.hidden
+        starts = span[:, 0]
         prompt = (batch["labels"] == -100).cumprod(dim=1).bool() & batch["attention_mask"].bool()
         slots = history_slots(batch["ids"], batch["is_item"], prompt, self.vocab)
-        span = starts.unsqueeze(1) + torch.arange(levels, device=logp.device)  # (M, L) shifted indices of the codes
         level_starts = torch.tensor([self.vocab.level_start(i) for i in range(levels)], device=logp.device)
         codes = labels[rows.unsqueeze(1), span] - level_starts
         # The query is the state that predicts the item's first code: shifted index s is position s.
@@ -272,9 +272,9 @@ class GenRecModel(nn.Module):
             if self.item_table is None or item_candidates is None:
                 raise ConfigError("an item softmax needs per-item rows (model.item_embedding_buckets) and the "
                                   "catalog's rows (catalog_buckets)")
-            rows, starts, sids = target_item_queries(labels, self.vocab)
-            targets = item_bucket(sids, self.item_table.num_embeddings)
-            loss = loss + item_softmax_weight * item_softmax_nll(hidden[rows, starts], targets,
+            rows, span = target_item_spans(labels, self.vocab)
+            targets = item_bucket(labels[rows.unsqueeze(1), span], self.item_table.num_embeddings)
+            loss = loss + item_softmax_weight * item_softmax_nll(hidden[rows, span[:, 0]], targets,
                                                                  self.item_table(item_candidates), item_candidates)
         return loss
 

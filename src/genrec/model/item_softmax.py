@@ -19,13 +19,13 @@ import torch
 from genrec.model.vocab import SidVocab
 
 
-def target_item_queries(labels: torch.Tensor, vocab: SidVocab) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Shifted labels (B, T-1) -> (rows, starts, sid_tokens (M, L)) of every target item: the hidden state at
-    (rows, starts) is the one that predicts the item's first code; sid_tokens are its code token ids."""
+def target_item_spans(labels: torch.Tensor, vocab: SidVocab) -> tuple[torch.Tensor, torch.Tensor]:
+    """Shifted labels (B, T-1) -> (rows (M,), span (M, L)) of every target item: labels[rows, span] are its code
+    tokens, and the hidden state at (rows, span[:, 0]) is the one that predicts its first code. The copy head's
+    mixture and the item softmax both find target items this way."""
     k0 = vocab.level_start(0)
     rows, starts = torch.nonzero((labels >= k0) & (labels < k0 + vocab.sizes[0]), as_tuple=True)
-    span = starts.unsqueeze(1) + torch.arange(vocab.levels, device=labels.device)
-    return rows, starts, labels[rows.unsqueeze(1), span]
+    return rows, starts.unsqueeze(1) + torch.arange(vocab.levels, device=labels.device)
 
 
 def item_softmax_nll(query: torch.Tensor, target_buckets: torch.Tensor, candidate_rows: torch.Tensor,
