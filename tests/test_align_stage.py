@@ -1,5 +1,6 @@
 """train-reward and align on the tiny hand-made catalog of conftest.sft_data (the next item is the last + 1):
-the reward model learns the rule, and a killed GRPO-SR run resumes to the same model as an uninterrupted one."""
+the reward model (with the catalog softmax) learns the rule, and a killed GRPO-SR run resumes to the same model
+as an uninterrupted one."""
 
 import json
 import subprocess
@@ -22,7 +23,8 @@ def reward_dir(sft_data, tmp_path_factory, mlflow_server):
 
     out = tmp_path_factory.mktemp("reward")
     cfg = load_config(None, [f"run.work_dir={out / 'work'}", "run.experiment=tests",
-                             "reward.epochs=20", "reward.batch_size=64", "reward.search=soft", "reward.lr=5e-3"])
+                             "reward.epochs=20", "reward.batch_size=64", "reward.search=soft", "reward.lr=5e-3",
+                             "reward.catalog_softmax_weight=0.5"])
     report = run_train_reward(cfg, sft_data / "pages", sft_data / "sids", out, "reward-test")
     return out, report
 
@@ -41,6 +43,8 @@ def embeddings(sft_data):
 def test_reward_model_learns_the_engagement_rule(reward_dir):
     out, report = reward_dir
     assert report["test"]["auc"] > 0.8, report
+    # the catalog softmax was on: the logged loss is the BCE plus its weighted cross-entropy
+    assert report["final_train_loss"] > report["final_train_bce"] > 0
     assert 0 <= report["test"]["ece"] < 0.2
     assert (out / "reward_model" / "reward_model.safetensors").is_file()
     assert "| auc |" in (out / "report.md").read_text()

@@ -175,3 +175,29 @@ def test_reward_model_hard_search_save_and_load(tiny, tmp_path):
     hist = torch.tensor([[0, 1, 2, 3], [5, 6, 7, 8]])
     np.testing.assert_allclose(model.score(hist, torch.tensor([4, 0])), loaded.score(hist, torch.tensor([4, 0])))
     assert loaded.score(hist, torch.tensor([4, 0]))[1] == 0.0  # no item scores 0
+
+
+
+def test_reward_model_catalog_softmax_loss(tiny):
+    from genrec.reward.fit import catalog_softmax_loss
+
+    sid_map, _ = tiny
+    torch.manual_seed(0)
+    model = SimRewardModel(sid_map.item_ids, sid_map.codes, sid_map.sizes, "soft", 3, 2, 8, 2, [8])
+    history = torch.tensor([[0, 1, 17, 2], [5, 6, 7, 8]])
+    cand = torch.tensor([4, 9])
+    with torch.no_grad():
+        # each engaged exposure's item among all catalog items, by softmax_scale x cos(mean of its history, item)
+        h = model.item_vectors(history)
+        mean = (h * (history > 0).unsqueeze(-1)).sum(1) / (history > 0).sum(1, keepdim=True)
+        u = torch.nn.functional.normalize(mean, dim=-1)
+        v = torch.nn.functional.normalize(model.item_vectors(torch.arange(1, len(sid_map.item_ids) + 1)), dim=-1)
+        logp = torch.log_softmax(10.0 * u @ v.T, -1)
+        torch.testing.assert_close(catalog_softmax_loss(model, history, cand, torch.tensor([1.0, 0.0])), -logp[0, 3])
+        torch.testing.assert_close(catalog_softmax_loss(model, history, cand, torch.ones(2)),
+                                   -(logp[0, 3] + logp[1, 8]) / 2)
+        assert float(catalog_softmax_loss(model, history, cand, torch.zeros(2))) == 0.0
+    # it reaches the item vectors of the history and of every catalog item
+    catalog_softmax_loss(model, history, cand, torch.ones(2)).backward()
+    assert model.item_emb.weight.grad[[1, 2, 17, 5, 6, 7, 8]].abs().sum(-1).gt(0).all()
+    assert model.item_emb.weight.grad[1:].abs().sum(-1).gt(0).all()

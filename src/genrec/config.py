@@ -353,6 +353,9 @@ class RewardConfig(_Section):
     dim: int = Field(32, gt=0, description="Item embedding size (item id + SID code embeddings).")
     heads: int = Field(2, gt=0, description="Heads of the exact search unit's target attention.")
     mlp: list[int] = Field([64, 32], min_length=1, description="Hidden sizes of the output MLP.")
+    catalog_softmax_weight: float = Field(0.0, ge=0, description="Weight of an auxiliary cross-entropy of each engaged "
+                                                                 "exposure's item over the whole catalog, scored by the "
+                                                                 "cosine to the history's mean item vector (0: off).")
     epochs: int = Field(2, gt=0, description="Passes over the training exposures.")
     max_examples: int = Field(300_000, ge=0, description="Use at most this many training exposures, a seeded subset of "
                                                        "pages (0: all).")

@@ -19,6 +19,10 @@ def train_reward_model(model: SimRewardModel, data: Exposures, cfg: RewardConfig
                        on_log: Callable[[int, dict], None] = lambda step, row: None) -> list[dict]:
     """Fit `model` in place; returns the logged rows (step, loss)."""
     torch.manual_seed(seed)
+    # Start the click logit at the base rate's log-odds, so the first steps learn preference, not the base rate.
+    rate = float(np.clip(data.label.mean(), 1e-4, 1 - 1e-4)) if len(data) else 0.5
+    with torch.no_grad():
+        model.mlp[-1].bias.fill_(float(np.log(rate / (1 - rate))))
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     label = torch.from_numpy(data.label)
     row = torch.from_numpy(data.row)
@@ -31,21 +35,40 @@ def train_reward_model(model: SimRewardModel, data: Exposures, cfg: RewardConfig
         order = torch.from_numpy(np.random.default_rng([seed, epoch]).permutation(len(data)))
         for lo in range(0, len(data), cfg.batch_size):
             idx = order[lo:lo + cfg.batch_size]
-            logits = model(history[page[idx]], row[idx])
-            loss = torch.nn.functional.binary_cross_entropy_with_logits(logits, label[idx])
+            hist = history[page[idx]]
+            logits = model(hist, row[idx])
+            bce = torch.nn.functional.binary_cross_entropy_with_logits(logits, label[idx])
+            loss = bce
+            if cfg.catalog_softmax_weight > 0:
+                loss = loss + cfg.catalog_softmax_weight * catalog_softmax_loss(model, hist, row[idx], label[idx])
             opt.zero_grad()
             loss.backward()
             opt.step()
             step += 1
-            window.append(float(loss.detach()))
+            window.append((float(loss.detach()), float(bce.detach())))
             bar.update(1)
             if step % 50 == 0 or step == cfg.epochs * steps_per_epoch:
-                rows.append({"step": step, "loss": float(np.mean(window)), "epoch": epoch + lo / len(data)})
+                mean_loss, mean_bce = np.mean(window, axis=0)
+                rows.append({"step": step, "loss": float(mean_loss), "bce": float(mean_bce),
+                             "epoch": epoch + lo / len(data)})
                 on_log(step, rows[-1])
                 bar.set_postfix(loss=f"{rows[-1]['loss']:.4f}")
                 window = []
     bar.close()
     return rows
+
+
+def catalog_softmax_loss(model: SimRewardModel, history: torch.Tensor, rows: torch.Tensor,
+                         label: torch.Tensor) -> torch.Tensor:
+    """Cross-entropy of each engaged exposure's item among the whole catalog, scored by `model.catalog_logits`.
+
+    The exposure BCE sees only the few items a page showed; this loss also pushes the history's mean away from
+    every item the user did not engage with, which shapes the item vectors from far more comparisons.
+    Zero when the batch has no engaged exposure."""
+    pos = label > 0
+    if not bool(pos.any()):
+        return torch.zeros((), device=label.device)
+    return torch.nn.functional.cross_entropy(model.catalog_logits(history[pos]), rows[pos] - 1)
 
 
 def predict(model: SimRewardModel, data: Exposures) -> np.ndarray:

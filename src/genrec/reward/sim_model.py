@@ -9,6 +9,9 @@ Given a user's long history and a candidate item:
 3. the short-term interest: the mean of the most recent items;
 4. an MLP over [candidate, ESU output, short-term, their products] gives the click logit.
 
+`catalog_logits` scores every catalog item by its cosine to the mean of the history's item vectors, for the
+auxiliary softmax over the catalog that training can add (`reward.catalog_softmax_weight`, fit.py).
+
 An item's vector is a learned id embedding plus one embedding per SID code, so items with few
 exposures still share what their SID prefix knows. Items are addressed by row: 1 + the item's row in
 the SID table (0 pads). Saved as safetensors + JSON; loading unpickles nothing.
@@ -51,6 +54,8 @@ class SimRewardModel(nn.Module):
             layers += [nn.Linear(width, h), nn.ReLU()]
             width = h
         self.mlp = nn.Sequential(*layers, nn.Linear(width, 1))
+        # The catalog softmax's inverse temperature; a parameter so that save/load is uniform, used only in training.
+        self.softmax_scale = nn.Parameter(torch.tensor(10.0))
         nn.init.normal_(self.item_emb.weight, std=0.02)
         for e in self.code_emb:
             nn.init.normal_(e.weight, std=0.1)
@@ -94,6 +99,19 @@ class SimRewardModel(nn.Module):
         short = (h[:, -self.hparams["recent"]:] * w).sum(1) / w.sum(1).clamp(min=1)
         return self.mlp(torch.cat([c, att, short, c * att, c * short], dim=-1)).squeeze(-1)
 
+    def interest(self, history: torch.Tensor) -> torch.Tensor:
+        """(B, dim) mean of the history's item vectors (all of `history`, padding excluded)."""
+        h = self.item_vectors(history)
+        w = (history > 0).float().unsqueeze(-1)
+        return (h * w).sum(1) / w.sum(1).clamp(min=1)
+
+    def catalog_logits(self, history: torch.Tensor) -> torch.Tensor:
+        """(B, n_items) softmax_scale x cos(history mean, item vector) for every catalog item (column r = row r + 1)."""
+        u = nn.functional.normalize(self.interest(history), dim=-1)
+        rows = torch.arange(1, len(self.item_ids) + 1, device=history.device)
+        v = nn.functional.normalize(self.item_vectors(rows), dim=-1)
+        return self.softmax_scale * u @ v.T
+
     @torch.no_grad()
     def score(self, history: torch.Tensor, cand: torch.Tensor, batch_size: int = 4096) -> np.ndarray:
         """r_pref = sigmoid(logit) for each (history row, candidate), in batches; rows of cand <= 0 score 0."""
@@ -126,6 +144,7 @@ class SimRewardModel(nn.Module):
         codes = state["codes"][1:].numpy()
         model = cls(state["item_ids"].numpy(), codes, tuple(meta["sizes"]), meta["search"], meta["top_k"],
                     meta["recent"], meta["dim"], meta["heads"], meta["mlp"], meta.get("sid_fingerprint", ""))
+        state.setdefault("softmax_scale", model.softmax_scale.detach().clone())  # saved before the option existed
         model.load_state_dict(state)
         return model.eval()
 

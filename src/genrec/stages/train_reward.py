@@ -54,6 +54,7 @@ def run_train_reward(cfg: PipelineConfig, pages_dir: str | Path, sids_dir: str |
         report = {"train_exposures": len(train), "train_positive_rate": float(train.label.mean()),
                   "test_exposures": len(test), "skipped_no_history": train.skipped_no_history + test.skipped_no_history,
                   "final_train_loss": rows[-1]["loss"] if rows else float("nan"),
+                  "final_train_bce": rows[-1]["bce"] if rows else float("nan"),
                   "test": classification_metrics(prob, test.label)}
         truth = _truth_auc(cfg, raw_dir, test)
         if truth is not None:
