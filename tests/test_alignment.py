@@ -201,3 +201,18 @@ def test_reward_model_catalog_softmax_loss(tiny):
     catalog_softmax_loss(model, history, cand, torch.ones(2)).backward()
     assert model.item_emb.weight.grad[[1, 2, 17, 5, 6, 7, 8]].abs().sum(-1).gt(0).all()
     assert model.item_emb.weight.grad[1:].abs().sum(-1).gt(0).all()
+
+
+def test_reward_training_starts_the_output_bias_at_the_base_rate(tiny):
+    from genrec.config import RewardConfig
+    from genrec.reward.exposures import Exposures
+    from genrec.reward.fit import train_reward_model
+
+    sid_map, _ = tiny
+    model = SimRewardModel(sid_map.item_ids, sid_map.codes, sid_map.sizes, "soft", 3, 2, 8, 2, [8])
+    label = np.array([1, 0, 0, 0, 0, 0, 0, 0], np.float32)  # base rate 1/8
+    data = Exposures(torch.tensor([[1, 2, 3]]), np.zeros(8, np.int64), np.arange(8), np.arange(4, 12), label,
+                     np.zeros(1, np.int64), np.zeros(1), 0)
+    # lr 1e-12: the bias stays where training put it before the first step
+    train_reward_model(model, data, RewardConfig(epochs=1, batch_size=8, lr=1e-12), seed=0)
+    assert float(model.mlp[-1].bias.detach()) == pytest.approx(np.log(1 / 7), abs=1e-5)
