@@ -156,3 +156,28 @@ def test_bert4rec_masks_at_least_one_item_per_sequence_and_learns_a_successor_ru
     histories = [list(range(s, s + 4)) for s in range(1, n_items - 5, 7)]
     top1 = bert4rec_rank(model, histories, max_len, top=1)[:, 0]
     assert np.mean(top1 == np.array([h[-1] + 1 for h in histories])) > 0.9
+
+
+def test_demo_targets_script_fails_on_a_lost_metric_or_high_har(tmp_path):
+    import json
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    def write(genrec_hr10, har):
+        row = {"hr@10": 0.30, "ndcg@10": 0.17}
+        test = {"genrec": {"hr@10": genrec_hr10, "ndcg@10": 0.20, "har": har}, "popularity": row, "sasrec": row}
+        valid = {"genrec": {"hr@10": 0.35, "ndcg@10": 0.20, "har": 0.0}, "popularity": row, "sasrec": row}
+        pair = {m: [0.01, -0.01, 0.03] for m in ("hr@10", "ndcg@10")}
+        paired = {s: {"genrec - popularity": pair, "genrec - sasrec": pair} for s in ("test", "valid")}
+        for name, data in (("metrics.json", test), ("metrics_valid.json", valid), ("paired.json", paired)):
+            (tmp_path / name).write_text(json.dumps(data))
+        script = Path(__file__).parent.parent / "bench" / "demo_targets.py"
+        return subprocess.run([sys.executable, str(script), "--eval", str(tmp_path)], capture_output=True, text=True)
+
+    ok = write(0.36, 0.0)
+    assert ok.returncode == 0 and "all demo targets hold" in ok.stdout, ok.stdout + ok.stderr
+    lost = write(0.29, 0.0)  # below both baselines at HR@10 on the test day
+    assert lost.returncode == 1 and lost.stdout.count("FAIL") == 2, lost.stdout
+    har = write(0.36, 0.07)
+    assert har.returncode == 1 and "FAIL  genrec free-decoding HaR 0.07" in har.stdout, har.stdout
