@@ -17,7 +17,8 @@ from genrec.reward.sim_model import SimRewardModel
 
 def train_reward_model(model: SimRewardModel, data: Exposures, cfg: RewardConfig, seed: int,
                        on_log: Callable[[int, dict], None] = lambda step, row: None) -> list[dict]:
-    """Fit `model` in place; returns the logged rows (step, loss)."""
+    """Fit `model` in place (BCE on the exposures, + the catalog softmax when its weight is > 0); returns the logged
+    rows (step, loss = the total, bce, epoch)."""
     torch.manual_seed(seed)
     # Start the click logit at the base rate's log-odds, so the first steps learn preference, not the base rate.
     rate = float(np.clip(data.label.mean(), 1e-4, 1 - 1e-4)) if len(data) else 0.5
