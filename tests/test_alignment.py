@@ -216,3 +216,25 @@ def test_reward_training_starts_the_output_bias_at_the_base_rate(tiny):
     # lr 1e-12: the bias stays where training put it before the first step
     train_reward_model(model, data, RewardConfig(epochs=1, batch_size=8, lr=1e-12), seed=0)
     assert float(model.mlp[-1].bias.detach()) == pytest.approx(np.log(1 / 7), abs=1e-5)
+
+
+def test_reward_training_decays_the_learning_rate_linearly_to_zero(tiny):
+    from genrec.config import RewardConfig
+    from genrec.reward.exposures import Exposures
+    from genrec.reward.fit import lr_factor, train_reward_model
+
+    assert [lr_factor("linear", s, 4) for s in range(5)] == [1.0, 0.75, 0.5, 0.25, 0.0]
+    assert lr_factor("constant", 3, 4) == 1.0
+    sid_map, _ = tiny
+    label = np.tile(np.array([1, 0], np.float32), 50)
+    data = Exposures(torch.tensor([[1, 2, 3]]), np.zeros(100, np.int64), np.arange(100) % 8, np.arange(100) % 8 + 4,
+                     label, np.zeros(1, np.int64), np.zeros(1), 0)
+    # 100 exposures in batches of 2: 50 steps per epoch, 100 in all; rows are logged at steps 50 and 100
+    rows = {}
+    for schedule in ("constant", "linear"):
+        model = SimRewardModel(sid_map.item_ids, sid_map.codes, sid_map.sizes, "soft", 3, 2, 8, 2, [8])
+        rows[schedule] = train_reward_model(model, data, RewardConfig(epochs=2, batch_size=2, lr_schedule=schedule),
+                                            seed=0)
+    assert [(r["step"], r["lr"]) for r in rows["constant"]] == [(50, 2e-3), (100, 2e-3)]
+    assert [r["step"] for r in rows["linear"]] == [50, 100]
+    assert [r["lr"] for r in rows["linear"]] == pytest.approx([1e-3, 0.0])

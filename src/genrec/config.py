@@ -362,6 +362,8 @@ class RewardConfig(_Section):
     batch_size: int = Field(512, gt=0, description="Exposures per step.")
     lr: float = Field(2e-3, gt=0, description="Adam learning rate.")
     weight_decay: float = Field(0.0, ge=0, description="AdamW weight decay.")
+    lr_schedule: Literal["constant", "linear"] = Field(
+        "constant", description="Learning rate over training: constant, or linear decay from lr to 0 at the last step.")
     max_eval_examples: int = Field(200_000, ge=0, description="Most test-day exposures scored for AUC and calibration (0: all).")
 
 

@@ -18,19 +18,20 @@ from genrec.reward.sim_model import SimRewardModel
 def train_reward_model(model: SimRewardModel, data: Exposures, cfg: RewardConfig, seed: int,
                        on_log: Callable[[int, dict], None] = lambda step, row: None) -> list[dict]:
     """Fit `model` in place (BCE on the exposures, + the catalog softmax when its weight is > 0); returns the logged
-    rows (step, loss = the total, bce, epoch)."""
+    rows (step, loss = the total, bce, lr, epoch). The learning rate follows `cfg.lr_schedule` over all steps."""
     torch.manual_seed(seed)
     # Start the click logit at the base rate's log-odds, so the first steps learn preference, not the base rate.
     rate = float(np.clip(data.label.mean(), 1e-4, 1 - 1e-4)) if len(data) else 0.5
     with torch.no_grad():
         model.mlp[-1].bias.fill_(float(np.log(rate / (1 - rate))))
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    total = cfg.epochs * ((len(data) + cfg.batch_size - 1) // cfg.batch_size)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: lr_factor(cfg.lr_schedule, s, total))
     label = torch.from_numpy(data.label)
     row = torch.from_numpy(data.row)
     page = torch.from_numpy(data.page)
     history, step, rows, window = data.history, 0, [], []
-    steps_per_epoch = (len(data) + cfg.batch_size - 1) // cfg.batch_size
-    bar = tqdm(total=cfg.epochs * steps_per_epoch, desc="train-reward", unit="step")
+    bar = tqdm(total=total, desc="train-reward", unit="step")
     model.train()
     for epoch in range(cfg.epochs):
         order = torch.from_numpy(np.random.default_rng([seed, epoch]).permutation(len(data)))
@@ -45,18 +46,24 @@ def train_reward_model(model: SimRewardModel, data: Exposures, cfg: RewardConfig
             opt.zero_grad()
             loss.backward()
             opt.step()
+            sched.step()
             step += 1
             window.append((float(loss.detach()), float(bce.detach())))
             bar.update(1)
-            if step % 50 == 0 or step == cfg.epochs * steps_per_epoch:
+            if step % 50 == 0 or step == total:
                 mean_loss, mean_bce = np.mean(window, axis=0)
                 rows.append({"step": step, "loss": float(mean_loss), "bce": float(mean_bce),
-                             "epoch": epoch + lo / len(data)})
+                             "lr": opt.param_groups[0]["lr"], "epoch": epoch + lo / len(data)})
                 on_log(step, rows[-1])
                 bar.set_postfix(loss=f"{rows[-1]['loss']:.4f}")
                 window = []
     bar.close()
     return rows
+
+
+def lr_factor(schedule: str, step: int, total: int) -> float:
+    """The multiple of the base learning rate at `step` of `total`: 1 (constant) or 1 - step / total (linear)."""
+    return 1.0 if schedule == "constant" else max(0.0, 1.0 - step / max(total, 1))
 
 
 def catalog_softmax_loss(model: SimRewardModel, history: torch.Tensor, rows: torch.Tensor,
