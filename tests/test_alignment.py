@@ -225,6 +225,8 @@ def test_reward_training_decays_the_learning_rate_linearly_to_zero(tiny):
 
     assert [lr_factor("linear", s, 4) for s in range(5)] == [1.0, 0.75, 0.5, 0.25, 0.0]
     assert lr_factor("constant", 3, 4) == 1.0
+    with pytest.raises(ValueError, match="cosine"):
+        lr_factor("cosine", 1, 4)
     sid_map, _ = tiny
     label = np.tile(np.array([1, 0], np.float32), 50)
     data = Exposures(torch.tensor([[1, 2, 3]]), np.zeros(100, np.int64), np.arange(100) % 8, np.arange(100) % 8 + 4,

@@ -18,7 +18,8 @@ from genrec.reward.sim_model import SimRewardModel
 def train_reward_model(model: SimRewardModel, data: Exposures, cfg: RewardConfig, seed: int,
                        on_log: Callable[[int, dict], None] = lambda step, row: None) -> list[dict]:
     """Fit `model` in place (BCE on the exposures, + the catalog softmax when its weight is > 0); returns the logged
-    rows (step, loss = the total, bce, lr, epoch). The learning rate follows `cfg.lr_schedule` over all steps."""
+    rows (step, loss = the total, bce, lr = the rate the next step uses, epoch). The learning rate follows
+    `cfg.lr_schedule` over all steps."""
     torch.manual_seed(seed)
     # Start the click logit at the base rate's log-odds, so the first steps learn preference, not the base rate.
     rate = float(np.clip(data.label.mean(), 1e-4, 1 - 1e-4)) if len(data) else 0.5
@@ -63,7 +64,11 @@ def train_reward_model(model: SimRewardModel, data: Exposures, cfg: RewardConfig
 
 def lr_factor(schedule: str, step: int, total: int) -> float:
     """The multiple of the base learning rate at `step` of `total`: 1 (constant) or 1 - step / total (linear)."""
-    return 1.0 if schedule == "constant" else max(0.0, 1.0 - step / max(total, 1))
+    if schedule == "constant":
+        return 1.0
+    if schedule == "linear":
+        return max(0.0, 1.0 - step / max(total, 1))
+    raise ValueError(f"reward.lr_schedule must be constant or linear, got {schedule!r}")
 
 
 def catalog_softmax_loss(model: SimRewardModel, history: torch.Tensor, rows: torch.Tensor,

@@ -94,16 +94,13 @@ class SimRewardModel(nn.Module):
         ignore = torch.cat([torch.zeros(len(h), 1, dtype=torch.bool, device=h.device), ~picked], dim=1)
         att, _ = self.attn(c.unsqueeze(1), keys, keys, key_padding_mask=ignore, need_weights=False)
         att = att.squeeze(1)
-        recent_rows = history[:, -self.hparams["recent"]:]
-        w = (recent_rows > 0).float().unsqueeze(-1)
-        short = (h[:, -self.hparams["recent"]:] * w).sum(1) / w.sum(1).clamp(min=1)
+        recent = self.hparams["recent"]
+        short = masked_mean(h[:, -recent:], history[:, -recent:])
         return self.mlp(torch.cat([c, att, short, c * att, c * short], dim=-1)).squeeze(-1)
 
     def interest(self, history: torch.Tensor) -> torch.Tensor:
         """(B, dim) mean of the history's item vectors (all of `history`, padding excluded)."""
-        h = self.item_vectors(history)
-        w = (history > 0).float().unsqueeze(-1)
-        return (h * w).sum(1) / w.sum(1).clamp(min=1)
+        return masked_mean(self.item_vectors(history), history)
 
     def catalog_logits(self, history: torch.Tensor) -> torch.Tensor:
         """(B, n_items) softmax_scale x cos(history mean, item vector) for every catalog item (column r = row r + 1)."""
@@ -147,6 +144,13 @@ class SimRewardModel(nn.Module):
         state.setdefault("softmax_scale", model.softmax_scale.detach().clone())  # saved before the option existed
         model.load_state_dict(state)
         return model.eval()
+
+
+def masked_mean(vectors: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
+    """(B, dim) mean of `vectors` (B, H, dim) over the positions whose item row is not padding (rows > 0);
+    zeros for a row of padding only."""
+    w = (rows > 0).float().unsqueeze(-1)
+    return (vectors * w).sum(1) / w.sum(1).clamp(min=1)
 
 
 def history_rows(histories: list[list[int]], sid_map, length: int, where: str) -> torch.Tensor:
