@@ -130,6 +130,12 @@ def test_label_smoothing_with_the_copy_head_is_refused():
     assert load_config(None, ["sft.label_smoothing=0.1"]).sft.label_smoothing == 0.1
 
 
+def test_shuffled_targets_with_point_wise_samples_are_refused():
+    with pytest.raises(ConfigError, match="sft.target_order: shuffled orders the items of a page-wise target"):
+        load_config(None, ["sft.mode=point", "sft.target_order=shuffled"])
+    assert load_config(None, ["sft.target_order=shuffled"]).sft.target_order == "shuffled"
+
+
 def test_an_item_softmax_without_item_rows_is_refused():
     with pytest.raises(ConfigError, match="sft.item_softmax_weight=0.5 scores items by their per-item rows"):
         load_config(None, ["sft.item_softmax_weight=0.5"])

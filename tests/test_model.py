@@ -8,7 +8,7 @@ import torch
 from genrec.errors import ConfigError, InputDataError
 from genrec.model.beam_search import beam_search
 from genrec.model.genrec_model import GenRecModel, build_model
-from genrec.model.samples import build_samples, collate, encode_prompt, encode_sample, Sample
+from genrec.model.samples import build_samples, collate, encode_prompt, encode_sample, Sample, shuffle_target_items
 from genrec.model.vocab import SidMap
 
 
@@ -115,6 +115,40 @@ def test_samples_order_targets_by_intensity_and_take_only_the_history():
     clicks, counts = build_samples(pages, "point", ["order", "click"], max_history=10, max_target_items=20)
     assert [(s.page_id, s.target) for s in clicks] == [("p1", [9]), ("p1", [7]), ("p1", [8])]
     assert counts.skipped_empty_target == 1
+
+
+@pytest.mark.parametrize("tm", [True, False])
+def test_shuffled_targets_are_the_sample_encoded_with_its_items_permuted(sid_map, tm):
+    ids = [int(i) for i in sid_map.item_ids]
+    m = _model(sid_map, tm)
+    s = Sample("p", 1, ids[:3], ids[10:15])
+    perm = np.random.default_rng(5).permutation(5)
+    got = shuffle_target_items(encode_sample(s, sid_map, m.vocab, tm), m.vocab.levels, np.random.default_rng(5))
+    want = encode_sample(Sample("p", 1, ids[:3], [ids[10 + k] for k in perm]), sid_map, m.vocab, tm)
+    assert perm.tolist() != list(range(5))
+    for g, w in zip(got, want):
+        assert np.array_equal(g, w)
+
+
+def test_training_set_shuffles_targets_per_epoch_and_sample_reproducibly(sid_map):
+    from genrec.stages.train_sft import TrainingSet
+
+    ids = [int(i) for i in sid_map.item_ids]
+    m = _model(sid_map, False)
+    enc = [encode_sample(Sample(f"p{k}", 1, ids[:3], ids[10 + 6 * k:16 + 6 * k]), sid_map, m.vocab, False)
+           for k in range(4)]
+    plain = TrainingSet(m, enc, np.array([len(e[0]) for e in enc]), {})
+    shuffled = TrainingSet(m, enc, np.array([len(e[0]) for e in enc]), {}, shuffle_seed=42)
+    rows = np.array([2, 0])
+    assert torch.equal(plain.make_batch(rows, 0)["labels"], collate([enc[2], enc[0]], m.vocab.pad)["labels"])
+    e0, e0_again, e1 = (shuffled.make_batch(rows, e)["labels"] for e in (0, 0, 1))
+    assert torch.equal(e0, e0_again) and not torch.equal(e0, e1)  # the same epoch: the same orders (a resume)
+    for b in (e0, e1):  # a permutation of each target's items: the same multiset of item blocks
+        for r, k in enumerate(rows):
+            lab = b[r][b[r] >= 0].view(-1, 4)
+            want = torch.from_numpy(enc[k][2][enc[k][2] >= 0]).view(-1, 4)
+            assert sorted(map(tuple, lab[:, :3].tolist())) == sorted(map(tuple, want[:, :3].tolist()))
+            assert torch.equal(lab[:, 3], want[:, 3])  # <sep> between items, <eos> last
 
 
 def test_the_prompt_holds_exactly_the_history(sid_map):

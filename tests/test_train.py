@@ -32,6 +32,21 @@ def test_a_killed_run_resumes_to_the_same_model(sft_data, trained, tmp_path, mlf
     assert json.loads((trained / "report.json").read_text())["final_loss"] < np.log(4 + 12) - 1.0
 
 
+def test_the_stage_shuffles_page_targets_only_when_asked(sft_data):
+    from genrec.config import load_config
+    from genrec.stages.train_sft import prepare_training
+
+    args = ["model.size=tiny", "sft.target_types=[click,expose]"]
+    plain = prepare_training(load_config(None, args), sft_data, sft_data / "sids")
+    shuffled = prepare_training(load_config(None, [*args, "sft.target_order=shuffled"]), sft_data, sft_data / "sids")
+    assert plain.shuffle_seed is None and shuffled.shuffle_seed == 42 and shuffled.report["target_order"] == "shuffled"
+    rows = np.arange(32)
+    assert all(plain.make_batch(rows, 0)[k].equal(plain.make_batch(rows, 1)[k]) for k in ("ids", "labels"))
+    by_epoch = [shuffled.make_batch(rows, e)["labels"] for e in (0, 1)]
+    assert not by_epoch[0].equal(by_epoch[1])
+    assert by_epoch[0].sort().values.equal(by_epoch[1].sort().values)  # the same tokens, in other orders
+
+
 def test_a_retried_task_resumes_from_the_checkpoint_volume(sft_data, trained, tmp_path, mlflow_server):
     """As on a cluster: checkpoints on a volume (run.checkpoint_root), the retry in a fresh output folder with the
     same pipeline run id."""

@@ -268,6 +268,11 @@ class SftConfig(_Section):
         ["order", "cart", "click", "expose"], min_length=1,
         description="Which of a page's item groups form the target, strongest first (the paper: ordered, clicked, exposed).")
     max_target_items: int = Field(20, gt=0, description="Most items in a page-wise target (the strongest kept).")
+    target_order: Literal["intensity", "shuffled"] = Field(
+        "intensity", description="Order of a page-wise target's items. intensity (the paper): strongest group first, "
+                                 "so the first generated item learns only the page's strongest items. shuffled: a new "
+                                 "random order each epoch (seeded by run.seed, the epoch and the sample), so the first "
+                                 "item learns every target item of the page, as evaluation counts them.")
     generator_loss_weight: float = Field(
         0.0, ge=0, description="With model.copy_head: weight of the SID generator's own NLL added to the model's, so "
                                "the generator alone still ranks real items below the copied ones (free decoding).")
@@ -522,6 +527,14 @@ class PipelineConfig(_Section):
         if self.sft.label_smoothing > 0 and self.model.copy_head:
             raise ValueError(f"sft.label_smoothing={self.sft.label_smoothing} smooths the SID generator's codes; "
                              "the copy head's mixture has no such smoothing: set it to 0 or model.copy_head: false")
+        return self
+
+    @model_validator(mode="after")
+    def _shuffled_targets_need_pages(self):
+        # A point-wise target holds one item: there is nothing to shuffle, and the setting would silently do nothing.
+        if self.sft.target_order == "shuffled" and self.sft.mode != "page":
+            raise ValueError(f"sft.target_order: shuffled orders the items of a page-wise target; got sft.mode: "
+                             f"{self.sft.mode} (one item per sample)")
         return self
 
     @model_validator(mode="after")

@@ -120,6 +120,17 @@ def encode_sample(sample: Sample, sid_map: SidMap, vocab: SidVocab, token_merger
     return join_prompt_target(p_ids, p_item, target, vocab.levels)
 
 
+def shuffle_target_items(encoded: tuple[np.ndarray, np.ndarray, np.ndarray], levels: int, rng: np.random.Generator):
+    """The same encoded sample with its target items in a random order (each item's codes kept together, <sep>
+    between items and <eos> last, as encode_target writes them)."""
+    ids, is_item, labels = encoded
+    start = int(np.argmax(labels != -100))
+    blocks = labels[start:].reshape(-1, levels + 1)  # one row per item: its codes, then <sep> or <eos>
+    codes = blocks[rng.permutation(len(blocks)), :levels]
+    target = np.concatenate([codes, blocks[:, levels:]], axis=1).reshape(-1)
+    return join_prompt_target(ids[:start], is_item[:start], target, levels)
+
+
 def collate(encoded: list[tuple[np.ndarray, np.ndarray, np.ndarray]], pad: int):
     """Right-pad a list of encoded samples into a batch of tensors."""
     import torch

@@ -23,7 +23,7 @@ from genrec.config import PipelineConfig
 from genrec.data.io import read_split_pages
 from genrec.errors import InputDataError
 from genrec.model.genrec_model import GenRecModel, build_model, catalog_buckets
-from genrec.model.samples import batch_order, build_samples, collate, encode_sample
+from genrec.model.samples import batch_order, build_samples, collate, encode_sample, shuffle_target_items
 from genrec.model.vocab import SidMap
 from genrec.train.deepspeed_loop import (LoopConfig, LoopResult, ds_config, gathered_state, init_distributed,
                                          run_loop)
@@ -47,9 +47,17 @@ class TrainingSet:
     lengths: np.ndarray
     report: dict
     item_candidates: torch.Tensor | None = None  # the catalog's per-item rows, for sft.item_softmax_weight
+    shuffle_seed: int | None = None  # sft.target_order=shuffled: the run's seed; None keeps the encoded order
 
-    def make_batch(self, indices: np.ndarray) -> dict:
-        return collate([self.encoded[i] for i in indices], self.model.vocab.pad)
+    def make_batch(self, indices: np.ndarray, epoch: int = 0) -> dict:
+        """Tensors of the samples `indices`; with shuffle_seed, each target's items in an order that depends only
+        on (seed, epoch, sample), so a resumed run sees the same orders."""
+        encoded = [self.encoded[i] for i in indices]
+        if self.shuffle_seed is not None:
+            levels = self.model.vocab.levels
+            encoded = [shuffle_target_items(e, levels, np.random.default_rng([self.shuffle_seed, epoch, int(i)]))
+                       for e, i in zip(encoded, indices)]
+        return collate(encoded, self.model.vocab.pad)
 
 
 def prepare_training(cfg: PipelineConfig, pages_dir: Path, sids_dir: Path, world: int = 1) -> TrainingSet:
@@ -73,7 +81,7 @@ def prepare_training(cfg: PipelineConfig, pages_dir: Path, sids_dir: Path, world
     vocab = model.vocab
     encoded = [encode_sample(s, sid_map, vocab, cfg.model.token_merger) for s in samples]
     hist_len = np.array([len(s.history) for s in samples])
-    report = {"mode": cfg.sft.mode, "token_merger": cfg.model.token_merger, "copy_head": cfg.model.copy_head,
+    report = {"mode": cfg.sft.mode, "target_order": cfg.sft.target_order, "token_merger": cfg.model.token_merger, "copy_head": cfg.model.copy_head,
               "n_pages": counts.pages,
               "n_samples": len(samples), "skipped_empty_history": counts.skipped_empty_history,
               "skipped_empty_target": counts.skipped_empty_target, "truncated_targets": counts.truncated_targets,
@@ -85,7 +93,8 @@ def prepare_training(cfg: PipelineConfig, pages_dir: Path, sids_dir: Path, world
     if cfg.sft.item_softmax_weight > 0:
         candidates = catalog_buckets(sid_map.codes, vocab, cfg.model.item_embedding_buckets)
         report["item_softmax_candidates"] = len(candidates)
-    return TrainingSet(model, encoded, np.array([len(e[0]) for e in encoded]), report, candidates)
+    shuffle_seed = cfg.run.seed if cfg.sft.mode == "page" and cfg.sft.target_order == "shuffled" else None
+    return TrainingSet(model, encoded, np.array([len(e[0]) for e in encoded]), report, candidates, shuffle_seed)
 
 
 def train_model(cfg: PipelineConfig, data: TrainingSet, loop: LoopConfig, ckpt_dir: Path,
@@ -93,8 +102,9 @@ def train_model(cfg: PipelineConfig, data: TrainingSet, loop: LoopConfig, ckpt_d
     """Page-wise (or point-wise) NTP on the training set with the DeepSpeed loop: the stage's training step,
     also called by bench/gpu_sft.py."""
 
-    def epoch_batches(epoch: int):
-        return batch_order(data.lengths, cfg.sft.micro_batch_size, cfg.run.seed, epoch, cfg.sft.length_grouped)
+    def epoch_batches(epoch: int):  # (epoch, indices): make_batch orders shuffled targets by epoch
+        return [(epoch, b) for b in
+                batch_order(data.lengths, cfg.sft.micro_batch_size, cfg.run.seed, epoch, cfg.sft.length_grouped)]
 
     candidates = data.item_candidates
 
@@ -105,8 +115,8 @@ def train_model(cfg: PipelineConfig, data: TrainingSet, loop: LoopConfig, ckpt_d
         return model.loss(batch, cfg.sft.generator_loss_weight, cfg.sft.label_smoothing,
                           cfg.sft.item_softmax_weight, candidates)
 
-    return run_loop(data.model, loss_fn, data.make_batch, epoch_batches, loop, ckpt_dir, on_log,
-                    lambda b: int(b["attention_mask"].sum()), desc="train-sft")
+    return run_loop(data.model, loss_fn, lambda batch: data.make_batch(batch[1], batch[0]), epoch_batches, loop,
+                    ckpt_dir, on_log, lambda b: int(b["attention_mask"].sum()), desc="train-sft")
 
 
 def run_train_sft(cfg: PipelineConfig, pages_dir: str | Path, sids_dir: str | Path, out_dir: str | Path,
