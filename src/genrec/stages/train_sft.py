@@ -81,8 +81,8 @@ def prepare_training(cfg: PipelineConfig, pages_dir: Path, sids_dir: Path, world
     vocab = model.vocab
     encoded = [encode_sample(s, sid_map, vocab, cfg.model.token_merger) for s in samples]
     hist_len = np.array([len(s.history) for s in samples])
-    report = {"mode": cfg.sft.mode, "target_order": cfg.sft.target_order, "token_merger": cfg.model.token_merger, "copy_head": cfg.model.copy_head,
-              "n_pages": counts.pages,
+    report = {"mode": cfg.sft.mode, "target_order": cfg.sft.target_order, "token_merger": cfg.model.token_merger,
+              "copy_head": cfg.model.copy_head, "n_pages": counts.pages,
               "n_samples": len(samples), "skipped_empty_history": counts.skipped_empty_history,
               "skipped_empty_target": counts.skipped_empty_target, "truncated_targets": counts.truncated_targets,
               "prompt_len_merged": float(np.mean(hist_len + 2)),
