@@ -2,7 +2,8 @@
 
 Page-wise: one sample per page; the target is the page's items ordered by intensity (ordered, carted,
 clicked, exposed-only; `target_types` chooses which groups), each item's SID tokens, <sep> between
-items, <eos> at the end. Point-wise (TIGER / LC-Rec): one sample per target item, target = that item.
+items, <eos> at the end (sft.target_order=shuffled reorders the items per epoch at batch time:
+shuffle_target_items). Point-wise (TIGER / LC-Rec): one sample per target item, target = that item.
 The history comes from sessionization, which keeps only what happened before the page began (no
 leakage); here it is only truncated to its last `max_history` items.
 

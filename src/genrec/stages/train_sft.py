@@ -93,7 +93,7 @@ def prepare_training(cfg: PipelineConfig, pages_dir: Path, sids_dir: Path, world
     if cfg.sft.item_softmax_weight > 0:
         candidates = catalog_buckets(sid_map.codes, vocab, cfg.model.item_embedding_buckets)
         report["item_softmax_candidates"] = len(candidates)
-    shuffle_seed = cfg.run.seed if cfg.sft.mode == "page" and cfg.sft.target_order == "shuffled" else None
+    shuffle_seed = cfg.run.seed if cfg.sft.target_order == "shuffled" else None  # the config allows it on pages only
     return TrainingSet(model, encoded, np.array([len(e[0]) for e in encoded]), report, candidates, shuffle_seed)
 
 
