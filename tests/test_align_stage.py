@@ -50,6 +50,27 @@ def test_reward_model_learns_the_engagement_rule(reward_dir):
     assert "| auc |" in (out / "report.md").read_text()
 
 
+def test_train_reward_adds_the_catalog_columns_it_is_given(sft_data, tmp_path, mlflow_server):
+    import pandas as pd
+
+    from genrec.config import load_config
+    from genrec.errors import ConfigError
+    from genrec.reward.sim_model import SimRewardModel
+    from genrec.stages.train_reward import run_train_reward
+
+    raw = tmp_path / "ingest"
+    raw.mkdir()
+    pd.DataFrame({"item_id": np.arange(N_ITEMS), "category": [f"top > {i // 8}" for i in range(N_ITEMS)],
+                  "brand": ["b"] * N_ITEMS}).to_parquet(raw / "items.parquet")
+    cfg = load_config(None, [f"run.work_dir={tmp_path / 'work'}", "run.experiment=tests", "reward.epochs=1",
+                             "reward.item_features=[category]"])
+    with pytest.raises(ConfigError, match=r"reward.item_features=\['category'\] needs ingest's folder \(--raw\)"):
+        run_train_reward(cfg, sft_data / "pages", sft_data / "sids", tmp_path / "no-raw", "reward-test")
+    run_train_reward(cfg, sft_data / "pages", sft_data / "sids", tmp_path / "rm", "reward-test", raw_dir=raw)
+    model = SimRewardModel.load(tmp_path / "rm")
+    assert model.hparams["features"] == {"category": 8}
+    assert model.feature_category[1:].tolist() == [i // 8 + 1 for i in range(N_ITEMS)]
+
 def _align_cmd(sft_data, trained, reward, embeddings, out, mlflow_server, *extra):
     return [sys.executable, "-m", "genrec.cli", "align", "--sft", str(trained), "--reward", str(reward),
             "--pages", str(sft_data / "pages"), "--sids", str(sft_data / "sids"), "--embeddings", str(embeddings),

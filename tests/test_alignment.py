@@ -178,6 +178,42 @@ def test_reward_model_hard_search_save_and_load(tiny, tmp_path):
 
 
 
+def test_reward_model_item_features_share_a_vector_and_survive_save_and_load(tiny, tmp_path):
+    import pandas as pd
+
+    from genrec.errors import InputDataError
+    from genrec.reward.sim_model import item_feature_values
+
+    sid_map, _ = tiny
+    ids = sid_map.item_ids
+    category = np.where(np.arange(len(ids)) % 2 == 0, "A > x", "B > y").astype(object)
+    category[5] = None  # a missing value is a value of its own
+    items = pd.DataFrame({"item_id": ids[::-1], "category": category[::-1], "brand": ["b1"] * len(ids)})
+    features = item_feature_values(items, ids, ["category", "brand"], "items.parquet")
+    values, n = features["category"]
+    assert n == 3 and features["brand"][1] == 1
+    assert values[0] == values[2] != values[1] == values[3] and values[5] not in (values[0], values[1])
+    torch.manual_seed(0)
+    model = SimRewardModel(ids, sid_map.codes, sid_map.sizes, "soft", 3, 2, 8, 2, [8], "", features)
+    with torch.no_grad():
+        rows = torch.tensor([1, 3, 2])  # items 0 and 2 share a category, item 1 has another
+        before = model.item_vectors(rows)
+        model.feature_emb["category"].weight[values[0] + 1] += 1.0
+        moved = model.item_vectors(rows) - before
+    torch.testing.assert_close(moved[0], torch.ones(8))
+    torch.testing.assert_close(moved[1], torch.ones(8))
+    torch.testing.assert_close(moved[2], torch.zeros(8))
+    model.save(tmp_path / "rm")
+    loaded = SimRewardModel.load(tmp_path / "rm")
+    hist, cand = torch.tensor([[0, 1, 2, 3], [5, 6, 7, 8]]), torch.tensor([4, 9])
+    np.testing.assert_allclose(model.score(hist, cand), loaded.score(hist, cand))
+    with pytest.raises(InputDataError, match=r"items.parquet: 1 items of the SID table are not in the catalog"):
+        item_feature_values(items[items.item_id != ids[3]], ids, ["category"], "items.parquet")
+    with pytest.raises(InputDataError, match="item_id .* appears more than once"):
+        item_feature_values(pd.concat([items, items.head(1)]), ids, ["category"], "items.parquet")
+    with pytest.raises(InputDataError, match=r"no column \['brand'\]"):
+        item_feature_values(items.drop(columns="brand"), ids, ["brand"], "items.parquet")
+
 def test_reward_model_catalog_softmax_loss(tiny):
     from genrec.reward.fit import catalog_softmax_loss
 

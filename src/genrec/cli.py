@@ -189,7 +189,8 @@ def train_sft(config: Optional[Path] = ConfigOpt,
 def train_reward(config: Optional[Path] = ConfigOpt,
                  pages: Optional[Path] = typer.Option(None, help="The validated pages folder [work_dir/stages/pages]."),
                  sids: Optional[Path] = typer.Option(None, help="The assign-sids folder [work_dir/stages/sids]."),
-                 raw: Optional[Path] = typer.Option(None, help="The ingest folder (the simulator's ground truth) "
+                 raw: Optional[Path] = typer.Option(None, help="The ingest folder (the simulator's ground truth; "
+                                                             "items.parquet for reward.item_features) "
                                                              "[work_dir/stages/ingest]."),
                  out: Optional[Path] = typer.Option(None, help="Output folder [work_dir/stages/reward]."),
                  pipeline_run_id: str = RunIdOpt, overrides: Optional[List[str]] = OverridesArg):

@@ -356,6 +356,9 @@ class RewardConfig(_Section):
     max_history: int = Field(200, gt=0, description="Most recent history items searched (the long history).")
     recent: int = Field(10, gt=0, description="Most recent history items mean-pooled as the short-term interest.")
     dim: int = Field(32, gt=0, description="Item embedding size (item id + SID code embeddings).")
+    item_features: list[Literal["category", "brand"]] = Field(
+        [], description="Catalog columns (ingest's items.parquet) whose value gets a learned embedding added to each "
+                        "item vector, as CTR models use side features; needs ingest's folder (--raw). Empty: none.")
     heads: int = Field(2, gt=0, description="Heads of the exact search unit's target attention.")
     mlp: list[int] = Field([64, 32], min_length=1, description="Hidden sizes of the output MLP.")
     catalog_softmax_weight: float = Field(0.0, ge=0, description="Weight of an auxiliary cross-entropy of each engaged "

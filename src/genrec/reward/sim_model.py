@@ -13,7 +13,8 @@ Given a user's long history and a candidate item:
 auxiliary softmax over the catalog that training can add (`reward.catalog_softmax_weight`, fit.py).
 
 An item's vector is a learned id embedding plus one embedding per SID code, so items with few
-exposures still share what their SID prefix knows. Items are addressed by row: 1 + the item's row in
+exposures still share what their SID prefix knows, plus (`features`) one embedding per catalog column value such as
+the item's category and brand. Items are addressed by row: 1 + the item's row in
 the SID table (0 pads). Saved as safetensors + JSON; loading unpickles nothing.
 """
 
@@ -23,11 +24,12 @@ import json
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import torch
 from safetensors.torch import load_file, save_file
 from torch import nn
 
-from genrec.errors import ConfigError
+from genrec.errors import ConfigError, InputDataError
 
 CONFIG_FILE = "reward_model.json"
 WEIGHTS_FILE = "reward_model.safetensors"
@@ -35,18 +37,27 @@ WEIGHTS_FILE = "reward_model.safetensors"
 
 class SimRewardModel(nn.Module):
     def __init__(self, item_ids: np.ndarray, codes: np.ndarray, sizes: tuple[int, ...], search: str, top_k: int,
-                 recent: int, dim: int, heads: int, mlp: list[int], sid_fingerprint: str = ""):
+                 recent: int, dim: int, heads: int, mlp: list[int], sid_fingerprint: str = "",
+                 features: dict[str, tuple[np.ndarray, int]] | None = None):
+        """`features`: column name -> (each item's value index in [0, n), n), in the order of `item_ids`."""
         super().__init__()
         if search not in ("hard", "soft"):
             raise ConfigError(f"reward.search must be hard or soft, got {search!r}")
+        features = features or {}
         self.hparams = {"sizes": list(sizes), "search": search, "top_k": top_k, "recent": recent, "dim": dim,
-                        "heads": heads, "mlp": list(mlp), "sid_fingerprint": sid_fingerprint}
+                        "heads": heads, "mlp": list(mlp), "sid_fingerprint": sid_fingerprint,
+                        "features": {name: int(n) for name, (_, n) in features.items()}}
         n = len(item_ids)
         self.register_buffer("item_ids", torch.as_tensor(np.asarray(item_ids, dtype=np.int64)))
         padded = np.concatenate([np.zeros((1, len(sizes)), np.int64), np.asarray(codes, np.int64)])
         self.register_buffer("codes", torch.as_tensor(padded))  # (n + 1, L); row 0 pads
         self.item_emb = nn.Embedding(n + 1, dim, padding_idx=0)
         self.code_emb = nn.ModuleList(nn.Embedding(k, dim) for k in sizes)
+        self.feature_emb = nn.ModuleDict()
+        for name, (values, n_values) in features.items():
+            # Row 0 pads, as for the item rows; a value's embedding is row value + 1.
+            self.register_buffer(f"feature_{name}", torch.as_tensor(np.concatenate([[0], np.asarray(values) + 1])))
+            self.feature_emb[name] = nn.Embedding(n_values + 1, dim, padding_idx=0)
         self.null = nn.Parameter(torch.zeros(1, 1, dim))
         self.attn = nn.MultiheadAttention(dim, heads, batch_first=True)
         layers, width = [], 5 * dim
@@ -57,7 +68,7 @@ class SimRewardModel(nn.Module):
         # The catalog softmax's inverse temperature; a parameter so that save/load is uniform, used only in training.
         self.softmax_scale = nn.Parameter(torch.tensor(10.0))
         nn.init.normal_(self.item_emb.weight, std=0.02)
-        for e in self.code_emb:
+        for e in [*self.code_emb, *self.feature_emb.values()]:
             nn.init.normal_(e.weight, std=0.1)
 
     @property
@@ -69,6 +80,8 @@ class SimRewardModel(nn.Module):
         vec = self.item_emb(rows)
         for level, table in enumerate(self.code_emb):
             vec = vec + table(codes[..., level])
+        for name, table in self.feature_emb.items():
+            vec = vec + table(getattr(self, f"feature_{name}")[rows])
         return vec * (rows > 0).unsqueeze(-1)
 
     def search(self, history: torch.Tensor, cand: torch.Tensor, h: torch.Tensor, c: torch.Tensor):
@@ -139,8 +152,9 @@ class SimRewardModel(nn.Module):
         meta = json.loads((model_dir / CONFIG_FILE).read_text())
         state = load_file(str(model_dir / WEIGHTS_FILE))
         codes = state["codes"][1:].numpy()
+        features = {name: (state[f"feature_{name}"][1:].numpy() - 1, n) for name, n in meta.get("features", {}).items()}
         model = cls(state["item_ids"].numpy(), codes, tuple(meta["sizes"]), meta["search"], meta["top_k"],
-                    meta["recent"], meta["dim"], meta["heads"], meta["mlp"], meta.get("sid_fingerprint", ""))
+                    meta["recent"], meta["dim"], meta["heads"], meta["mlp"], meta.get("sid_fingerprint", ""), features)
         state.setdefault("softmax_scale", model.softmax_scale.detach().clone())  # saved before the option existed
         model.load_state_dict(state)
         return model.eval()
@@ -161,3 +175,26 @@ def history_rows(histories: list[list[int]], sid_map, length: int, where: str) -
         if len(rows):
             out[r, -len(rows):] = rows
     return torch.from_numpy(out)
+
+
+def item_feature_values(items: pd.DataFrame, item_ids: np.ndarray, columns: list[str],
+                        where: str) -> dict[str, tuple[np.ndarray, int]]:
+    """For each column of the catalog `items` (item_id + columns): every item's value index, in the order of
+    `item_ids`, and the number of values (a missing value is a value of its own). An item of `item_ids` that the
+    catalog lacks, a missing column or a duplicated item_id raises naming `where`."""
+    missing_cols = [c for c in ["item_id", *columns] if c not in items.columns]
+    if missing_cols:
+        raise InputDataError(f"{where}: no column {missing_cols} (reward.item_features needs them)")
+    dup = items["item_id"][items["item_id"].duplicated()]
+    if len(dup):
+        raise InputDataError(f"{where}: item_id {int(dup.iloc[0])} appears more than once ({len(dup)} duplicates)")
+    table = items.set_index("item_id").reindex(np.asarray(item_ids))
+    absent = np.setdiff1d(item_ids, items["item_id"].to_numpy())
+    if len(absent):
+        raise InputDataError(f"{where}: {len(absent)} items of the SID table are not in the catalog (e.g. item_id "
+                             f"{int(absent[0])})")
+    out = {}
+    for column in columns:
+        values, uniques = pd.factorize(table[column].fillna("").astype(str))
+        out[column] = (values.astype(np.int64), len(uniques))
+    return out

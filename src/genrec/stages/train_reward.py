@@ -1,7 +1,8 @@
 """Stage train-reward: training pages + SID map -> the SIM-style reward model r_pref (paper: the preference reward).
 
 Reads validate-pages' folder (pages/, both splits), assign-sids' folder and, optionally, ingest's folder
-(the simulator's ground_truth.npz, to compare with the true click probabilities). Writes into
+(the simulator's ground_truth.npz, to compare with the true click probabilities; items.parquet when
+`reward.item_features` names catalog columns). Writes into
 `out_dir`: reward_model/ (safetensors + JSON), calibration.csv, report.md and report.json.
 
 Examples are the pages' exposures: ordered, carted or clicked items are positives, exposed-only items
@@ -21,12 +22,13 @@ import torch
 
 from genrec import stage_outputs, tracking
 from genrec.config import PipelineConfig
-from genrec.data.io import read_split_pages
-from genrec.errors import InputDataError
+from genrec.data.io import read_parquet, read_split_pages
+from genrec.data.schema import ITEMS_FILE
+from genrec.errors import ConfigError, InputDataError
 from genrec.model.vocab import SidMap
 from genrec.reward.exposures import build_exposures
 from genrec.reward.fit import calibration_table, classification_metrics, predict, train_reward_model
-from genrec.reward.sim_model import SimRewardModel
+from genrec.reward.sim_model import SimRewardModel, item_feature_values
 
 
 def run_train_reward(cfg: PipelineConfig, pages_dir: str | Path, sids_dir: str | Path, out_dir: str | Path,
@@ -36,6 +38,7 @@ def run_train_reward(cfg: PipelineConfig, pages_dir: str | Path, sids_dir: str |
     out_dir = stage_outputs.begin(out_dir, "train-reward", pipeline_run_id, {"pages": pages_dir, "sids": sids_dir, "raw": raw_dir})
     r = cfg.reward
     sid_map = SidMap.load(sids_dir)
+    features = _item_features(r.item_features, raw_dir, sid_map)  # before the exposures: a missing --raw fails fast
     train = build_exposures(read_split_pages(pages_dir, "train"), sid_map, r.max_history, r.max_examples, cfg.run.seed)
     test = build_exposures(read_split_pages(pages_dir, "test"), sid_map, r.max_history, r.max_eval_examples,
                            cfg.run.seed + 1)
@@ -45,7 +48,7 @@ def run_train_reward(cfg: PipelineConfig, pages_dir: str | Path, sids_dir: str |
                                  f"({int(data.label.sum())} engaged): the reward model needs engaged and exposed-only items")
     torch.manual_seed(cfg.run.seed)
     model = SimRewardModel(sid_map.item_ids, sid_map.codes, sid_map.sizes, r.search, r.top_k, r.recent, r.dim, r.heads,
-                           r.mlp, sid_map.fingerprint())
+                           r.mlp, sid_map.fingerprint(), features)
     with tracking.stage_run(cfg, "train-reward", pipeline_run_id) as track:
         track.params({"reward": r.model_dump(mode="json")})
         rows = train_reward_model(model, train, r, cfg.run.seed,
@@ -71,6 +74,18 @@ def run_train_reward(cfg: PipelineConfig, pages_dir: str | Path, sids_dir: str |
         track.artifact(out_dir / "reward_model", "reward_model")
     stage_outputs.complete(out_dir)
     return report
+
+
+def _item_features(columns: list[str], raw_dir, sid_map: SidMap) -> dict | None:
+    """The catalog columns' value indices per SID-table item (reward.item_features), read from ingest's items."""
+    if not columns:
+        return None
+    if raw_dir is None:
+        raise ConfigError(f"reward.item_features={columns} needs ingest's folder (--raw) for its {ITEMS_FILE}")
+    path = f"{str(raw_dir).rstrip('/')}/{ITEMS_FILE}"  # not a Path: the folder may be s3://
+    table = read_parquet(path, "run ingest first")
+    items = table.select([c for c in ["item_id", *columns] if c in table.column_names]).to_pandas()
+    return item_feature_values(items, sid_map.item_ids, columns, path)
 
 
 def _truth_auc(cfg: PipelineConfig, raw_dir, test) -> float | None:
