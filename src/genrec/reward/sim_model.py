@@ -188,11 +188,11 @@ def item_feature_values(items: pd.DataFrame, item_ids: np.ndarray, columns: list
     dup = items["item_id"][items["item_id"].duplicated()]
     if len(dup):
         raise InputDataError(f"{where}: item_id {int(dup.iloc[0])} appears more than once ({len(dup)} duplicates)")
-    table = items.set_index("item_id").reindex(np.asarray(item_ids))
     absent = np.setdiff1d(item_ids, items["item_id"].to_numpy())
     if len(absent):
         raise InputDataError(f"{where}: {len(absent)} items of the SID table are not in the catalog (e.g. item_id "
                              f"{int(absent[0])})")
+    table = items.set_index("item_id").reindex(np.asarray(item_ids))
     out = {}
     for column in columns:
         values, uniques = pd.factorize(table[column].fillna("").astype(str))
