@@ -50,11 +50,14 @@ def test_reward_model_learns_the_engagement_rule(reward_dir):
     assert "| auc |" in (out / "report.md").read_text()
 
 
-def test_train_reward_adds_the_catalog_columns_it_is_given(sft_data, tmp_path, mlflow_server):
+def test_train_reward_adds_the_catalog_columns_and_popularity_it_is_given(sft_data, tmp_path, mlflow_server):
     import pandas as pd
 
     from genrec.config import load_config
+    from genrec.data.io import read_split_pages
     from genrec.errors import ConfigError
+    from genrec.model.vocab import SidMap
+    from genrec.reward.exposures import build_exposures, exposure_popularity
     from genrec.reward.sim_model import SimRewardModel
     from genrec.stages.train_reward import run_train_reward
 
@@ -63,13 +66,20 @@ def test_train_reward_adds_the_catalog_columns_it_is_given(sft_data, tmp_path, m
     pd.DataFrame({"item_id": np.arange(N_ITEMS), "category": [f"top > {i // 8}" for i in range(N_ITEMS)],
                   "brand": ["b"] * N_ITEMS}).to_parquet(raw / "items.parquet")
     cfg = load_config(None, [f"run.work_dir={tmp_path / 'work'}", "run.experiment=tests", "reward.epochs=1",
-                             "reward.item_features=[category]"])
+                             "reward.item_features=[category]", "reward.item_popularity=true"])
     with pytest.raises(ConfigError, match=r"reward.item_features=\['category'\] needs ingest's folder \(--raw\)"):
         run_train_reward(cfg, sft_data / "pages", sft_data / "sids", tmp_path / "no-raw", "reward-test")
     run_train_reward(cfg, sft_data / "pages", sft_data / "sids", tmp_path / "rm", "reward-test", raw_dir=raw)
     model = SimRewardModel.load(tmp_path / "rm")
     assert model.hparams["features"] == {"category": 8}
     assert model.feature_category[1:].tolist() == [i // 8 + 1 for i in range(N_ITEMS)]
+    sid_map = SidMap.load(sft_data / "sids")
+    train = build_exposures(read_split_pages(sft_data / "pages", "train"), sid_map, cfg.reward.max_history,
+                            cfg.reward.max_examples, cfg.run.seed)
+    assert model.hparams["popularity"] is True
+    np.testing.assert_allclose(model.item_popularity[1:].numpy(), exposure_popularity(train.row, len(sid_map.item_ids)),
+                               rtol=1e-6)
+
 
 def _align_cmd(sft_data, trained, reward, embeddings, out, mlflow_server, *extra):
     return [sys.executable, "-m", "genrec.cli", "align", "--sft", str(trained), "--reward", str(reward),

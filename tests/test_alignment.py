@@ -214,6 +214,48 @@ def test_reward_model_item_features_share_a_vector_and_survive_save_and_load(tin
     with pytest.raises(InputDataError, match=r"no column \['brand'\]"):
         item_feature_values(items.drop(columns="brand"), ids, ["brand"], "items.parquet")
 
+
+def test_exposure_popularity_is_the_standardised_log_count_of_each_items_exposures():
+    from genrec.reward.exposures import exposure_popularity
+
+    pop = exposure_popularity(np.array([1, 1, 1, 2, 3, 3]), 4)  # items 0-2 shown 3, 1, 2 times; item 3 never
+    expected = np.log1p([3.0, 1.0, 2.0, 0.0])
+    np.testing.assert_allclose(pop, (expected - expected.mean()) / expected.std())
+    assert pop[0] > pop[2] > pop[1] > pop[3]
+    np.testing.assert_array_equal(exposure_popularity(np.array([1, 2, 3]), 3), np.zeros(3))
+    with pytest.raises(ValueError, match="beyond the 2 items"):
+        exposure_popularity(np.array([1, 3]), 2)
+
+
+def test_exposure_log_share_is_the_smoothed_log_share_of_the_exposures():
+    from genrec.reward.exposures import exposure_log_share
+
+    share = exposure_log_share(np.array([1, 1, 1, 2, 3, 3]), 4)  # counts 3, 1, 2, 0 -> 4, 2, 3, 1 of 10
+    np.testing.assert_allclose(share, np.log([0.4, 0.2, 0.3, 0.1]))
+
+
+def test_reward_model_popularity_adds_a_learned_weight_times_the_candidates_popularity(tiny, tmp_path):
+    sid_map, _ = tiny
+    ids = sid_map.item_ids
+    popularity = np.linspace(-1.0, 1.0, len(ids))
+    torch.manual_seed(0)
+    model = SimRewardModel(ids, sid_map.codes, sid_map.sizes, "soft", 3, 2, 8, 2, [8], "", None, popularity)
+    hist, cand = torch.tensor([[0, 1, 2, 3], [5, 6, 7, 8], [0, 0, 2, 9]]), torch.tensor([4, 9, 1])
+    with torch.no_grad():
+        before = model(hist, cand)  # the weight starts at 0: the same logits as without the prior
+        model.popularity_weight.fill_(0.5)
+        after = model(hist, cand)
+    expected = 0.5 * torch.as_tensor(popularity[cand.numpy() - 1], dtype=torch.float32)
+    torch.testing.assert_close(after - before, expected)
+    model.save(tmp_path / "rm")
+    loaded = SimRewardModel.load(tmp_path / "rm")
+    assert loaded.hparams["popularity"] is True and float(loaded.popularity_weight) == 0.5
+    np.testing.assert_allclose(model.score(hist, cand), loaded.score(hist, cand))
+    plain = SimRewardModel(ids, sid_map.codes, sid_map.sizes, "soft", 3, 2, 8, 2, [8])
+    plain.save(tmp_path / "plain")
+    assert not hasattr(SimRewardModel.load(tmp_path / "plain"), "popularity_weight")
+
+
 def test_reward_model_catalog_softmax_loss(tiny):
     from genrec.reward.fit import catalog_softmax_loss
 
@@ -233,6 +275,11 @@ def test_reward_model_catalog_softmax_loss(tiny):
         torch.testing.assert_close(catalog_softmax_loss(model, history, cand, torch.ones(2)),
                                    -(logp[0, 3] + logp[1, 8]) / 2)
         assert float(catalog_softmax_loss(model, history, cand, torch.zeros(2))) == 0.0
+        # the logQ correction: a fixed offset per item inside the softmax
+        logq = torch.linspace(-3.0, 0.0, len(sid_map.item_ids))
+        corrected = torch.log_softmax(10.0 * u @ v.T + logq, -1)
+        torch.testing.assert_close(catalog_softmax_loss(model, history, cand, torch.tensor([1.0, 0.0]), logq),
+                                   -corrected[0, 3])
     # it reaches the item vectors of the history and of every catalog item
     catalog_softmax_loss(model, history, cand, torch.ones(2)).backward()
     assert model.item_emb.weight.grad[[1, 2, 17, 5, 6, 7, 8]].abs().sum(-1).gt(0).all()

@@ -359,11 +359,18 @@ class RewardConfig(_Section):
     item_features: list[Literal["category", "brand"]] = Field(
         [], description="Catalog columns (ingest's items.parquet) whose value gets a learned embedding added to each "
                         "item vector, as CTR models use side features; needs ingest's folder (--raw). Empty: none.")
+    item_popularity: bool = Field(
+        False, description="Add a learned weight times each item's popularity (log of 1 + its training exposures, "
+                           "standardised) to the click logit: a per-item prior that the id embedding learns slowly.")
     heads: int = Field(2, gt=0, description="Heads of the exact search unit's target attention.")
     mlp: list[int] = Field([64, 32], min_length=1, description="Hidden sizes of the output MLP.")
     catalog_softmax_weight: float = Field(0.0, ge=0, description="Weight of an auxiliary cross-entropy of each engaged "
                                                                  "exposure's item over the whole catalog, scored by the "
                                                                  "cosine to the history's mean item vector (0: off).")
+    catalog_softmax_logq: float = Field(
+        0.0, ge=0, description="Add this times the log of each item's share of the training exposures to the catalog "
+                               "softmax's logits (a logQ correction for the logging policy: the cosine then learns "
+                               "what users pick among what they were shown, not how often it was shown). 0: off.")
     epochs: int = Field(2, gt=0, description="Passes over the training exposures.")
     max_examples: int = Field(300_000, ge=0, description="Use at most this many training exposures, a seeded subset of "
                                                        "pages (0: all).")

@@ -54,3 +54,28 @@ def build_exposures(pages: pd.DataFrame, sid_map: SidMap, max_history: int, max_
     return Exposures(hist, np.repeat(np.arange(len(pages)), sizes), item,
                      sid_map.rows(item, "the pages' exposures") + 1, np.asarray(labels, np.float32),
                      pages["user_id"].to_numpy(np.int64), pages["page_start"].to_numpy(), skipped)
+
+
+def exposure_counts(rows: np.ndarray, n_items: int) -> np.ndarray:
+    """How often the pages showed each item: one count per item in SID-table order, from 1-based item rows (as in
+    Exposures.row)."""
+    counts = np.bincount(np.asarray(rows, dtype=np.int64), minlength=n_items + 1)[1:]
+    if len(counts) > n_items:
+        raise ValueError(f"item rows go up to {len(counts)}, beyond the {n_items} items")
+    return counts
+
+
+def exposure_popularity(rows: np.ndarray, n_items: int) -> np.ndarray:
+    """Each item's popularity from the training exposures: log(1 + the times it was shown), standardised over the
+    catalog (mean 0, sd 1; all 0 when every item was shown equally often). Counts, not clicks: an item's click rate
+    from the same exposures would hand the model its own labels."""
+    log_counts = np.log1p(exposure_counts(rows, n_items).astype(np.float64))
+    sd = log_counts.std()
+    return (log_counts - log_counts.mean()) / sd if sd > 0 else np.zeros(n_items)
+
+
+def exposure_log_share(rows: np.ndarray, n_items: int) -> np.ndarray:
+    """log of each item's share of the training exposures, add-one smoothed so that an item never shown stays
+    finite: the logging policy's exposure prior that the catalog softmax's logQ correction adds."""
+    counts = exposure_counts(rows, n_items).astype(np.float64) + 1.0
+    return np.log(counts / counts.sum())

@@ -11,7 +11,7 @@ from sklearn.metrics import log_loss, roc_auc_score
 from tqdm import tqdm
 
 from genrec.config import RewardConfig
-from genrec.reward.exposures import Exposures
+from genrec.reward.exposures import Exposures, exposure_log_share
 from genrec.reward.sim_model import SimRewardModel
 
 
@@ -31,6 +31,10 @@ def train_reward_model(model: SimRewardModel, data: Exposures, cfg: RewardConfig
     label = torch.from_numpy(data.label)
     row = torch.from_numpy(data.row)
     page = torch.from_numpy(data.page)
+    logq = None
+    if cfg.catalog_softmax_logq > 0:
+        logq = torch.as_tensor(cfg.catalog_softmax_logq * exposure_log_share(data.row, len(model.item_ids)),
+                               dtype=torch.float32)
     history, step, rows, window = data.history, 0, [], []
     bar = tqdm(total=total, desc="train-reward", unit="step")
     model.train()
@@ -43,7 +47,8 @@ def train_reward_model(model: SimRewardModel, data: Exposures, cfg: RewardConfig
             bce = torch.nn.functional.binary_cross_entropy_with_logits(logits, label[idx])
             loss = bce
             if cfg.catalog_softmax_weight > 0:
-                loss = loss + cfg.catalog_softmax_weight * catalog_softmax_loss(model, hist, row[idx], label[idx])
+                loss = loss + cfg.catalog_softmax_weight * catalog_softmax_loss(model, hist, row[idx], label[idx],
+                                                                                 logq)
             opt.zero_grad()
             loss.backward()
             opt.step()
@@ -72,16 +77,23 @@ def lr_factor(schedule: str, step: int, total: int) -> float:
 
 
 def catalog_softmax_loss(model: SimRewardModel, history: torch.Tensor, rows: torch.Tensor,
-                         label: torch.Tensor) -> torch.Tensor:
-    """Cross-entropy of each engaged exposure's item among the whole catalog, scored by `model.catalog_logits`.
+                         label: torch.Tensor, logq: torch.Tensor | None = None) -> torch.Tensor:
+    """Cross-entropy of each engaged exposure's item among the whole catalog, scored by `model.catalog_logits`
+    (+ `logq`, one fixed offset per item, when given).
 
     The exposure BCE sees only the few items a page showed; this loss also pushes the history's mean away from
-    every item the user did not engage with, which shapes the item vectors from far more comparisons.
+    every item the user did not engage with, which shapes the item vectors from far more comparisons. A user can
+    only click what she was shown, so a click's item follows the logging policy's exposures as much as her taste;
+    `logq` (the weighted log exposure share, `reward.catalog_softmax_logq`) hands that part to a fixed prior, as
+    sampled softmax corrects for its sampler, and leaves the cosine to learn the preference.
     Zero when the batch has no engaged exposure."""
     pos = label > 0
     if not bool(pos.any()):
         return torch.zeros((), device=label.device)
-    return torch.nn.functional.cross_entropy(model.catalog_logits(history[pos]), rows[pos] - 1)
+    logits = model.catalog_logits(history[pos])
+    if logq is not None:
+        logits = logits + logq
+    return torch.nn.functional.cross_entropy(logits, rows[pos] - 1)
 
 
 def predict(model: SimRewardModel, data: Exposures) -> np.ndarray:

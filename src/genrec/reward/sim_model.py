@@ -7,7 +7,8 @@ Given a user's long history and a candidate item:
 2. exact search unit (ESU): multi-head target attention of the candidate over the picked items
    (plus a learned "nothing relevant" slot, so a user with no relevant item still gets an answer);
 3. the short-term interest: the mean of the most recent items;
-4. an MLP over [candidate, ESU output, short-term, their products] gives the click logit.
+4. an MLP over [candidate, ESU output, short-term, their products] gives the click logit; with `popularity`, the
+   logit also adds a learned weight times the candidate's popularity (how often the training pages showed it).
 
 `catalog_logits` scores every catalog item by its cosine to the mean of the history's item vectors, for the
 auxiliary softmax over the catalog that training can add (`reward.catalog_softmax_weight`, fit.py).
@@ -38,15 +39,18 @@ WEIGHTS_FILE = "reward_model.safetensors"
 class SimRewardModel(nn.Module):
     def __init__(self, item_ids: np.ndarray, codes: np.ndarray, sizes: tuple[int, ...], search: str, top_k: int,
                  recent: int, dim: int, heads: int, mlp: list[int], sid_fingerprint: str = "",
-                 features: dict[str, tuple[np.ndarray, int]] | None = None):
-        """`features`: column name -> (each item's value index in [0, n), n), in the order of `item_ids`."""
+                 features: dict[str, tuple[np.ndarray, int]] | None = None, popularity: np.ndarray | None = None):
+        """`features`: column name -> (each item's value index in [0, n), n), in the order of `item_ids`.
+        `popularity`: one number per item in that order (`exposure_popularity`); the logit adds it times a learned
+        weight."""
         super().__init__()
         if search not in ("hard", "soft"):
             raise ConfigError(f"reward.search must be hard or soft, got {search!r}")
         features = features or {}
         self.hparams = {"sizes": list(sizes), "search": search, "top_k": top_k, "recent": recent, "dim": dim,
                         "heads": heads, "mlp": list(mlp), "sid_fingerprint": sid_fingerprint,
-                        "features": {name: int(n) for name, (_, n) in features.items()}}
+                        "features": {name: int(n) for name, (_, n) in features.items()},
+                        "popularity": popularity is not None}
         n = len(item_ids)
         self.register_buffer("item_ids", torch.as_tensor(np.asarray(item_ids, dtype=np.int64)))
         padded = np.concatenate([np.zeros((1, len(sizes)), np.int64), np.asarray(codes, np.int64)])
@@ -58,6 +62,11 @@ class SimRewardModel(nn.Module):
             # Row 0 pads, as for the item rows; a value's embedding is row value + 1.
             self.register_buffer(f"feature_{name}", torch.as_tensor(np.concatenate([[0], np.asarray(values) + 1])))
             self.feature_emb[name] = nn.Embedding(n_values + 1, dim, padding_idx=0)
+        if popularity is not None:
+            self.register_buffer("item_popularity", torch.as_tensor(
+                np.concatenate([[0.0], np.asarray(popularity, np.float64)]), dtype=torch.float32))
+            # Starts at 0: the model begins as without it and learns how much the prior is worth.
+            self.popularity_weight = nn.Parameter(torch.zeros(()))
         self.null = nn.Parameter(torch.zeros(1, 1, dim))
         self.attn = nn.MultiheadAttention(dim, heads, batch_first=True)
         layers, width = [], 5 * dim
@@ -109,7 +118,10 @@ class SimRewardModel(nn.Module):
         att = att.squeeze(1)
         recent = self.hparams["recent"]
         short = masked_mean(h[:, -recent:], history[:, -recent:])
-        return self.mlp(torch.cat([c, att, short, c * att, c * short], dim=-1)).squeeze(-1)
+        logit = self.mlp(torch.cat([c, att, short, c * att, c * short], dim=-1)).squeeze(-1)
+        if self.hparams["popularity"]:
+            logit = logit + self.popularity_weight * self.item_popularity[cand]
+        return logit
 
     def interest(self, history: torch.Tensor) -> torch.Tensor:
         """(B, dim) mean of the history's item vectors (all of `history`, padding excluded)."""
@@ -153,8 +165,10 @@ class SimRewardModel(nn.Module):
         state = load_file(str(model_dir / WEIGHTS_FILE))
         codes = state["codes"][1:].numpy()
         features = {name: (state[f"feature_{name}"][1:].numpy() - 1, n) for name, n in meta.get("features", {}).items()}
+        popularity = state["item_popularity"][1:].numpy() if meta.get("popularity") else None
         model = cls(state["item_ids"].numpy(), codes, tuple(meta["sizes"]), meta["search"], meta["top_k"],
-                    meta["recent"], meta["dim"], meta["heads"], meta["mlp"], meta.get("sid_fingerprint", ""), features)
+                    meta["recent"], meta["dim"], meta["heads"], meta["mlp"], meta.get("sid_fingerprint", ""), features,
+                    popularity)
         state.setdefault("softmax_scale", model.softmax_scale.detach().clone())  # saved before the option existed
         model.load_state_dict(state)
         return model.eval()

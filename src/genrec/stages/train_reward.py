@@ -26,7 +26,7 @@ from genrec.data.io import read_parquet, read_split_pages
 from genrec.data.schema import ITEMS_FILE
 from genrec.errors import ConfigError, InputDataError
 from genrec.model.vocab import SidMap
-from genrec.reward.exposures import build_exposures
+from genrec.reward.exposures import build_exposures, exposure_popularity
 from genrec.reward.fit import calibration_table, classification_metrics, predict, train_reward_model
 from genrec.reward.sim_model import SimRewardModel, item_feature_values
 
@@ -46,9 +46,10 @@ def run_train_reward(cfg: PipelineConfig, pages_dir: str | Path, sids_dir: str |
         if len(data) == 0 or len(np.unique(data.label)) < 2:
             raise InputDataError(f"{pages_dir / 'pages'}: the {name} split has {len(data)} exposures with history "
                                  f"({int(data.label.sum())} engaged): the reward model needs engaged and exposed-only items")
+    popularity = exposure_popularity(train.row, len(sid_map.item_ids)) if r.item_popularity else None
     torch.manual_seed(cfg.run.seed)
     model = SimRewardModel(sid_map.item_ids, sid_map.codes, sid_map.sizes, r.search, r.top_k, r.recent, r.dim, r.heads,
-                           r.mlp, sid_map.fingerprint(), features)
+                           r.mlp, sid_map.fingerprint(), features, popularity)
     with tracking.stage_run(cfg, "train-reward", pipeline_run_id) as track:
         track.params({"reward": r.model_dump(mode="json")})
         rows = train_reward_model(model, train, r, cfg.run.seed,
