@@ -66,7 +66,8 @@ def test_train_reward_adds_the_catalog_columns_and_popularity_it_is_given(sft_da
     pd.DataFrame({"item_id": np.arange(N_ITEMS), "category": [f"top > {i // 8}" for i in range(N_ITEMS)],
                   "brand": ["b"] * N_ITEMS}).to_parquet(raw / "items.parquet")
     cfg = load_config(None, [f"run.work_dir={tmp_path / 'work'}", "run.experiment=tests", "reward.epochs=1",
-                             "reward.item_features=[category]", "reward.item_popularity=true"])
+                             "reward.item_features=[category]", "reward.item_popularity=true",
+                             "reward.popularity_count=users"])
     with pytest.raises(ConfigError, match=r"reward.item_features=\['category'\] needs ingest's folder \(--raw\)"):
         run_train_reward(cfg, sft_data / "pages", sft_data / "sids", tmp_path / "no-raw", "reward-test")
     run_train_reward(cfg, sft_data / "pages", sft_data / "sids", tmp_path / "rm", "reward-test", raw_dir=raw)
@@ -78,8 +79,9 @@ def test_train_reward_adds_the_catalog_columns_and_popularity_it_is_given(sft_da
                             cfg.reward.max_examples, cfg.run.seed)
     assert model.hparams["popularity"] is True
     assert np.ptp(model.item_popularity[1:].numpy()) > 0  # items shown unequally often: the comparison can fail
-    np.testing.assert_allclose(model.item_popularity[1:].numpy(), exposure_popularity(train.row, len(sid_map.item_ids)),
-                               rtol=1e-6)
+    reach = exposure_popularity(train.row, len(sid_map.item_ids), train.user[train.page])
+    assert not np.allclose(reach, exposure_popularity(train.row, len(sid_map.item_ids)))  # the setting is seen
+    np.testing.assert_allclose(model.item_popularity[1:].numpy(), reach, rtol=1e-6)
 
 
 def _align_cmd(sft_data, trained, reward, embeddings, out, mlflow_server, *extra):

@@ -227,6 +227,20 @@ def test_exposure_popularity_is_the_standardised_log_count_of_each_items_exposur
         exposure_popularity(np.array([1, 3]), 2)
 
 
+def test_exposure_popularity_by_users_counts_each_user_once():
+    from genrec.reward.exposures import exposure_popularity, exposure_reach
+
+    rows = np.array([1, 1, 1, 2, 3, 3])  # item 0 shown 3 times to one user; item 2 twice, to two users
+    users = np.array([7, 7, 7, 8, 7, 9])
+    np.testing.assert_array_equal(exposure_reach(rows, users, 4), [1, 1, 2, 0])
+    pop = exposure_popularity(rows, 4, users)
+    expected = np.log1p([1.0, 1.0, 2.0, 0.0])
+    np.testing.assert_allclose(pop, (expected - expected.mean()) / expected.std())
+    assert pop[2] > pop[0] == pop[1] > pop[3]  # by exposures item 0 would lead
+    with pytest.raises(ValueError, match="one user per exposure: 2 users for 6 item rows"):
+        exposure_reach(rows, users[:2], 4)
+
+
 def test_exposure_log_share_is_the_smoothed_log_share_of_the_exposures():
     from genrec.reward.exposures import exposure_log_share
 

@@ -362,6 +362,11 @@ class RewardConfig(_Section):
     item_popularity: bool = Field(
         False, description="Add a learned weight times each item's popularity (log of 1 + its training exposures, "
                            "standardised) to the click logit: a per-item prior that the id embedding learns slowly.")
+    popularity_count: Literal["exposures", "users"] = Field(
+        "exposures", description="What reward.item_popularity counts per item: exposures (times the training pages "
+                                 "showed it) or users (distinct users they showed it to). A personalised logging "
+                                 "policy shows the same items to the same users again and again, so an item's reach "
+                                 "follows its appeal more closely than its exposure count does.")
     heads: int = Field(2, gt=0, description="Heads of the exact search unit's target attention.")
     mlp: list[int] = Field([64, 32], min_length=1, description="Hidden sizes of the output MLP.")
     catalog_softmax_weight: float = Field(0.0, ge=0, description="Weight of an auxiliary cross-entropy of each engaged "

@@ -65,11 +65,23 @@ def exposure_counts(rows: np.ndarray, n_items: int) -> np.ndarray:
     return counts
 
 
-def exposure_popularity(rows: np.ndarray, n_items: int) -> np.ndarray:
-    """Each item's popularity from the training exposures: log(1 + the times it was shown), standardised over the
-    catalog (mean 0, sd 1; all 0 when every item was shown equally often). Counts, not clicks: an item's click rate
-    from the same exposures would hand the model its own labels."""
-    log_counts = np.log1p(exposure_counts(rows, n_items).astype(np.float64))
+def exposure_reach(rows: np.ndarray, users: np.ndarray, n_items: int) -> np.ndarray:
+    """How many distinct users the pages showed each item: one count per item in SID-table order, from 1-based item
+    rows and each exposure's user id."""
+    rows, users = np.asarray(rows, dtype=np.int64), np.asarray(users, dtype=np.int64)
+    if rows.shape != users.shape:
+        raise ValueError(f"one user per exposure: {len(users)} users for {len(rows)} item rows")
+    pairs = np.unique(np.stack([rows, users], axis=1), axis=0) if len(rows) else np.zeros((0, 2), np.int64)
+    return exposure_counts(pairs[:, 0], n_items)
+
+
+def exposure_popularity(rows: np.ndarray, n_items: int, users: np.ndarray | None = None) -> np.ndarray:
+    """Each item's popularity from the training exposures: log(1 + the times it was shown), or with `users` (one user
+    id per exposure) log(1 + the distinct users it was shown to), standardised over the catalog (mean 0, sd 1; all 0
+    when every item scored the same). Counts, not clicks: an item's click rate from the same exposures would hand the
+    model its own labels."""
+    counts = exposure_counts(rows, n_items) if users is None else exposure_reach(rows, users, n_items)
+    log_counts = np.log1p(counts.astype(np.float64))
     sd = log_counts.std()
     return (log_counts - log_counts.mean()) / sd if sd > 0 else np.zeros(n_items)
 

@@ -8,7 +8,8 @@ Given a user's long history and a candidate item:
    (plus a learned "nothing relevant" slot, so a user with no relevant item still gets an answer);
 3. the short-term interest: the mean of the most recent items;
 4. an MLP over [candidate, ESU output, short-term, their products] gives the click logit; with `popularity`, the
-   logit also adds a learned weight times the candidate's popularity (how often the training pages showed it).
+   logit also adds a learned weight times the candidate's popularity (how often, or to how many users, the training
+   pages showed it).
 
 `catalog_logits` scores every catalog item by its cosine to the mean of the history's item vectors, for the
 auxiliary softmax over the catalog that training can add (`reward.catalog_softmax_weight`, fit.py).

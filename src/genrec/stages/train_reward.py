@@ -46,7 +46,10 @@ def run_train_reward(cfg: PipelineConfig, pages_dir: str | Path, sids_dir: str |
         if len(data) == 0 or len(np.unique(data.label)) < 2:
             raise InputDataError(f"{pages_dir / 'pages'}: the {name} split has {len(data)} exposures with history "
                                  f"({int(data.label.sum())} engaged): the reward model needs engaged and exposed-only items")
-    popularity = exposure_popularity(train.row, len(sid_map.item_ids)) if r.item_popularity else None
+    popularity = None
+    if r.item_popularity:
+        users = train.user[train.page] if r.popularity_count == "users" else None
+        popularity = exposure_popularity(train.row, len(sid_map.item_ids), users)
     torch.manual_seed(cfg.run.seed)
     model = SimRewardModel(sid_map.item_ids, sid_map.codes, sid_map.sizes, r.search, r.top_k, r.recent, r.dim, r.heads,
                            r.mlp, sid_map.fingerprint(), features, popularity)
