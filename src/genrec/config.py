@@ -360,8 +360,9 @@ class RewardConfig(_Section):
         [], description="Catalog columns (ingest's items.parquet) whose value gets a learned embedding added to each "
                         "item vector, as CTR models use side features; needs ingest's folder (--raw). Empty: none.")
     item_popularity: bool = Field(
-        False, description="Add a learned weight times each item's popularity (log of 1 + its training exposures, "
-                           "standardised) to the click logit: a per-item prior that the id embedding learns slowly.")
+        False, description="Add a learned weight times each item's popularity (log of 1 + its training exposures or "
+                           "reach, reward.popularity_count; standardised) to the click logit: a per-item prior that "
+                           "the id embedding learns slowly.")
     popularity_count: Literal["exposures", "users"] = Field(
         "exposures", description="What reward.item_popularity counts per item: exposures (times the training pages "
                                  "showed it) or users (distinct users they showed it to). A personalised logging "

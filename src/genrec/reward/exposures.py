@@ -71,7 +71,7 @@ def exposure_reach(rows: np.ndarray, users: np.ndarray, n_items: int) -> np.ndar
     rows, users = np.asarray(rows, dtype=np.int64), np.asarray(users, dtype=np.int64)
     if rows.shape != users.shape:
         raise ValueError(f"one user per exposure: {len(users)} users for {len(rows)} item rows")
-    pairs = np.unique(np.stack([rows, users], axis=1), axis=0) if len(rows) else np.zeros((0, 2), np.int64)
+    pairs = np.unique(np.stack([rows, users], axis=1), axis=0)
     return exposure_counts(pairs[:, 0], n_items)
 
 
