@@ -43,7 +43,8 @@ def main() -> None:
     pops = {"exposure count": exposure_popularity(train.row, n),
             "distinct users": exposure_popularity(train.row, n, train.user[train.page])}
     for name, pop in pops.items():
-        print(f"corr(true log popularity, {name}) = {np.corrcoef(truth.item_logpop_z[sid_map.item_ids], pop)[0, 1]:.3f}")
+        corr = np.corrcoef(truth.item_logpop_z[sid_map.item_ids], pop)[0, 1]
+        print(f"corr(true log popularity, {name}) = {corr:.3f}")
     days = {}
     for split in ("valid", "test"):
         data = build_exposures(read_split_pages(args.pages, split), sid_map, args.history, 0, 0)
@@ -54,20 +55,17 @@ def main() -> None:
         day = days_since_start(data.page_start, cfg.simulator.start_date)
         ceiling = truth.click_probability(data.user[data.page], data.item, day[data.page])
         oracle = truth.preference_scale * cos + truth.popularity_scale * truth.item_logpop_z[data.item]
-        days[split] = (data, cos, ceiling, oracle)
+        days[split] = {"data": data, "cos": cos, "ceiling": ceiling, "oracle": oracle}
     print("| score | valid AUC | test AUC |\n|---|---|---|")
-    for label, idx in (("true preference (the ceiling)", 2), ("true items, history users, true popularity", 3)):
-        print(f"| {label} | {_auc(days['valid'], idx):.4f} | {_auc(days['test'], idx):.4f} |")
+    for label, key in (("true preference (the ceiling)", "ceiling"),
+                       ("true items, history users, true popularity", "oracle")):
+        cells = [f"{roc_auc_score(d['data'].label, d[key]):.4f}" for d in days.values()]
+        print(f"| {label} | " + " | ".join(cells) + " |")
     for name, pop in pops.items():
-        x = {s: np.c_[days[s][1], pop[days[s][0].row - 1]] for s in days}
-        fit = LogisticRegression(C=10.0, max_iter=1000).fit(x["valid"], days["valid"][0].label)
-        print(f"| true items, history users, popularity by {name} (fitted on valid) | "
-              f"{roc_auc_score(days['valid'][0].label, fit.decision_function(x['valid'])):.4f} | "
-              f"{roc_auc_score(days['test'][0].label, fit.decision_function(x['test'])):.4f} |")
-
-
-def _auc(day, idx: int) -> float:
-    return roc_auc_score(day[0].label, day[idx])
+        x = {split: np.c_[d["cos"], pop[d["data"].row - 1]] for split, d in days.items()}
+        fit = LogisticRegression(C=10.0, max_iter=1000).fit(x["valid"], days["valid"]["data"].label)
+        cells = [f"{roc_auc_score(d['data'].label, fit.decision_function(x[split])):.4f}" for split, d in days.items()]
+        print(f"| true items, history users, popularity by {name} (fitted on valid) | " + " | ".join(cells) + " |")
 
 
 if __name__ == "__main__":
