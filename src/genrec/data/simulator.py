@@ -19,6 +19,7 @@ from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 from tqdm import tqdm
 
 from genrec.config import SimulatorConfig
@@ -94,7 +95,9 @@ class SimulatedLogs:
 
 def load_truth(raw_dir: str | Path | None) -> GroundTruth | None:
     """The simulator's ground truth from ingest's folder, or None when the logs did not come from the simulator."""
-    path = Path(raw_dir) / GROUND_TRUTH_FILE if raw_dir else None
+    from genrec.data.io import ingest_files
+
+    path = ingest_files(raw_dir) / GROUND_TRUTH_FILE if raw_dir else None
     return GroundTruth.load(path) if path is not None and path.is_file() else None
 
 
@@ -183,7 +186,8 @@ def _system_pools(cfg, rng, truth: GroundTruth, n_weeks: int) -> np.ndarray:
     The noise has a persistent part (the same every week, drawn per user chunk from a fixed seed so
     that no (users x items) matrix is kept) and a fresh part; the pool moves with the user's drift.
     """
-    pool = np.zeros((n_weeks, cfg.n_users, min(POOL_SIZE, cfg.n_items)), dtype=np.int64)
+    # int32: item ids fit, and a month of a million users keeps its pools in half the memory
+    pool = np.zeros((n_weeks, cfg.n_users, min(POOL_SIZE, cfg.n_items)), dtype=np.int32)
     iv = _unit(truth.item_vec).astype(np.float32)
     chunk = max(1, 2_000_000 // cfg.n_items)
     persistent_seed = int(rng.integers(2**62))
@@ -270,13 +274,18 @@ def logging_policy(cfg: SimulatorConfig, seed: int) -> LoggingPolicy:
     return policy
 
 
-def simulate(cfg: SimulatorConfig, seed: int, progress: bool = True) -> SimulatedLogs:
-    """Simulate the logs: events and items in the canonical schema, plus the ground truth."""
-    rng, items, truth, policy, activity, hour_shift = _world(cfg, seed)
+@dataclass
+class Requests:
+    """Every feed request of the month, in the order the simulator serves them (user by user, day by day)."""
 
-    # Active user-days (weekends a little busier), then requests per active user-day.
-    period_start = datetime(cfg.start_date.year, cfg.start_date.month, cfg.start_date.day, tzinfo=timezone.utc)
-    weekday0 = period_start.weekday()
+    user: np.ndarray
+    day: np.ndarray
+    ts: np.ndarray  # microseconds from the period's first midnight
+
+
+def _requests(cfg: SimulatorConfig, rng: np.random.Generator, activity, hour_shift) -> Requests:
+    """Active user-days (weekends a little busier), requests per active user-day, sessions and request times."""
+    weekday0 = datetime(cfg.start_date.year, cfg.start_date.month, cfg.start_date.day).weekday()
     day_factor = np.array([1.2 if (weekday0 + d) % 7 >= 5 else 1.0 for d in range(cfg.days)])
     p_active = np.clip(activity[:, None] * day_factor[None, :], 0, 0.98)
     act_u, act_d = np.nonzero(rng.random((cfg.n_users, cfg.days)) < p_active)
@@ -298,85 +307,131 @@ def simulate(cfg: SimulatorConfig, seed: int, progress: bool = True) -> Simulate
     gaps[new_session] = 0
     csum = np.cumsum(gaps)
     req_ts = sess_start[session_idx] + csum - csum[new_session][session_idx]
+    return Requests(req_user, req_day, req_ts)
 
-    events, pseudo = _simulate_requests(cfg, rng, truth, policy, req_user, req_day, req_ts, progress)
-    period_end_us = cfg.days * US_PER_DAY
-    events["ts"] = np.minimum(events["ts"], period_end_us - 1)
-    order = np.lexsort((events["tie"], events["ts"]))
-    base_us = int(period_start.timestamp()) * US_PER_S
-    table = pa.table(
-        {
-            "event_id": pa.array(np.arange(len(order), dtype=np.int64)),
-            "user_id": pa.array(events["user"][order].astype(np.int64)),
-            "item_id": pa.array(events["item"][order].astype(np.int64)),
-            "event_type": pa.DictionaryArray.from_arrays(
-                pa.array(events["type"][order].astype(np.int8)), pa.array(["expose", "click", "cart", "order"])
-            ).cast(pa.string()),
-            "ts": pa.array(events["ts"][order] + base_us, type=pa.timestamp("us", tz="UTC")),
-            "request_id": pa.array(events["request"][order].astype(np.int64)),
-            "position": pa.array(events["position"][order].astype(np.int32)),
-        },
-        schema=EVENTS_SCHEMA,
-    )
-    items_table = pa.table(items, schema=ITEMS_SCHEMA)
-    period_end = datetime.fromtimestamp((base_us + period_end_us) / US_PER_S, tz=timezone.utc)
-    pseudo_table = None
-    if cfg.pseudo_exposures:
-        pseudo_table = pa.table({"request_id": pa.array(pseudo["request"].astype(np.int64)),
+
+@dataclass
+class Month:
+    """A simulated month before its events are drawn: the catalog, the truth and the period. `chunks()` then draws
+    the events a bounded number of requests at a time, so a month of any size is written in bounded memory."""
+
+    cfg: SimulatorConfig
+    items: pa.Table
+    truth: GroundTruth
+    period_start: datetime
+    period_end: datetime
+    n_requests: int
+    _rng: np.random.Generator
+    _policy: "LoggingPolicy"
+    _requests: Requests
+
+    def chunks(self, progress: bool = True, requests_per_chunk: int = 200_000):
+        """Yield (events, pseudo-exposures or None) tables, one per chunk of requests, each sorted by time; the
+        random draws are those of one pass over every request, so the month does not depend on the chunking of
+        the output, only on `requests_per_chunk` (keep the default: the demo's figures were measured with it).
+
+        event_id is request_id * 1000 + position * 4 + the event type's intensity: unique without a global sort,
+        and in time order it breaks ties exactly as that order does (request, then position, then type).
+        """
+        base_us = int(self.period_start.timestamp()) * US_PER_S
+        period_end_us = self.cfg.days * US_PER_DAY
+        r = self._requests
+        bounds = range(0, len(r.user), requests_per_chunk)
+        for lo in tqdm(bounds, desc="simulate requests", unit="chunk", disable=not progress):
+            hi = min(len(r.user), lo + requests_per_chunk)
+            ev, pseudo = _simulate_requests(self.cfg, self._rng, self.truth, self._policy, r.user[lo:hi], r.day[lo:hi],
+                                            r.ts[lo:hi], lo)
+            ts = np.minimum(ev["ts"], period_end_us - 1)
+            order = np.lexsort((ev["tie"], ts))
+            events = pa.table({
+                "event_id": pa.array(ev["tie"][order].astype(np.int64)),
+                "user_id": pa.array(ev["user"][order].astype(np.int64)),
+                "item_id": pa.array(ev["item"][order].astype(np.int64)),
+                "event_type": pa.DictionaryArray.from_arrays(
+                    pa.array(ev["type"][order].astype(np.int8)), pa.array(["expose", "click", "cart", "order"])
+                ).cast(pa.string()),
+                "ts": pa.array(ts[order] + base_us, type=pa.timestamp("us", tz="UTC")),
+                "request_id": pa.array(ev["request"][order].astype(np.int64)),
+                "position": pa.array(ev["position"][order].astype(np.int32)),
+            }, schema=EVENTS_SCHEMA)
+            side = None
+            if self.cfg.pseudo_exposures:
+                side = pa.table({"request_id": pa.array(pseudo["request"].astype(np.int64)),
                                  "item_id": pa.array(pseudo["item"].astype(np.int64)),
                                  "rank": pa.array(pseudo["rank"].astype(np.int32))}, schema=PSEUDO_EXPOSURES_SCHEMA)
-    return SimulatedLogs(table, items_table, truth, period_start, period_end, pseudo_table)
+            yield events, side
 
 
-def _simulate_requests(cfg, rng, truth, policy: LoggingPolicy, req_user, req_day, req_ts, progress
+def plan_month(cfg: SimulatorConfig, seed: int) -> Month:
+    """Everything drawn before the first request: catalog, users, truth, the existing system and the requests."""
+    rng, items, truth, policy, activity, hour_shift = _world(cfg, seed)
+    period_start = datetime(cfg.start_date.year, cfg.start_date.month, cfg.start_date.day, tzinfo=timezone.utc)
+    requests = _requests(cfg, rng, activity, hour_shift)
+    period_end = datetime.fromtimestamp(period_start.timestamp() + cfg.days * 86_400, tz=timezone.utc)
+    return Month(cfg, pa.table(items, schema=ITEMS_SCHEMA), truth, period_start, period_end, len(requests.user), rng,
+                 policy, requests)
+
+
+def simulate(cfg: SimulatorConfig, seed: int, progress: bool = True) -> SimulatedLogs:
+    """Simulate the logs in memory: events (in time order) and items in the canonical schema, plus the ground truth.
+    For a month larger than memory, write `plan_month(cfg, seed).chunks()` out instead (the ingest stage does)."""
+    month = plan_month(cfg, seed)
+    parts = list(month.chunks(progress))
+    events = pa.concat_tables([p[0] for p in parts]) if parts else EVENTS_SCHEMA.empty_table()
+    events = events.take(pc.sort_indices(events, [("ts", "ascending"), ("event_id", "ascending")]))
+    pseudo = None
+    if cfg.pseudo_exposures:
+        pseudo = pa.concat_tables([p[1] for p in parts]) if parts else PSEUDO_EXPOSURES_SCHEMA.empty_table()
+    return SimulatedLogs(events, month.items, month.truth, month.period_start, month.period_end, pseudo)
+
+
+def _simulate_requests(cfg, rng, truth, policy: LoggingPolicy, req_user, req_day, req_ts, first_request: int
                        ) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
-    """Pages, exposures, clicks, carts and orders for every request, in chunks to bound memory; and the
+    """Pages, exposures, clicks, carts and orders for a chunk of requests (numbered from `first_request`); and the
     pseudo-exposures (the system's distinct candidates after the page's, by rank), which draw no random numbers."""
     P = cfg.page_size
     examine = (np.arange(P) + 1.0) ** -cfg.position_decay
     out: dict[str, list] = {k: [] for k in ("user", "item", "type", "ts", "request", "position", "tie")}
     pseudo: dict[str, list] = {k: [] for k in ("request", "item", "rank")}
-    chunk = 200_000
-    n = len(req_user)
-    for lo in tqdm(range(0, n, chunk), desc="simulate requests", unit="chunk", disable=not progress):
-        hi = min(n, lo + chunk)
-        users, days, ts = req_user[lo:hi], req_day[lo:hi], req_ts[lo:hi]
-        m = hi - lo
-        # The existing system: each slot is popular or personalised; draw twice the page, keep distinct items.
-        is_pop = rng.random((m, 2 * P)) < cfg.popular_share
-        pop_draw = rng.choice(len(policy.popularity), size=(m, 2 * P), p=policy.popularity)
-        pool = policy.user_pools(users, days)
-        pers_draw = np.take_along_axis(pool, rng.choice(pool.shape[1], size=(m, 2 * P), p=policy.rank_weights), axis=1)
-        cands = np.where(is_pop, pop_draw, pers_draw)
-        keep, pos = _first_unique(cands, P)
-        if cfg.pseudo_exposures:
-            ranked, rank = _first_unique(cands, 2 * P)
-            p_rows, p_cols = np.nonzero(ranked & ~keep)
-            pseudo["request"].append((lo + p_rows).astype(np.int64))
-            pseudo["item"].append(cands[p_rows, p_cols])
-            pseudo["rank"].append(rank[p_rows, p_cols])
-        rows, cols = np.nonzero(keep)
-        item = cands[rows, cols]
-        position = pos[rows, cols]
-        user = users[rows]
-        pref = truth.click_probability(user, item, days[rows])
-        clicked = rng.random(len(item)) < examine[position] * pref
-        carted = clicked & (rng.random(len(item)) < np.minimum(1.0, cfg.cart_rate * 2 * pref))
-        ordered = carted & (rng.random(len(item)) < cfg.order_rate)
-        req_id = (lo + rows).astype(np.int64)
-        t_expose = ts[rows]
-        t_click = t_expose + ((3 + 2 * position + rng.exponential(10, len(item))) * US_PER_S).astype(np.int64)
-        t_cart = t_click + ((5 + rng.exponential(30, len(item))) * US_PER_S).astype(np.int64)
-        t_order = t_cart + ((10 + rng.exponential(60, len(item))) * US_PER_S).astype(np.int64)
-        for etype, mask, t in ((0, slice(None), t_expose), (1, clicked, t_click), (2, carted, t_cart), (3, ordered, t_order)):
-            out["user"].append(user[mask])
-            out["item"].append(item[mask])
-            out["type"].append(np.full(len(user[mask]), etype, dtype=np.int8))
-            out["ts"].append(t[mask])
-            out["request"].append(req_id[mask])
-            out["position"].append(position[mask])
-            # Ties in ts are broken by request, then position, then event type (intensity order).
-            out["tie"].append(req_id[mask] * 1_000 + position[mask] * 4 + etype)
+    users, days, ts = req_user, req_day, req_ts
+    m = len(users)
+    lo = first_request
+    # The existing system: each slot is popular or personalised; draw twice the page, keep distinct items.
+    is_pop = rng.random((m, 2 * P)) < cfg.popular_share
+    pop_draw = rng.choice(len(policy.popularity), size=(m, 2 * P), p=policy.popularity)
+    pool = policy.user_pools(users, days)
+    pers_draw = np.take_along_axis(pool, rng.choice(pool.shape[1], size=(m, 2 * P), p=policy.rank_weights), axis=1)
+    cands = np.where(is_pop, pop_draw, pers_draw)
+    keep, pos = _first_unique(cands, P)
+    if cfg.pseudo_exposures:
+        ranked, rank = _first_unique(cands, 2 * P)
+        p_rows, p_cols = np.nonzero(ranked & ~keep)
+        pseudo["request"].append((lo + p_rows).astype(np.int64))
+        pseudo["item"].append(cands[p_rows, p_cols])
+        pseudo["rank"].append(rank[p_rows, p_cols])
+    rows, cols = np.nonzero(keep)
+    item = cands[rows, cols]
+    position = pos[rows, cols]
+    user = users[rows]
+    pref = truth.click_probability(user, item, days[rows])
+    clicked = rng.random(len(item)) < examine[position] * pref
+    carted = clicked & (rng.random(len(item)) < np.minimum(1.0, cfg.cart_rate * 2 * pref))
+    ordered = carted & (rng.random(len(item)) < cfg.order_rate)
+    req_id = (lo + rows).astype(np.int64)
+    t_expose = ts[rows]
+    t_click = t_expose + ((3 + 2 * position + rng.exponential(10, len(item))) * US_PER_S).astype(np.int64)
+    t_cart = t_click + ((5 + rng.exponential(30, len(item))) * US_PER_S).astype(np.int64)
+    t_order = t_cart + ((10 + rng.exponential(60, len(item))) * US_PER_S).astype(np.int64)
+    for etype, mask, t in ((0, slice(None), t_expose), (1, clicked, t_click), (2, carted, t_cart), (3, ordered, t_order)):
+        out["user"].append(user[mask])
+        out["item"].append(item[mask])
+        out["type"].append(np.full(len(user[mask]), etype, dtype=np.int8))
+        out["ts"].append(t[mask])
+        out["request"].append(req_id[mask])
+        out["position"].append(position[mask])
+        # Ties in ts are broken by request, then position, then event type (intensity order).
+        out["tie"].append(req_id[mask] * 1_000 + position[mask] * 4 + etype)
+
     def joined(parts: dict[str, list]) -> dict[str, np.ndarray]:
         return {k: np.concatenate(v) if v else np.array([], dtype=np.int64) for k, v in parts.items()}
 
@@ -400,11 +455,15 @@ def write_images(items: pa.Table, items_dir: Path, cfg: SimulatorConfig, truth: 
     return items.set_column(idx, items.schema.field(idx), pa.array(paths, type=pa.string()))
 
 
-def describe(logs: SimulatedLogs) -> dict:
-    """Headline numbers of a simulation, for the manifest and MLflow."""
-    types = logs.events.column("event_type").to_numpy(zero_copy_only=False)
-    counts = {t: int((types == t).sum()) for t in ("expose", "click", "cart", "order")}
-    return {"n_events": logs.events.num_rows, "n_items": logs.items.num_rows, **{f"n_{k}": v for k, v in counts.items()},
+def count_event_types(events: pa.Table) -> dict[str, int]:
+    """Events of each type in a table (or a chunk of one)."""
+    counts = {r["values"]: r["counts"] for r in pc.value_counts(events.column("event_type")).to_pylist()}
+    return {t: int(counts.get(t, 0)) for t in ("expose", "click", "cart", "order")}
+
+
+def describe(counts: dict[str, int], n_items: int) -> dict:
+    """Headline numbers of a simulation from its event counts by type, for the manifest and MLflow."""
+    return {"n_events": sum(counts.values()), "n_items": n_items, **{f"n_{k}": v for k, v in counts.items()},
             "ctr": counts["click"] / max(counts["expose"], 1)}
 
 
