@@ -79,6 +79,14 @@ def genrec_run(config: str, work: Path, tracking_uri: str, *args: str, timeout_s
     return proc, time.time() - t0
 
 
+def validated_test_pages(kfp_root: Path) -> Path:
+    """The test pages of a kfp.local run under kfp_root: where validate-pages' reference says they are."""
+    from genrec.data import tables
+
+    pages = tables.locate(next(kfp_root.glob("*/*/validate-pages/pages")), "pages", "the run has no validated pages")
+    return Path(pages) / "split=test"
+
+
 def load_champion(tracking_uri: str, model_name: str, pages_dir: Path, n: int = 3):
     """Load models:/<model_name>@champion here, outside the containers, and predict for n test histories.
     Leaves this process's MLflow settings as they were (mlflow.set_tracking_uri also sets MLFLOW_TRACKING_URI)."""
@@ -120,8 +128,7 @@ def main() -> int:
         from genrec.config import load_config
 
         name = load_config(args.config).registry.model_name
-        pages = next((work / "docker" / "kfp").glob("*/*/validate-pages/pages/pages/split=test"))
-        predictions = load_champion(uri, name, pages)
+        predictions = load_champion(uri, name, validated_test_pages(work / "docker" / "kfp"))
         print(f"\nmodels:/{name}@champion loaded on this machine; first prediction: {predictions.iloc[0].to_dict()}")
         print(f"docker runner:     {docker_s:.0f} s")
         if args.compare:

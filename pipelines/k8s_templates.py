@@ -13,13 +13,14 @@ from pathlib import Path
 import yaml
 
 from genrec.config import PipelineConfig, load_config
+from genrec.data import tables
 from genrec.spark.on_kubernetes import application_manifest
 from genrec.train.launch import stage_argv, trainjob_manifest
 
 REPO = Path(__file__).resolve().parents[1]
 OUT = REPO / "infra" / "templates"
 RUN_ID = "PIPELINE-RUN-ID"
-SETTINGS = ["cluster.spark.mode=operator", "cluster.spark.data_root=s3a://genrec-data/sessionize",
+SETTINGS = ["cluster.spark.mode=operator", "run.data_root=s3://genrec-data/runs",
             "cluster.training.launcher=trainjob", "cluster.training.num_nodes=2"]
 
 
@@ -31,9 +32,9 @@ def template_config() -> PipelineConfig:
 
 def render(cfg: PipelineConfig) -> dict[str, str]:
     """File name -> YAML text of each template."""
-    base = f"{cfg.cluster.spark.data_root}/{RUN_ID}/sessionize"
-    spark = application_manifest(cfg, f"genrec-sessionize-{RUN_ID.lower()}", f"{base}/input/events.parquet",
-                                 f"{base}/output", "http://minio:9000")
+    events = tables.join(tables.data_dir(cfg, "validate-events", RUN_ID), "events.parquet")
+    spark = application_manifest(cfg, f"genrec-sessionize-{RUN_ID.lower()}", tables.spark_uri(events),
+                                 tables.spark_uri(tables.data_dir(cfg, "sessionize", RUN_ID)), "http://minio:9000")
     shared = Path(cfg.run.checkpoint_root) / RUN_ID / "train-sft-job"
     argv = stage_argv("train-sft", shared / "config.yaml", {"pages": shared / "inputs" / "pages",
                                                             "sids": shared / "inputs" / "sids"}, shared / "out", RUN_ID)

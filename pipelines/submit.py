@@ -23,6 +23,7 @@ import yaml
 
 from components import Images
 from genrec.config import PipelineConfig
+from genrec.data import tables
 from genrec.errors import ConfigError, GenrecError
 
 TERMINAL_STATES = ("SUCCEEDED", "FAILED", "SKIPPED", "CANCELED")
@@ -118,6 +119,9 @@ class SubmitRequest:
                               "pipeline_run_id": self.arguments["pipeline_run_id"]}}
 
 
+DATA_ROOT_ON_A_CLUSTER = tables.NO_SHARED_DATA_ROOT
+
+
 def build_request(cfg: PipelineConfig, host: str, out: Path, images: Optional[Images] = None,
                   pipeline_file: Optional[Path] = None, experiment: str = "", run_name: str = "", namespace: str = "",
                   service_account: str = "", auth: Optional[Auth] = None, pipeline_run_id: str = "") -> SubmitRequest:
@@ -125,6 +129,8 @@ def build_request(cfg: PipelineConfig, host: str, out: Path, images: Optional[Im
     run: the resolved config as config_json and a fresh pipeline run id."""
     from pipelines.genrec_pipeline import compile_pipeline
 
+    if not cfg.run.data_root:
+        raise ConfigError(DATA_ROOT_ON_A_CLUSTER)
     if pipeline_file is None:
         pipeline_file = compile_pipeline(out, cfg, images)
     elif not Path(pipeline_file).is_file():

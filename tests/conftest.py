@@ -47,10 +47,10 @@ def mlflow_server(tmp_path_factory) -> str:
 @pytest.fixture(scope="session")
 def spark():
     """One local Spark session for every Spark test."""
-    from genrec.config import SessionizeConfig
-    from genrec.spark.sessionize import build_spark
+    from genrec.config import SparkSettings
+    from genrec.spark.session import build_spark
 
-    session = build_spark(SessionizeConfig(master="local[2]", shuffle_partitions=4, driver_memory="2g"), "genrec-tests")
+    session = build_spark(SparkSettings(master="local[2]", shuffle_partitions=4, driver_memory="2g"), "genrec-tests")
     session.sparkContext.setLogLevel("ERROR")
     yield session
     session.stop()

@@ -12,10 +12,16 @@ from typer.testing import CliRunner
 
 from bad_input_corpus import BY_NAME, CASES, EVENTS, ITEMS, N, README, _set, readme_with_table, write_folder as _write_case
 from genrec.cli import app
+from genrec.data import tables as data
 from genrec.errors import InputDataError, ValidationFailed
 from genrec.stage_outputs import work_dir
 from genrec.stages.ingest import run_ingest
 from genrec.stages.validate_events import run_validate_events
+
+
+@pytest.fixture(autouse=True)
+def _shared_spark(spark):
+    """validate-events runs on the active Spark session: the module shares one JVM instead of starting one per case."""
 
 
 def test_the_corpus_covers_forty_kinds():
@@ -61,20 +67,20 @@ def test_bad_input_corpus(name, make_cfg, tmp_path):
     assert report["passed"], report["reasons"]
     tables = {t["table"]: t for t in report["tables"]}
     for t in tables.values():
-        quarantined = pq.read_table(out / "quarantine" / f"{t['table']}.parquet")
-        clean = pq.read_table(out / f"{t['table']}.parquet")
+        quarantined = pq.read_table(data.locate(out, f"quarantine/{t['table']}.parquet", ""))
+        clean = pq.read_table(data.locate(out, f"{t['table']}.parquet", ""))
         assert t["rows_in"] == t["rows_out"] + t["rows_quarantined"] == clean.num_rows + quarantined.num_rows
     if case.outcome == "pass":  # nothing was wrong with the rows: nothing quarantined
         assert all(t["rows_quarantined"] == 0 for t in tables.values()), {k: t["quarantine_by_check"] for k, t in tables.items()}
         if case.verify:
-            assert case.verify(pd.read_parquet(out / "events.parquet"))
+            assert case.verify(pd.read_parquet(data.locate(out, "events.parquet", "")))
         return
     for table, by_check in case.expected.items():
         t = tables[table]
         for check, rows in by_check.items():  # rows None: any positive count (depends on the simulated log)
             got = t["quarantine_by_check"][check]
             assert got > 0 and (rows is None or got == rows), (check, got, rows)
-        reasons = pq.read_table(out / "quarantine" / f"{table}.parquet").column("quarantine_reason").to_pylist()
+        reasons = pq.read_table(data.locate(out, f"quarantine/{table}.parquet", "")).column("quarantine_reason").to_pylist()
         assert reasons and all(any(c in r for c in by_check) for r in reasons)
 
 
@@ -88,7 +94,7 @@ def test_automated_traffic_is_listed_by_user_and_gated_apart(make_cfg, tmp_path)
     assert events_rep["rows_automated"] > 0.1 * events_rep["rows_in"] > 0.01 * events_rep["rows_in"]  # above 1%, passes
     assert events_rep["automated_users"][0]["user_id"] == bot and events_rep["automated_users"][0]["requests"] == 1
     assert f"| {bot} |" in (tmp_path / "out" / "report.md").read_text()
-    quarantined = pd.read_parquet(tmp_path / "out" / "quarantine" / "events.parquet")
+    quarantined = pd.read_parquet(data.locate(tmp_path / "out", "quarantine/events.parquet", ""))
     assert quarantined["request_id"].nunique() == 1 and set(quarantined["quarantine_reason"]) == {"request_oversized"}
 
 
@@ -110,10 +116,11 @@ def test_quarantine_keeps_the_rows(make_cfg, tmp_path):
     events = _set(EVENTS, "event_type", [11, 12], "view")
     _write_case(tmp_path / "in", events, ITEMS)
     run_validate_events(make_cfg(), tmp_path / "in", tmp_path / "out", "bad-keep")
-    q = pq.read_table(tmp_path / "out" / "quarantine" / "events.parquet").to_pandas()
+    q = pq.read_table(data.locate(tmp_path / "out", "quarantine/events.parquet", "")).to_pandas()
     assert sorted(q["event_id"]) == sorted(EVENTS["event_id"].iloc[[11, 12]])
     assert set(q["event_type"]) == {"view"} and set(q["quarantine_reason"]) == {"event_type_known"}
-    assert np.isin(EVENTS["event_id"].iloc[[11, 12]], pq.read_table(tmp_path / "out" / "events.parquet").column("event_id")).sum() == 0
+    clean = pq.read_table(data.locate(tmp_path / "out", "events.parquet", "")).column("event_id")
+    assert np.isin(EVENTS["event_id"].iloc[[11, 12]], clean).sum() == 0
 
 
 def test_a_stage_whose_tracking_fails_mid_run_leaves_no_output_the_next_stage_accepts(make_cfg, tmp_path, monkeypatch):
@@ -136,7 +143,7 @@ def test_a_stage_whose_tracking_fails_mid_run_leaves_no_output_the_next_stage_ac
         with pytest.raises(tracking.TrackingError, match="lost the MLflow server at http"):
             run_validate_events(cfg, tmp_path / "in", tmp_path / "validated", "midrun")
     assert not (tmp_path / "validated").exists()  # no output folder ...
-    assert (tmp_path / "validated.partial" / "events.parquet").exists()  # ... its half-written files are in the work
+    assert (tmp_path / "validated.partial" / "events.parquet.ref.json").exists()  # ... its files are in the work
     assert (tmp_path / "validated.partial" / outputs.MARKER).exists()  # folder, marked incomplete
     result = CliRunner().invoke(app, ["sessionize", "--input", str(tmp_path / "validated"), "--out",
                                       str(tmp_path / "sessionized"), f"run.work_dir={tmp_path}"])

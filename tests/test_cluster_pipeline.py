@@ -173,7 +173,7 @@ def test_bad_cluster_settings_are_refused_with_the_key():
                                                             "cluster.training.processes_per_node=4"])
     with pytest.raises(ConfigError, match="launcher=trainjob needs cluster.checkpoint_pvc"):
         load_config(None, ["cluster.training.launcher=trainjob"])
-    with pytest.raises(ConfigError, match="spark.mode=operator needs cluster.spark.data_root"):
+    with pytest.raises(ConfigError, match="spark.mode=operator needs run.data_root=s3://"):
         load_config(None, ["cluster.spark.mode=operator"])
     with pytest.raises(ConfigError, match="cluster.gpu.tasks"):
         load_config(None, ["cluster.gpu.tasks=[train]"])
@@ -189,3 +189,30 @@ def test_compile_command_reads_the_config(tmp_path):
     c = Compiled(out)
     assert c.container("train-sft")["resources"]["accelerator"]["resourceCount"] == "4"
     assert c.container("ingest")["image"] == "reg/genrec:1"
+
+
+DATA_TASKS = ("ingest", "validate-events", "sessionize", "validate-pages")
+
+
+def test_the_data_stages_pass_references_not_datasets(cpu):
+    """Every edge out of a data stage is a string parameter (its tables' references, genrec.data.tables.handoff):
+    no task takes a data stage's output artifact, so no pod downloads a table; the tables are read in place."""
+    edges = []
+    for name, task in cpu.tasks.items():
+        inputs = task.get("inputs", {})
+        for arg in inputs.get("artifacts", {}).values():
+            producer = arg.get("taskOutputArtifact", {}).get("producerTask")
+            assert producer not in DATA_TASKS, f"{name} downloads an artifact of {producer}"
+        for key, arg in inputs.get("parameters", {}).items():
+            producer = arg.get("taskOutputParameter", {}).get("producerTask")
+            if producer in DATA_TASKS:
+                edges.append((producer, name, key))
+                assert arg["taskOutputParameter"]["outputParameterKey"] == "Output"
+    consumers = {producer: {name for p, name, _ in edges if p == producer} for producer in DATA_TASKS}
+    assert consumers == {"ingest": {"validate-events", "embed-items", "train-reward", "align", "evaluate"},
+                         "validate-events": {"sessionize", "embed-items", "assign-sids"},
+                         "sessionize": {"validate-pages"},
+                         "validate-pages": {"embed-items", "train-sft", "train-reward", "align", "evaluate"}}
+    for producer in DATA_TASKS:
+        outputs = cpu.ir["components"][cpu.tasks[producer]["componentRef"]["name"]]["outputDefinitions"]
+        assert outputs["parameters"]["Output"]["parameterType"] == "STRING"

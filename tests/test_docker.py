@@ -155,8 +155,7 @@ def test_the_pipeline_runs_in_its_containers(image, server, tmp_path):
     assert {"align/loss_ntp", "align/loss_ldpo", "align/pair_accuracy"} <= set(align.data.metrics)
     assert "align/reward_mean" not in align.data.metrics
 
-    pages = next(tmp_path.glob("kfp/*/*/validate-pages/pages/pages/split=test"))
-    predicted = e2e.load_champion(server, "genrec-docker", pages)
+    predicted = e2e.load_champion(server, "genrec-docker", e2e.validated_test_pages(tmp_path / "kfp"))
     assert len(predicted) == 3 and all(len(items) == 10 for items in predicted["items"])
 
 

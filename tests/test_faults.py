@@ -19,6 +19,7 @@ from safetensors.numpy import load_file
 
 from conftest import STEPS, sft_cmd, sub_env
 from genrec import stage_outputs as outputs
+from genrec.data import tables
 from genrec.errors import InputDataError
 
 SIM = ["simulator.n_users=150", "simulator.n_items=300", "simulator.days=10"]
@@ -105,33 +106,41 @@ def reference(tmp_path_factory, mlflow_server, spark):
     return cfg, root
 
 
-@pytest.mark.parametrize("point", ["ground_truth.npz", "events.parquet"])
+def _killed(tmp_path, stage: str, point: str) -> Path:
+    """Where a stage run by _cli with --pipeline-run-id killed writes `point`: its output folder's work folder for
+    small files, its data folder (run.data_root) for tables."""
+    return tmp_path / "data" / "killed" / stage / point
+
+
+@pytest.mark.parametrize("point", ["ground_truth.npz", "events.parquet/part-00000.parquet"])
 def test_ingest_killed_then_rerun(point, reference, tmp_path):
     from genrec.stages.ingest import run_ingest
 
     cfg, ref = reference
     out = tmp_path / "raw"
-    _kill_when(_cli("ingest", "--out", str(out), f"run.work_dir={tmp_path}"), tmp_path / "raw.partial" / point,
-               sub_env(tmp_path))
+    _kill_when(_cli("ingest", "--out", str(out), f"run.work_dir={tmp_path}", "--pipeline-run-id", "killed"),
+               _killed(tmp_path, "ingest", point), sub_env(tmp_path))
     with pytest.raises(InputDataError, match="is incomplete: ingest started writing it"):
         outputs.require_complete(out, "raw")
     run_ingest(cfg, out, "rerun")
     for name in ("events.parquet", "items.parquet"):
-        assert _table(out / name, "item_id" if name == "items.parquet" else "event_id").equals(
-            _table(ref / "raw" / name, "item_id" if name == "items.parquet" else "event_id"))
+        key = "item_id" if name == "items.parquet" else "event_id"
+        assert _table(tables.locate(out, name, ""), key).equals(_table(tables.locate(ref / "raw", name, ""), key))
 
 
-@pytest.mark.parametrize("point", ["gx", "items.parquet"])
+@pytest.mark.parametrize("point", ["gx", "quarantine/items.parquet"])
 def test_validate_events_killed_then_rerun(point, reference, tmp_path):
     from genrec.stages.validate_events import run_validate_events
 
     cfg, ref = reference
     out = tmp_path / "validated"
-    _kill_when(_cli("validate-events", "--input", str(ref / "raw"), "--out", str(out), f"run.work_dir={tmp_path}"),
-               tmp_path / "validated.partial" / point, sub_env(tmp_path))
+    ready = tmp_path / "validated.partial" / point if point == "gx" else _killed(tmp_path, "validate-events", point)
+    _kill_when(_cli("validate-events", "--input", str(ref / "raw"), "--out", str(out), f"run.work_dir={tmp_path}",
+                    "--pipeline-run-id", "killed"), ready, sub_env(tmp_path))
     assert not out.exists()
     run_validate_events(cfg, ref / "raw", out, "rerun")
-    assert _table(out / "events.parquet", "event_id").equals(_table(ref / "validated" / "events.parquet", "event_id"))
+    assert _table(tables.locate(out, "events.parquet", ""), "event_id").equals(
+        _table(tables.locate(ref / "validated", "events.parquet", ""), "event_id"))
     assert json.loads((out / "report.json").read_text())["tables"] == \
         json.loads((ref / "validated" / "report.json").read_text())["tables"]
 
@@ -141,14 +150,14 @@ def test_sessionize_killed_mid_write_then_rerun(reference, tmp_path, spark):
 
     cfg, ref = reference
     out = tmp_path / "sessionized"
-    _kill_when(_cli("sessionize", "--input", str(ref / "validated"), "--out", str(out), f"run.work_dir={tmp_path}"),
-               tmp_path / "sessionized.partial" / "pages", sub_env(tmp_path))
+    _kill_when(_cli("sessionize", "--input", str(ref / "validated"), "--out", str(out), f"run.work_dir={tmp_path}",
+                    "--pipeline-run-id", "killed"), _killed(tmp_path, "sessionize", "pages"), sub_env(tmp_path))
     with pytest.raises(InputDataError, match="is incomplete: sessionize started writing it"):
         outputs.require_complete(out, "sessionized")
     run_sessionize(cfg, ref / "validated", out, "rerun", spark=spark)
     from genrec.data.io import read_pages
 
-    a, b = (read_pages(d / "pages").sort_by("page_id") for d in (out, ref / "sessionized"))
+    a, b = (read_pages(tables.locate(d, "pages", "")).sort_by("page_id") for d in (out, ref / "sessionized"))
     assert a.num_rows == b.num_rows > 0 and a.select(sorted(a.column_names)).equals(b.select(sorted(b.column_names)))
 
 

@@ -1,23 +1,33 @@
 """Large inputs straight from an object store: ingest reads a parquet source at s3://bucket/prefix (moto's S3 server
 on 127.0.0.1 here; MinIO or a cloud bucket on a cluster), with the keys and endpoint of the environment."""
 
+from pathlib import Path
+
 import pyarrow.parquet as pq
 import pytest
 
+from genrec.data import tables
+from genrec.data.io import read_parquet
 from genrec.data.schema import EVENTS_FILE, ITEMS_FILE
 from genrec.errors import InputDataError
 from genrec.stages.ingest import run_ingest
 
 
-def test_ingest_reads_a_parquet_source_from_the_bucket(s3, make_cfg, tmp_path):
+def test_ingest_reads_a_parquet_source_from_the_bucket_and_writes_under_an_s3_data_root(s3, make_cfg, tmp_path):
     local = tmp_path / "local"
-    run_ingest(make_cfg(), local, "store-1")  # the simulator's month, as canonical parquet
+    run_ingest(make_cfg(), local, "store-1")  # the simulator's month, as canonical parquet (folders of parts)
     for name in (EVENTS_FILE, ITEMS_FILE):
-        s3.upload_file(str(local / name), "genrec-data", f"logs/2026-10/{name}")
-    cfg = make_cfg("source.kind=parquet", "source.path=s3://genrec-data/logs/2026-10/")
+        for part in Path(tables.locate(local, name, "")).glob("part-*.parquet"):
+            s3.upload_file(str(part), "genrec-data", f"logs/2026-10/{name}/{part.name}")
+    cfg = make_cfg("source.kind=parquet", "source.path=s3://genrec-data/logs/2026-10/",
+                   "run.data_root=s3://genrec-data/runs")
     manifest = run_ingest(cfg, tmp_path / "from-s3", "store-2")
-    assert pq.read_table(tmp_path / "from-s3" / EVENTS_FILE).equals(pq.read_table(local / EVENTS_FILE))
-    assert manifest["n_events"] == pq.read_metadata(local / EVENTS_FILE).num_rows
+    ref = tables.read_ref(tmp_path / "from-s3", EVENTS_FILE)
+    assert ref.uri == f"s3://genrec-data/runs/store-2/ingest/{EVENTS_FILE}"  # the table stays in the bucket
+    assert not list((tmp_path / "from-s3").rglob("*.parquet"))  # the output folder holds its reference only
+    from_s3 = tables.locate(tmp_path / "from-s3", EVENTS_FILE, "")  # checked against the reference, in the bucket
+    assert read_parquet(from_s3, "").equals(pq.read_table(tables.locate(local, EVENTS_FILE, "")))
+    assert manifest["n_events"] == ref.n_rows == tables.read_ref(local, EVENTS_FILE).n_rows
 
 
 def test_a_missing_object_is_named(s3, make_cfg, tmp_path):

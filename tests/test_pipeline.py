@@ -10,6 +10,7 @@ from pathlib import Path
 import mlflow
 import pytest
 
+from genrec.data import tables
 from pipelines.genrec_pipeline import COMPILED_PATH, compile_pipeline
 
 REPO = Path(__file__).resolve().parents[1]
@@ -64,7 +65,11 @@ def test_local_run_succeeds_and_says_where_things_are(demo_run):
     assert list(docs["assign-sids"].parent.glob(f"validations/sid_table/{run_id}/*/*.html"))
     assert re.search(rf"MLflow run: {re.escape(server)}/#/experiments/\d+/runs/[0-9a-f]{{32}}", out)
     root = Path(re.search(r"^outputs:\s+(\S+)$", out, re.M).group(1))
-    assert next(root.glob("*/validate-pages/pages/pages/split=train"))
+    # tasks pass references: the pages stay under run.data_root, the task's output holds their reference
+    pages = tables.read_ref(next(root.glob("*/validate-pages/pages")), "pages")
+    data = Path(re.search(r"^tables:\s+(\S+)$", out, re.M).group(1))
+    assert Path(pages.uri).is_relative_to(data) and pages.rows_by_partition["split=train"] > 0
+    assert not [p for p in root.rglob("*.parquet") if "split=" in str(p) or "events" in p.name]
     assert next(root.glob("*/validate-events/report")).read_text().startswith("# validate-events: PASSED")
     # the metrics table is printed and is a KFP output (Markdown report + Metrics artifact)
     assert re.search(r"^\| genrec \| [0-9.]+ \|", out, re.M) and re.search(r"^\| sasrec \|", out, re.M)

@@ -62,7 +62,7 @@ def run_job(spark, tmp_path_factory):
     def _run(table, **cfg_kwargs):
         root = tmp_path_factory.mktemp("sess")
         pq.write_table(table, root / "events.parquet")
-        cfg = SessionizeConfig(shuffle_partitions=4, output_partitions=1, fallback_page_size=5, **cfg_kwargs)
+        cfg = SessionizeConfig(output_partitions=1, fallback_page_size=5, **cfg_kwargs)
         report = sessionize(spark, str(root / "events.parquet"), str(root / "out"), cfg)
         pages = read_pages(root / "out" / "pages").to_pandas().set_index("page_id")
         return report, pages, root / "out"
@@ -160,10 +160,10 @@ def test_runs_under_spark_submit(tmp_path):
     env = {**os.environ, "PYSPARK_PYTHON": sys.executable, "PYSPARK_DRIVER_PYTHON": sys.executable}
     proc = subprocess.run([str(Path(sys.executable).parent / "spark-submit"), "--master", "local[1]", "--driver-memory", "1g",
                            str(repo / "spark_jobs" / "sessionize.py"), "--events", str(tmp_path / "events.parquet"),
-                           "--out", str(tmp_path / "out"), "sessionize.shuffle_partitions=2", "sessionize.split.test_days=2"],
+                           "--out", str(tmp_path / "out"), "spark.shuffle_partitions=2", "sessionize.split.test_days=2"],
                           env=env, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
-    report = json.loads((tmp_path / "out" / "report.json").read_text())
+    report = json.loads(next((tmp_path / "out" / "_report").glob("part-*")).read_text())
     assert report["n_pages"] == len(set(logs.events.column("request_id").to_pylist()))
     assert report["n_pages_test"] > 0 and json.loads(proc.stdout)["n_pages"] == report["n_pages"]
     assert report["spark_master"] == "local[1]"  # spark-submit's --master wins over the config's local[*]

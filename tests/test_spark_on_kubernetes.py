@@ -12,6 +12,7 @@ from pathlib import Path
 import pyarrow.parquet as pq
 import pytest
 
+from genrec.errors import InputDataError
 from k8s_standin import StandIn, strict_errors
 from test_sessionize import _events
 
@@ -21,10 +22,10 @@ BUCKET = "genrec-data"  # the s3 fixture (conftest.py) creates it
 
 
 def _cfg(make_cfg, *extra):
-    return make_cfg("cluster.spark.mode=operator", f"cluster.spark.data_root=s3a://{BUCKET}/sessionize",
+    return make_cfg("cluster.spark.mode=operator", f"run.data_root=s3://{BUCKET}/runs",
                     "cluster.spark.poll_s=0.5", "cluster.spark.timeout_s=300",
                     "cluster.object_store_secret=genrec-object-store",
-                    "sessionize.shuffle_partitions=4", "sessionize.output_partitions=1",
+                    "spark.shuffle_partitions=4", "sessionize.output_partitions=1",
                     "sessionize.fallback_page_size=5", *extra)
 
 
@@ -40,7 +41,7 @@ def test_application_matches_the_spark_operator_api(make_cfg):
     spec = m["spec"]
     assert (spec["type"], spec["mode"], spec["mainApplicationFile"]) == ("Python", "cluster", MAIN_FILE)
     assert spec["arguments"][:4] == ["--events", "s3a://b/in/events.parquet", "--out", "s3a://b/out"]
-    assert json.loads(spec["arguments"][5])["sessionize"]["shuffle_partitions"] == 4
+    assert json.loads(spec["arguments"][5])["spark"]["shuffle_partitions"] == 4
     assert (spec["executor"]["instances"], spec["executor"]["memory"]) == (8, "12g")
     assert spec["driver"]["serviceAccount"] == "genrec-spark"
     assert spec["sparkConf"]["spark.hadoop.fs.s3a.endpoint"] == "http://minio:9000"
@@ -53,21 +54,22 @@ def test_application_matches_the_spark_operator_api(make_cfg):
 def test_job_writes_to_a_uri_and_leaves_its_report_there(spark, tmp_path):
     from genrec.config import SessionizeConfig
     from genrec.spark.on_kubernetes import read_remote_report
-    from genrec.spark.sessionize import sessionize
+    from genrec.spark.sessionize import sessionize, write_report
 
     pq.write_table(_events(), tmp_path / "events.parquet")
-    cfg = SessionizeConfig(shuffle_partitions=4, output_partitions=1, fallback_page_size=5)
+    cfg = SessionizeConfig(output_partitions=1, fallback_page_size=5)
     report = sessionize(spark, f"file://{tmp_path}/events.parquet", f"file://{tmp_path}/out", cfg)
-    assert not (tmp_path / "out" / "report.json").exists()
-    assert read_remote_report(tmp_path / "out") == json.loads(json.dumps(report)) and (tmp_path / "out" / "report.json").is_file()
+    write_report(spark, report, f"file://{tmp_path}/out")
+    assert read_remote_report(f"file://{tmp_path}/out") == json.loads(json.dumps(report))
     assert report["n_pages"] > 0 and (tmp_path / "out" / "pages" / "split=test").is_dir()
 
 
 class FakeOperator:
-    """Runs a SparkApplication's job here: the s3a:// input fetched from the bucket, the output put back."""
+    """Runs a SparkApplication's job here as spark_jobs/sessionize.py does: the s3a:// input fetched from the bucket,
+    the output (with its _report) put back."""
 
-    def __init__(self, spark):
-        self.spark, self.state = spark, {}
+    def __init__(self, spark, fail: str = ""):
+        self.spark, self.state, self.fail = spark, {}, fail
 
     def create(self, obj):
         name = obj["metadata"]["name"]
@@ -82,13 +84,17 @@ class FakeOperator:
     def _run(self, obj):
         from genrec.config import config_from_json
         from genrec.data.io import copy_tree
-        from genrec.spark.sessionize import sessionize
+        from genrec.spark.sessionize import sessionize, write_report
 
+        if self.fail:
+            raise RuntimeError(self.fail)
         args = obj["spec"]["arguments"]
         events, out, config = args[1], args[3], config_from_json(args[5])
         with tempfile.TemporaryDirectory() as tmp:
             copy_tree(events, Path(tmp) / "in" / "events.parquet")
-            sessionize(self.spark, str(Path(tmp) / "in" / "events.parquet"), f"file://{tmp}/out", config.sessionize)
+            report = sessionize(self.spark, str(Path(tmp) / "in" / "events.parquet"), f"file://{tmp}/out",
+                                config.sessionize)
+            write_report(self.spark, report, f"file://{tmp}/out")
             copy_tree(Path(tmp) / "out", out)
 
     def status(self, obj):
@@ -98,13 +104,24 @@ class FakeOperator:
                 "driverInfo": {"podName": obj["metadata"]["name"] + "-driver"}}
 
 
+def _validated_in_the_bucket(s3, tmp_path, run_id: str) -> Path:
+    """validate-events' output folder as a task gets it: the reference to events under run.data_root."""
+    from genrec.data import tables
+
+    key = f"runs/{run_id}/validate-events/events.parquet/part-00000.parquet"
+    s3.upload_file(str(_write_events(tmp_path)), BUCKET, key)
+    validated = tmp_path / "validated"
+    tables.record(validated, "events.parquet", f"s3://{BUCKET}/runs/{run_id}/validate-events/events.parquet",
+                  written_by="validate-events")
+    return validated
+
+
 def test_sessionize_task_runs_its_job_on_the_operator(spark, s3, make_cfg, tmp_path, monkeypatch):
     from genrec import k8s_jobs
+    from genrec.data import tables
     from genrec.stages.sessionize import run_sessionize
 
-    validated = tmp_path / "validated"
-    validated.mkdir()
-    pq.write_table(_events(), validated / "events.parquet")
+    validated = _validated_in_the_bucket(s3, tmp_path, "kfp-run-5")
     operator = FakeOperator(spark)
     api = StandIn(on_create=operator.create, status_of=operator.status)
     monkeypatch.setattr(k8s_jobs, "api_client", api.client)
@@ -115,11 +132,16 @@ def test_sessionize_task_runs_its_job_on_the_operator(spark, s3, make_cfg, tmp_p
         api.stop()
     (name,) = api.objects
     assert ("POST", "/apis/sparkoperator.k8s.io/v1beta2/namespaces/team-a/sparkapplications") in api.calls
+    spec = api.objects[name]["spec"]
+    # the job reads the events where validate-events wrote them and writes under this stage's data folder
+    assert spec["arguments"][:4] == ["--events", f"s3a://{BUCKET}/runs/kfp-run-5/validate-events/events.parquet",
+                                     "--out", f"s3a://{BUCKET}/runs/kfp-run-5/sessionize"]
     assert report["n_pages"] > 0 and json.loads((tmp_path / "out" / "report.json").read_text()) == report
-    assert (tmp_path / "out" / "pages" / "split=test").is_dir() and (tmp_path / "out" / "pairs").is_dir()
+    pages = tables.read_ref(tmp_path / "out", "pages")
+    assert pages.uri == f"s3://{BUCKET}/runs/kfp-run-5/sessionize/pages" and pages.n_rows == report["n_pages"]
+    assert not list((tmp_path / "out").rglob("*.parquet"))  # the task downloaded no table
     keys = [o["Key"] for o in s3.list_objects_v2(Bucket=BUCKET)["Contents"]]
-    assert "sessionize/kfp-run-5/sessionize/input/events.parquet" in keys
-    assert any(k.startswith("sessionize/kfp-run-5/sessionize/output/pages/split=test/") for k in keys)
+    assert any(k.startswith("runs/kfp-run-5/sessionize/pages/split=test/") for k in keys)
 
 
 def test_a_failed_application_fails_the_task_with_the_drivers_error(spark, s3, make_cfg, tmp_path, monkeypatch):
@@ -127,10 +149,8 @@ def test_a_failed_application_fails_the_task_with_the_drivers_error(spark, s3, m
     from genrec.k8s_jobs import JobFailed
     from genrec.stages.sessionize import run_sessionize
 
-    validated = tmp_path / "validated"
-    validated.mkdir()
-    (validated / "events.parquet").write_bytes(b"not parquet")  # the job fails reading it
-    operator = FakeOperator(spark)
+    validated = _validated_in_the_bucket(s3, tmp_path, "kfp-run-6")
+    operator = FakeOperator(spark, fail="AnalysisException: not a Parquet file")
     logs = {}
     api = StandIn(on_create=lambda obj: (operator.create(obj), logs.update(
         {obj["metadata"]["name"] + "-driver": ({}, "Failed", "Traceback ...\nAnalysisException: not a Parquet file")})),
@@ -145,6 +165,13 @@ def test_a_failed_application_fails_the_task_with_the_drivers_error(spark, s3, m
         api.stop()
     assert not (tmp_path / "out").exists()  # the half-made output is never used ...
     assert (tmp_path / "out.partial" / "_GENREC_INCOMPLETE.json").exists()  # ... and its work folder says so
+
+
+def test_operator_mode_refuses_events_outside_the_object_store(spark, s3, make_cfg, tmp_path):
+    from genrec.spark.on_kubernetes import run_on_operator
+
+    with pytest.raises(InputDataError, match="are not in the object store.*set run.data_root=s3://"):
+        run_on_operator(_cfg(make_cfg), str(tmp_path / "events.parquet"), f"s3://{BUCKET}/runs/x/sessionize", "x")
 
 
 def test_spark_image_entry_point_runs_the_driver(tmp_path, make_cfg):
@@ -162,7 +189,7 @@ def test_spark_image_entry_point_runs_the_driver(tmp_path, make_cfg):
                            "--events", f"file://{tmp_path}/events.parquet", "--out", f"file://{tmp_path}/out",
                            "--config-json", cfg.to_json()], env=env, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
-    assert read_remote_report(tmp_path / "out")["n_pages"] > 0
+    assert read_remote_report(str(tmp_path / "out"))["n_pages"] > 0
     # An executor pod without the backend's settings stops with a message, not a Java stack trace.
     bare = subprocess.run(["bash", str(REPO / "docker" / "spark-entrypoint.sh"), "executor"], env=env,
                           capture_output=True, text=True, timeout=120)
@@ -221,7 +248,6 @@ def test_job_reads_and_writes_s3a(s3, tmp_path, make_cfg):
     if not list(jars.glob("hadoop-aws-*.jar")):
         pytest.skip(f"no hadoop-aws jar in {jars}: s3a is not available here (Maven Central is out of reach from the "
                     f"project's machines; `python docker/spark_jars.py --into {jars}` where it is not)")
-    from genrec.data.io import copy_tree
     from genrec.spark.on_kubernetes import application_manifest, read_remote_report
 
     s3.upload_file(str(_write_events(tmp_path)), BUCKET, "in/events.parquet")
@@ -234,8 +260,7 @@ def test_job_reads_and_writes_s3a(s3, tmp_path, make_cfg):
                           capture_output=True, text=True, timeout=600,
                           env=dict(os.environ, PYSPARK_PYTHON=sys.executable))
     assert proc.returncode == 0, proc.stderr[-3000:]
-    copy_tree(f"s3a://{BUCKET}/out", tmp_path / "out")
-    assert read_remote_report(tmp_path / "out")["n_pages"] > 0
+    assert read_remote_report(f"s3a://{BUCKET}/out")["n_pages"] > 0
 
 
 def _write_events(tmp_path: Path) -> Path:

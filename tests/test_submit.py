@@ -76,6 +76,8 @@ def kfp_server():
 
 
 def _submit(*args, **env):
+    """`genrec submit` with the arguments; a run needs a shared run.data_root (configs/cluster-gpu.yaml sets one)."""
+    args = (*args, "run.data_root=s3://genrec-data/runs") if "--config" not in args else args
     return subprocess.run([sys.executable, "-m", "pipelines.cli", "submit", *args], cwd=REPO, capture_output=True,
                           text=True, timeout=300, env={**os.environ, "HOME": env.pop("HOME", os.environ["HOME"]), **env})
 
@@ -128,6 +130,13 @@ def test_dry_run_prints_the_request_and_sends_nothing(kfp_server, tmp_path):
     assert tasks["train-sft"]["volumes"] == ["genrec-checkpoints at /checkpoints"]
     assert tasks["ingest"]["secrets"] == ["genrec-mlflow", "genrec-object-store"]
     assert Path(request["pipeline"]["file"]).is_file()
+
+
+def test_a_run_without_a_shared_data_root_is_refused_before_it_starts(kfp_server, tmp_path):
+    proc = subprocess.run([sys.executable, "-m", "pipelines.cli", "submit", "--host", kfp_server, "--dry-run"],
+                          cwd=REPO, capture_output=True, text=True, timeout=300, env={**os.environ, "HOME": str(tmp_path)})
+    assert proc.returncode == 2 and "run.data_root is not set" in proc.stderr and "Traceback" not in proc.stderr
+    assert FakeKfp.requests == []
 
 
 def test_a_failed_run_exits_2_and_a_missing_pipeline_file_is_named(kfp_server, tmp_path):

@@ -4,6 +4,7 @@ import mlflow
 import pytest
 
 from genrec import tracking
+from genrec.data.io import ingest_files
 from genrec.errors import InputDataError
 from genrec.stages.ingest import run_ingest
 
@@ -33,8 +34,10 @@ def test_failed_stage_is_recorded(make_cfg, mlflow_server, tmp_path):
 def test_simulator_ingest_logs_truth_and_counts(make_cfg, mlflow_server, tmp_path):
     cfg = make_cfg("run.experiment=tracking-ingest", "simulator.images=true")
     manifest = run_ingest(cfg, tmp_path / "out", "ingest-id")
-    assert (tmp_path / "out" / "ground_truth.npz").is_file()
-    assert len(list((tmp_path / "out" / "images").glob("*.png"))) == manifest["n_items"] == 300
+    files = ingest_files(tmp_path / "out")  # beside the tables, under run.data_root: not in the small output folder
+    assert files != tmp_path / "out" and (files / "ground_truth.npz").is_file()
+    assert len(list((files / "images").glob("*.png"))) == manifest["n_items"] == 300
+    assert not any(p.suffix in (".npz", ".png", ".parquet") for p in (tmp_path / "out").rglob("*"))
     client = mlflow.MlflowClient(mlflow_server)
     exp = client.get_experiment_by_name("tracking-ingest")
     child = [r for r in client.search_runs([exp.experiment_id]) if r.data.tags["genrec.stage"] == "ingest"][0]

@@ -136,7 +136,10 @@ def test_tiny_pipeline_lands_in_postgres_and_the_bucket(stack, tiny_run):
 
 def test_champion_loads_in_a_fresh_process_with_the_pipeline_login(stack, tiny_run):
     _, work = tiny_run
-    pages = next(work.glob("kfp/*/*/validate-pages/pages/pages/split=test"))
+    sys.path.insert(0, str(REPO / "docker"))
+    from e2e import validated_test_pages
+
+    pages = validated_test_pages(work / "kfp")
     code = ("import sys, json; sys.path.insert(0, 'docker'); from e2e import load_champion; "
             f"out = load_champion({stack[0].uri!r}, {MODEL!r}, __import__('pathlib').Path({str(pages)!r}), 2); "
             "print(json.dumps([list(map(int, r)) for r in out['items']]))")

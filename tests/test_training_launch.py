@@ -28,11 +28,14 @@ def _cfg(make_cfg, *extra):
 
 def test_component_runs_torchrun_ranks_in_its_pod(sft_data, tmp_path, make_cfg, monkeypatch):
     from components.train_sft import train_sft
+    from genrec.data import tables
 
     cfg = _cfg(make_cfg, "cluster.training.launcher=torchrun", "cluster.training.processes_per_node=2")
     monkeypatch.setenv("TORCH_EXTENSIONS_DIR", sub_env(tmp_path)["TORCH_EXTENSIONS_DIR"])
     out = tmp_path / "model"
-    train_sft(cfg.to_json(), "torchrun-test", "", SimpleNamespace(path=str(sft_data / "pages")),
+    # the component gets validate-pages' handoff: the pages' reference, not the pages
+    tables.record(tmp_path / "validated-pages", "pages", str(sft_data / "pages" / "pages"), ("split",))
+    train_sft(cfg.to_json(), "torchrun-test", "", tables.handoff(tmp_path / "validated-pages"),
               SimpleNamespace(path=str(sft_data / "sids")), SimpleNamespace(path=str(out)))
     report = json.loads((out / "report.json").read_text())
     assert report["world_size"] == 2 and report["steps"] == 20
@@ -160,7 +163,7 @@ def test_a_failed_trainjob_fails_the_task_with_its_message_and_a_stuck_one_is_de
     (tmp_path / "no-pages").mkdir()  # the job's stage refuses it: its error must reach the task
     try:
         with pytest.raises(JobFailed, match=r"(?s)TrainJob team-a/.* failed: JobSetFailed: jobset failed\n"
-                                            r"pod .*-node-0-0-x7k2p:.*pages not found: run validate-pages first"):
+                                            r"pod .*-node-0-0-x7k2p:.*pages not found \(run validate-pages first\)"):
             run_trainjob(cfg, "train-sft", {"pages": tmp_path / "no-pages", "sids": sft_data / "sids"},
                          tmp_path / "out", "kfp-run-8", api.client(), "team-a")
     finally:
@@ -182,19 +185,19 @@ def test_a_failed_trainjob_fails_the_task_with_its_message_and_a_stuck_one_is_de
         refused.stop()
 
 
-def test_a_trainjob_volume_gets_whole_inputs_but_only_the_side_table_of_the_event_log(tmp_path):
+def test_a_trainjob_volume_gets_whole_inputs_but_only_the_side_tables_reference_of_the_event_log(tmp_path):
     from genrec.train.launch import stage_argv, stage_inputs
 
     src = {name: tmp_path / "src" / name for name in ("sft", "reward", "pages", "sids", "embeddings", "raw")}
     for name, folder in src.items():
         (folder / "sub").mkdir(parents=True)
         (folder / "sub" / "f.bin").write_bytes(b"x")
-    (src["raw"] / "events.parquet").write_bytes(b"the whole event log")
-    (src["raw"] / "pseudo_exposures.parquet").write_bytes(b"p")
+    (src["raw"] / "events.parquet.ref.json").write_text("{}")  # references: the tables stay under run.data_root
+    (src["raw"] / "pseudo_exposures.parquet.ref.json").write_text("{}")
     stage_inputs("align", src, tmp_path / "vol")
     assert (tmp_path / "vol" / "sft" / "sub" / "f.bin").is_file() and (tmp_path / "vol" / "embeddings" / "sub").is_dir()
-    assert sorted(p.name for p in (tmp_path / "vol" / "raw").iterdir()) == ["pseudo_exposures.parquet"]
-    (src["raw"] / "pseudo_exposures.parquet").unlink()  # a source without the side table: an empty folder
+    assert sorted(p.name for p in (tmp_path / "vol" / "raw").iterdir()) == ["pseudo_exposures.parquet.ref.json"]
+    (src["raw"] / "pseudo_exposures.parquet.ref.json").unlink()  # a source without the side table: an empty folder
     stage_inputs("align", src, tmp_path / "vol2")
     assert list((tmp_path / "vol2" / "raw").iterdir()) == []
     argv = stage_argv("align", Path("/c.yaml"), {n: Path(f"/v/{n}") for n in src}, Path("/o"), "r")

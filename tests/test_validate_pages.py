@@ -10,6 +10,7 @@ import pytest
 from genrec.config import SessionizeConfig, SimulatorConfig
 from genrec.data.simulator import simulate
 from genrec.errors import ValidationFailed
+from genrec.data import tables
 from genrec.data.io import read_pages
 from genrec.stages.validate_pages import run_validate_pages
 from genrec.spark.sessionize import sessionize
@@ -22,7 +23,7 @@ def good_pages(spark, tmp_path_factory):
     root = tmp_path_factory.mktemp("pages")
     logs = simulate(SimulatorConfig(n_users=100, n_items=200, days=6), seed=11, progress=False)
     pq.write_table(logs.events, root / "events.parquet")
-    sessionize(spark, str(root / "events.parquet"), str(root / "out"), SessionizeConfig(shuffle_partitions=4, output_partitions=1))
+    sessionize(spark, str(root / "events.parquet"), str(root / "out"), SessionizeConfig(output_partitions=1))
     return read_pages(root / "out" / "pages").to_pandas()
 
 
@@ -72,9 +73,9 @@ def test_bad_pages_are_quarantined(case, good_pages, make_cfg, tmp_path):
     t = report["tables"][0]
     assert report["passed"] and t["quarantine_by_check"][check] == n_bad
     assert t["rows_in"] == len(pages) == t["rows_out"] + t["rows_quarantined"]
-    q = pq.read_table(tmp_path / "out" / "quarantine" / "pages.parquet").to_pandas()
+    q = pq.read_table(tables.locate(tmp_path / "out", "quarantine/pages", "")).to_pandas()
     assert len(q) == t["rows_quarantined"] and all(check in r for r in q["quarantine_reason"])
-    assert read_pages(tmp_path / "out" / "pages").num_rows == t["rows_out"]
+    assert read_pages(tables.locate(tmp_path / "out", "pages", "")).num_rows == t["rows_out"]
 
 
 def test_too_long_history_stops(good_pages, make_cfg, tmp_path):

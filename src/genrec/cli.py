@@ -45,13 +45,15 @@ def friendly(fn):
 
 def resolve_config(config: Optional[Path], overrides: Optional[List[str]], here: bool = True) -> PipelineConfig:
     """The config file + overrides; refuses credentials in the config or in MLFLOW_TRACKING_URI. here: the run is on
-    this machine, so run.work_dir becomes absolute (stages may run in other processes and folders: kfp.local,
+    this machine, so run.work_dir (and a local run.data_root) becomes absolute (stages may run in other processes and folders: kfp.local,
     spark-submit); a config for a cluster keeps it as written (the pods resolve it in their own file system)."""
     os.environ.setdefault("SPARK_LOCAL_IP", "127.0.0.1")
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     cfg = load_config(config, overrides or [])
     if here:
         cfg.run.work_dir = str(Path(cfg.run.work_dir).resolve())
+        if cfg.run.data_root and "://" not in cfg.run.data_root:
+            cfg.run.data_root = str(Path(cfg.run.data_root).resolve())
     from genrec import tracking
 
     tracking.tracking_uri(cfg)  # the tracking store comes from the environment; refuse a URI with a password early

@@ -143,17 +143,16 @@ class RetryConfig(_Section):
 
 class SparkConfig(_Section):
     mode: Literal["local", "operator"] = Field("local", description="local: Spark runs inside the sessionize task's "
-                                               "pod (sessionize.master, local[*]). operator: sessionize submits a "
-                                               "SparkApplication (v1beta2) to the Kubeflow Spark operator, waits for "
-                                               "it and reads its output from data_root.")
+                                               "pod (spark.master: local[*], or a spark:// cluster). operator: "
+                                               "sessionize submits a SparkApplication (v1beta2) to the Kubeflow Spark "
+                                               "operator and waits for it; the job reads the events and writes the "
+                                               "pages under run.data_root, which must then be s3://.")
     image: str = Field("", description="Image of the driver and executors (docker/Dockerfile.spark: the CPU image "
                                        "with Spark's pod entry point and the s3a jars). Empty: "
                                        "ghcr.io/genrec/genrec-spark:<version>.")
     spark_version: str = Field("", description="Spark version the operator is told (empty: the installed pyspark's).")
     service_account: str = Field("genrec-spark", description="ServiceAccount of the driver, which creates the "
                                                              "executor pods (infra/base/pipeline creates it).")
-    data_root: str = Field("", description="s3a:// folder the job reads its input from and writes its output to, as "
-                                           "<data_root>/<pipeline run id>/; required by mode operator.")
     driver_cores: int = Field(1, gt=0, description="Cores of the driver pod.")
     driver_memory: str = Field("4g", description="Heap of the driver (Spark size: 512m, 4g).")
     executor_instances: int = Field(2, gt=0, description="Executor pods.")
@@ -162,13 +161,6 @@ class SparkConfig(_Section):
     timeout_s: int = Field(4 * 3600, gt=0, description="Longest the task waits for the application; then it is "
                                                        "deleted and the task fails.")
     poll_s: float = Field(10, gt=0, description="Seconds between status checks.")
-
-    @model_validator(mode="after")
-    def _operator_needs_a_bucket(self):
-        if self.mode == "operator" and not self.data_root.startswith("s3a://"):
-            raise ValueError(f"cluster.spark.mode=operator needs cluster.spark.data_root, an s3a:// folder the "
-                             f"driver and executors share (got {self.data_root!r})")
-        return self
 
 
 class TrainingConfig(_Section):

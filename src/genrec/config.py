@@ -21,6 +21,10 @@ from genrec.errors import ConfigError
 
 # Keys that existed once and now live elsewhere: the message says where.
 _MOVED_KEYS = {
+    "cluster.spark.data_root": "every stage's tables live under run.data_root now (s3://bucket/prefix on a "
+                               "cluster); the Spark job reads and writes there",
+    **{f"sessionize.{key}": f"Spark's settings are shared by the data stages now: spark.{key}"
+       for key in ("master", "driver_memory", "shuffle_partitions")},
     "run.tracking_uri": "the MLflow server is set in the environment, not the config: MLFLOW_TRACKING_URI (and "
                         "MLFLOW_TRACKING_USERNAME / MLFLOW_TRACKING_PASSWORD for a server with a login)",
 }
@@ -38,6 +42,11 @@ class RunConfig(_Section):
                                               "$MLFLOW_TRACKING_URI (with MLFLOW_TRACKING_USERNAME / _PASSWORD), else "
                                               "sqlite:///<work_dir>/mlflow.db.")
     experiment: str = Field("genrec", description="MLflow experiment that holds the pipeline runs.")
+    data_root: str = Field("", description="Where the stages write their tables (events, pages, quarantined rows), "
+                                           "as <data_root>/<pipeline run id>/<stage>/: a local folder, or s3://bucket/"
+                                           "prefix on a cluster, where every pod must reach the same tables. Stages "
+                                           "pass each other small references to them (genrec.data.tables), never "
+                                           "the data. Empty: <work_dir>/data.")
     checkpoint_root: str = Field("", description="Folder for the training checkpoints of train-sft and align, as "
                                                  "<checkpoint_root>/<pipeline run id>/<stage>/: outside the task's "
                                                  "output folder, so a retried or preempted task resumes from its "
@@ -168,10 +177,27 @@ class SessionizeConfig(_Section):
         0, ge=0, description="Also pair each positive interaction with the user's next N positive ones (train pages only). "
                              "0: session pairs only. For sources without real sessions, e.g. Amazon Beauty.")
     split: SplitConfig = Field(default_factory=SplitConfig, description="How pages are split into train, validation and test.")
-    master: str = Field("local[*]", description="Spark master URL (local[*], spark://..., k8s://...).")
-    shuffle_partitions: int = Field(8, gt=0, description="spark.sql.shuffle.partitions.")
-    driver_memory: str = Field("4g", description="spark.driver.memory for local runs.")
-    output_partitions: int = Field(4, gt=0, description="Parquet files per split of the pages output.")
+    output_partitions: int = Field(16, gt=0, description="Most parquet files per split of the pages output (also the "
+                                                       "most tasks that build the pages: raise it on a cluster with "
+                                                       "more cores).")
+
+
+class SparkSettings(_Section):
+    master: str = Field("local[*]", description="Spark master of the data stages (validate-events, sessionize, "
+                                                "validate-pages): local[*] (Spark inside the task's process), or "
+                                                "spark://host:7077 (a standalone cluster; the task is the driver). "
+                                                "Under spark-submit, spark-submit's --master wins.")
+    driver_memory: str = Field("1g", description="spark.driver.memory (Spark size: 512m, 2g). In local mode the "
+                                                 "driver also runs the tasks: with the default the whole stage, JVM "
+                                                 "and Python, stays under 3 GiB whatever the size of the log, since "
+                                                 "Spark spills to disk (bench/results/scale.md).")
+    executor_memory: str = Field("1g", description="spark.executor.memory of a spark:// cluster's executors.")
+    shuffle_partitions: int = Field(64, gt=0, description="spark.sql.shuffle.partitions: partitions of each shuffle "
+                                                          "before adaptive execution merges small ones (so a small log "
+                                                          "still runs as a few tasks). Raise it for logs past ~500M "
+                                                          "events, so that each task sorts at most a few million rows.")
+    local_dir: str = Field("", description="spark.local.dir, where shuffles and spills go. Empty: $SPARK_LOCAL_DIRS, "
+                                           "else the system's temporary folder.")
 
 
 class FinetuneConfig(_Section):
@@ -504,6 +530,7 @@ class PipelineConfig(_Section):
     simulator: SimulatorConfig = Field(default_factory=SimulatorConfig, description="The log simulator (source.kind=simulator).")
     validation: ValidationConfig = Field(default_factory=ValidationConfig, description="Great Expectations gates and quarantine.")
     sessionize: SessionizeConfig = Field(default_factory=SessionizeConfig, description="The Spark sessionization job.")
+    spark: SparkSettings = Field(default_factory=SparkSettings, description="Spark for the data stages.")
     embed: EmbedConfig = Field(default_factory=EmbedConfig, description="Item embeddings (embed-items).")
     sid: SidConfig = Field(default_factory=SidConfig, description="Semantic IDs by RQ-KMeans (assign-sids).")
     model: ModelConfig = Field(default_factory=ModelConfig, description="The GenRec model (Qwen2 backbone + Token Merger).")
@@ -521,6 +548,14 @@ class PipelineConfig(_Section):
         if self.cluster.checkpoint_pvc and not self.run.checkpoint_root.startswith("/"):
             raise ValueError(f"cluster.checkpoint_pvc={self.cluster.checkpoint_pvc!r} needs run.checkpoint_root, an "
                              f"absolute path to mount it at (e.g. /checkpoints); got {self.run.checkpoint_root!r}")
+        return self
+
+    @model_validator(mode="after")
+    def _operator_needs_a_bucket(self):
+        if self.cluster.spark.mode == "operator" and not self.run.data_root.startswith("s3://"):
+            raise ValueError(f"cluster.spark.mode=operator needs run.data_root=s3://bucket/prefix: the Spark job's "
+                             f"driver and executors read the events and write the pages there (got "
+                             f"{self.run.data_root!r})")
         return self
 
     @model_validator(mode="after")

@@ -20,6 +20,7 @@ from typing import Any, Iterator
 from genrec import stage_outputs
 from genrec.config import PipelineConfig
 from genrec.credentials import redact
+from genrec.memory import PeakMemory
 from genrec.tracking_server import TrackingError, check_server, explain, is_server, tracking_uri
 
 __all__ = ["TrackingError", "check_server", "is_server", "tracking_uri", "ensure_parent_run", "finish_parent_run", "stage_run"]
@@ -227,9 +228,14 @@ class StageTracker:
             kinds = {"int64": "long", "int32": "integer", "double": "double", "float64": "double", "bool": "boolean"}
             schema = Schema([ColSpec(kinds.get(t, "string"), n) for n, t in schema_columns.items()])
         # A stage writes into its work folder; the dataset is read later from the output folder it becomes.
-        source = resolve_dataset_source(str(stage_outputs.final_path(Path(path).resolve())))
+        where = str(path) if "://" in str(path) else str(stage_outputs.final_path(Path(path).resolve()))
+        source = resolve_dataset_source(where)
         ds = MetaDataset(source=source, name=name, digest=digest, schema=schema)
         self._mlflow.log_input(ds, context=context)
+
+    def table(self, ref, name: str, context: str) -> None:
+        """Record a table by its reference (genrec.data.tables.TableRef): its URI, schema and content hash."""
+        self.dataset(ref.uri, name, context, ref.schema, ref.content_hash[:16])
 
 
 @contextmanager
@@ -258,13 +264,15 @@ def _stage_run(cfg: PipelineConfig, stage: str, pipeline_run_id: str) -> Iterato
             _end_failed(mlflow)
             raise
     t0 = time.time()
+    memory = PeakMemory().start()  # this process and what it starts (Spark's JVM): what a pod's limit counts
     try:
         yield StageTracker(mlflow, run.info.run_id)
     except BaseException as exc:
+        memory.stop()
         _end_failed(mlflow, f"{type(exc).__name__}: {redact(str(exc))}", time.time() - t0)
         raise explain(exc, cfg) if isinstance(exc, Exception) else exc
     try:
-        mlflow.log_metric("duration_s", time.time() - t0)
+        mlflow.log_metrics({"duration_s": time.time() - t0, "peak_rss_mib": memory.stop() / 2**20})
         mlflow.end_run()
     except Exception as exc:
         _end_failed(mlflow)

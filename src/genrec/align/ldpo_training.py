@@ -14,7 +14,6 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
-import pyarrow.parquet as pq
 import torch
 
 from genrec.align.ldpo import (NEGATIVE_LEVEL, PSEUDO_LEVEL, isolated_items_batch, item_states, item_token_logprobs,
@@ -22,6 +21,8 @@ from genrec.align.ldpo import (NEGATIVE_LEVEL, PSEUDO_LEVEL, isolated_items_batc
                                sample_negatives)
 from genrec.align.training import AlignTraining, prompt_subset
 from genrec.config import PipelineConfig
+from genrec.data import tables
+from genrec.data.io import read_parquet
 from genrec.data.schema import PSEUDO_EXPOSURES_FILE
 from genrec.errors import InputDataError
 from genrec.model.beam_search import PrefixMasks
@@ -42,9 +43,10 @@ def ldpo_training(cfg: PipelineConfig, policy: GenRecModel, pages: pd.DataFrame,
         reference = GenRecModel.load(sft_dir).to(device)
         reference.requires_grad_(False)
     pseudo, quarantined = None, {}
-    side_table = raw_dir / PSEUDO_EXPOSURES_FILE if raw_dir else None
-    if side_table is not None and side_table.is_file():
-        pseudo, bad = pseudo_exposures(pq.read_table(side_table).to_pandas(), sid_map.item_ids, str(side_table))
+    if raw_dir is not None and tables.exists(raw_dir, PSEUDO_EXPOSURES_FILE):
+        side_table = tables.locate(raw_dir, PSEUDO_EXPOSURES_FILE, "run ingest first")
+        pseudo, bad = pseudo_exposures(read_parquet(side_table, "run ingest first").to_pandas(), sid_map.item_ids,
+                                       side_table)
         if len(bad):
             quarantined[PSEUDO_EXPOSURES_FILE] = bad
     prefs, counts = preference_pages(pages, cfg.model.max_history, lc.max_items, pseudo)

@@ -21,13 +21,14 @@ def is_object_store(path: str | Path) -> bool:
     return str(path).startswith(("s3://", "s3a://"))
 
 
-def _where(location: str | Path):
-    """(filesystem, path in it) of a local path or an s3:// / s3a:// location."""
+def location(uri: str | Path):
+    """(Arrow file system, path in it) of a local path (or file://) or an s3:// / s3a:// URI."""
     from pyarrow import fs
 
-    if is_object_store(location):
-        return object_store(), str(location).split("://", 1)[1].rstrip("/")
-    return fs.LocalFileSystem(), str(Path(location).resolve())
+    if is_object_store(uri):
+        return object_store(), str(uri).split("://", 1)[1].rstrip("/")
+    uri = str(uri).removeprefix("file://")
+    return fs.LocalFileSystem(), str(Path(uri).resolve())
 
 
 def copy_tree(source: str | Path, target: str | Path) -> int:
@@ -35,16 +36,20 @@ def copy_tree(source: str | Path, target: str | Path) -> int:
     source that is not there raises InputDataError naming it."""
     from pyarrow import fs
 
-    src_fs, src = _where(source)
-    dst_fs, dst = _where(target)
+    src_fs, src = location(source)
+    dst_fs, dst = location(target)
     info = src_fs.get_file_info(src)
     if info.type == fs.FileType.NotFound:
         raise InputDataError(f"{source} not found")
-    files = 1 if info.type == fs.FileType.File else sum(
-        f.type == fs.FileType.File for f in src_fs.get_file_info(fs.FileSelector(src, recursive=True)))
-    # A local target's folder may not exist yet (Arrow creates it for a folder copy, not for one file).
+    listed = [] if info.type == fs.FileType.File else [
+        f for f in src_fs.get_file_info(fs.FileSelector(src, recursive=True)) if f.type == fs.FileType.File]
+    files = 1 if info.type == fs.FileType.File else len(listed)
+    # A local target's folders may not exist yet: Arrow creates them only from a bucket's folder marker objects,
+    # which files uploaded by other tools do not have.
     if not is_object_store(target):
         Path(dst).parent.mkdir(parents=True, exist_ok=True)
+        for f in listed:
+            (Path(dst) / f.path[len(src):].lstrip("/")).parent.mkdir(parents=True, exist_ok=True)
     fs.copy_files(src, dst, source_filesystem=src_fs, destination_filesystem=dst_fs)
     return files
 
@@ -60,43 +65,97 @@ def object_store() -> "pa.fs.S3FileSystem":
 
 
 def read_parquet(path: str | Path, missing_hint: str) -> pa.Table:
-    """Read one parquet file, local or s3://; a missing or unreadable file raises InputDataError naming it."""
-    if is_object_store(path):
-        from pyarrow import fs
+    """Read a parquet file or a folder of parts, local or s3://; a missing or unreadable one raises InputDataError
+    naming it."""
+    from pyarrow import fs
 
-        store, key = _where(path)
-        try:
-            if store.get_file_info(key).type != fs.FileType.File:
-                raise InputDataError(f"{path} not found ({missing_hint})")
-            return pq.read_table(key, filesystem=store)
-        except (pa.ArrowInvalid, OSError) as exc:
-            raise InputDataError(f"{path}: not readable: {exc}") from None
-    path = Path(path)
-    if not path.is_file():
+    store, key = location(path)
+    kind = "parquet file"
+    try:
+        info = store.get_file_info(key)
+        if info.type == fs.FileType.NotFound:
+            raise InputDataError(f"{path} not found ({missing_hint})")
+        if info.type == fs.FileType.Directory:
+            kind = "parquet dataset"
+            return ds.dataset(key, filesystem=store, format="parquet").to_table()
+        return pq.read_table(key, filesystem=store)
+    except (pa.ArrowInvalid, OSError) as exc:
+        raise InputDataError(f"{path}: not a readable {kind}: {exc}") from None
+
+
+def read_table(folder: str | Path, name: str, missing_hint: str) -> pa.Table:
+    """Table `name` of a stage's output folder (genrec.data.tables: by reference, checked, or in place), whole: for
+    the small tables (the catalog, the SID table)."""
+    from genrec.data import tables
+
+    return read_parquet(tables.locate(folder, name, missing_hint), missing_hint)
+
+
+def scan_parquet(path: str | Path, missing_hint: str, batch_rows: int = 262_144):
+    """(schema, batches) of a parquet file or a folder of parts, local or s3://, read a batch at a time: memory
+    holds a batch or two, not the table. A missing or unreadable file raises InputDataError naming it, also when
+    the damage shows only on the way."""
+    from pyarrow import fs
+
+    store, key = location(path)
+    info = store.get_file_info(key)
+    if info.type == fs.FileType.NotFound:
         raise InputDataError(f"{path} not found ({missing_hint})")
+    kind = "parquet file" if info.type == fs.FileType.File else "parquet dataset"
     try:
-        return pq.read_table(path)
+        dataset = ds.dataset(key, filesystem=store, format="parquet")
+        schema = dataset.schema
     except (pa.ArrowInvalid, OSError) as exc:
-        raise InputDataError(f"{path}: not a readable parquet file: {exc}") from None
+        raise InputDataError(f"{path}: not a readable {kind}: {exc}") from None
+
+    def batches():
+        try:
+            yield from dataset.to_batches(batch_size=batch_rows, batch_readahead=1, fragment_readahead=1)
+        except (pa.ArrowInvalid, OSError) as exc:
+            raise InputDataError(f"{path}: not a readable {kind}: {exc}") from None
+
+    return schema, batches()
 
 
-def read_pages(pages_dir: str | Path, missing_hint: str = "run sessionize first") -> pa.Table:
-    """All pages of a pages/ folder (partitioned by split) as one Arrow table with a string `split`."""
-    pages_dir = Path(pages_dir)
-    if not pages_dir.is_dir():
-        raise InputDataError(f"{pages_dir} not found: {missing_hint}")
+def ingest_files(raw_dir: str | Path) -> Path:
+    """The local folder holding what ingest wrote beside its tables (the simulator's ground truth, item images): the
+    data folder its manifest names, or the folder itself when it was made by hand (no data_dir in a manifest)."""
+    import json
+
+    manifest = Path(raw_dir) / "manifest.json"
     try:
-        table = ds.dataset(pages_dir, format="parquet", partitioning="hive").to_table()
+        data_dir = json.loads(manifest.read_text()).get("data_dir")
+    except (OSError, ValueError):
+        data_dir = None
+    if data_dir and is_object_store(data_dir):
+        raise InputDataError(f"{manifest}: ingest's files are in {data_dir}; this stage reads them (ground truth, "
+                             f"images) from a local folder only")
+    return Path(data_dir) if data_dir else Path(raw_dir)
+
+
+def read_pages(pages: str | Path, missing_hint: str = "run sessionize first", split: str | None = None) -> pa.Table:
+    """The pages table at `pages` (a folder partitioned by split, local or s3://) as one Arrow table with a string
+    `split`; with `split`, only that split's files are read."""
+    from pyarrow import fs
+
+    store, key = location(pages)
+    if store.get_file_info(key).type != fs.FileType.Directory:
+        raise InputDataError(f"{pages} not found: {missing_hint}")
+    try:
+        dataset = ds.dataset(key, filesystem=store, format="parquet", partitioning="hive")
+        if "split" not in dataset.schema.names:
+            raise InputDataError(f"{pages}: no split=... partitions found")
+        table = dataset.to_table(filter=None if split is None else ds.field("split") == split)
     except (pa.ArrowInvalid, OSError) as exc:
-        raise InputDataError(f"{pages_dir}: not a readable parquet dataset: {exc}") from None
+        raise InputDataError(f"{pages}: not a readable parquet dataset: {exc}") from None
     idx = table.schema.get_field_index("split")
-    if idx < 0:
-        raise InputDataError(f"{pages_dir}: no split=... partitions found")
     return table.set_column(idx, "split", table.column("split").cast(pa.string()))
 
 
 def read_split_pages(pages_dir: str | Path, split: str):
-    """One split of a validated pages folder (`<pages_dir>/pages`) as pandas, in time order."""
-    table = read_pages(Path(pages_dir) / "pages", "run validate-pages first")
-    table = table.filter(pc.equal(table.column("split"), split)).to_pandas()
+    """One split of validate-pages' output folder as pandas, in time order."""
+    from genrec.data import tables
+
+    hint = "run validate-pages first"
+    table = read_pages(tables.locate(pages_dir, "pages", hint), hint, split).to_pandas()
     return table.sort_values(["page_start", "page_id"], kind="stable").reset_index(drop=True)

@@ -45,7 +45,7 @@ def _from_numbers(col: pa.ChunkedArray, unit: str, where: str) -> pa.Array:
     return pa.array(micros, pa.int64(), mask=~finite).cast(TS_TYPE)  # NaN or inf -> null: quarantined as ts_not_null
 
 
-def _from_iso(col: pa.ChunkedArray, where: str) -> pa.Array:
+def _from_iso(col: pa.ChunkedArray, where: str, first_row: int) -> pa.Array:
     text = pd.Series(col.to_pylist(), dtype="object")
     present = text.notna()
     stripped = text[present].str.strip()
@@ -53,7 +53,7 @@ def _from_iso(col: pa.ChunkedArray, where: str) -> pa.Array:
     parsed = pd.to_datetime(stripped.where(has_offset), format="ISO8601", utc=True, errors="coerce")
     bad = stripped.index[~has_offset | parsed.isna()]
     if len(bad):
-        examples = "; ".join(f"row {i}: {text[i]!r}" for i in bad[:5])
+        examples = "; ".join(f"row {first_row + i}: {text[i]!r}" for i in bad[:5])
         raise InputDataError(f"{where}: {len(bad):,} value(s) are not ISO-8601 times with a UTC offset ({examples}). "
                              f"A time without an offset is ambiguous (which zone?): write the offset, e.g. "
                              f"2026-10-01T08:00:00+02:00 or ...Z")
@@ -62,8 +62,9 @@ def _from_iso(col: pa.ChunkedArray, where: str) -> pa.Array:
     return pa.Array.from_pandas(out, type=TS_TYPE)
 
 
-def canonical_ts(events: pa.Table, ts_unit: str, name: str = "events") -> pa.Table:
-    """Return events with `ts` as a UTC timestamp, converting numbers or strings as `ts_unit` says.
+def canonical_ts(events: pa.Table, ts_unit: str, name: str = "events", first_row: int = 0) -> pa.Table:
+    """Return events with `ts` as a UTC timestamp, converting numbers or strings as `ts_unit` says. `events` may be
+    one batch of a larger table whose first row is row `first_row` (errors name rows of the whole table).
 
     A timestamp column passes unchanged (validation reads a naive one as UTC); a missing column is left for
     validation to report. Raises InputDataError for numbers or strings without a matching ts_unit.
@@ -79,7 +80,7 @@ def canonical_ts(events: pa.Table, ts_unit: str, name: str = "events") -> pa.Tab
     if numeric and ts_unit in _US_PER:
         ts = _from_numbers(col, ts_unit, where)
     elif text and ts_unit == "iso8601":
-        ts = _from_iso(col, where)
+        ts = _from_iso(col, where, first_row)
     else:
         if numeric:
             finite = col.to_numpy(zero_copy_only=False).astype("float64")

@@ -1,9 +1,9 @@
 """The sessionization job as a SparkApplication of the Kubeflow Spark operator (cluster.spark.mode=operator).
 
-The sessionize task stages its input in the object store (cluster.spark.data_root), creates the SparkApplication
-(spark_jobs/sessionize.py in the Spark image, reading and writing s3a://), waits for it, and brings the output back
-into its own output folder for the stages after it. A failed application fails the task with the operator's error
-message and the end of the driver's log.
+The sessionize task creates the SparkApplication (spark_jobs/sessionize.py in the Spark image), which reads the
+validated events where validate-events wrote them and writes the pages to this stage's data folder, both under
+run.data_root (s3://, read as s3a://). The task waits for it and reads the job's report from there; it downloads no
+table. A failed application fails the task with the operator's error message and the end of the driver's log.
 """
 
 from __future__ import annotations
@@ -11,12 +11,10 @@ from __future__ import annotations
 import json
 import os
 import time
-from pathlib import Path
 
 from genrec import k8s_jobs
 from genrec.cluster_config import default_spark_image
 from genrec.config import PipelineConfig
-from genrec.data.io import copy_tree
 from genrec.errors import InputDataError
 
 # Where docker/Dockerfile.spark puts the job's entry file.
@@ -38,7 +36,7 @@ def application_manifest(cfg: PipelineConfig, name: str, events_uri: str, out_ur
         env = [{"name": k, "valueFrom": {"secretKeyRef": {"name": c.object_store_secret, "key": k}}}
                for k in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY")]
     conf = {
-        "spark.sql.shuffle.partitions": str(cfg.sessionize.shuffle_partitions),
+        "spark.sql.shuffle.partitions": str(cfg.spark.shuffle_partitions),
         "spark.hadoop.fs.s3a.impl": "org.apache.hadoop.fs.s3a.S3AFileSystem",
         "spark.hadoop.fs.s3a.aws.credentials.provider":
             "software.amazon.awssdk.auth.credentials.EnvironmentVariableCredentialsProvider",
@@ -66,28 +64,42 @@ def application_manifest(cfg: PipelineConfig, name: str, events_uri: str, out_ur
     }
 
 
-def read_remote_report(out_dir: Path) -> dict:
-    """The report the job wrote as _report/part-*.txt (a URI output), as report.json beside it."""
+def read_remote_report(out_uri: str) -> dict:
+    """The report the job wrote as <out_uri>/_report/part-* (one JSON line), local or in the object store."""
+    from pyarrow import fs
+
+    from genrec.data import tables
+    from genrec.data.io import location
     from genrec.spark.sessionize import REMOTE_REPORT
 
-    parts = sorted((Path(out_dir) / REMOTE_REPORT).glob("part-*"))
-    lines = [line for p in parts for line in p.read_text().splitlines() if line.strip()]
+    filesystem, root = location(tables.join(out_uri, REMOTE_REPORT))
+    try:
+        parts = sorted(f.path for f in filesystem.get_file_info(fs.FileSelector(root))
+                       if f.type == fs.FileType.File and f.base_name.startswith("part-"))
+    except FileNotFoundError:
+        parts = []
+    lines = []
+    for part in parts:
+        with filesystem.open_input_stream(part) as f:
+            lines += [line for line in f.read().decode().splitlines() if line.strip()]
     if len(lines) != 1:
-        raise InputDataError(f"{out_dir / REMOTE_REPORT}: expected the job's one-line report, found {len(lines)} lines")
-    report = json.loads(lines[0])
-    (Path(out_dir) / "report.json").write_text(json.dumps(report, indent=2))
-    return report
+        raise InputDataError(f"{tables.join(out_uri, REMOTE_REPORT)}: expected the job's one-line report, found "
+                             f"{len(lines)} lines")
+    return json.loads(lines[0])
 
 
-def run_on_operator(cfg: PipelineConfig, events: Path, out_dir: Path, pipeline_run_id: str, api_client=None,
+def run_on_operator(cfg: PipelineConfig, events_uri: str, data_uri: str, pipeline_run_id: str, api_client=None,
                     namespace: str = "") -> dict:
-    """Stage the events, run the SparkApplication, fetch its output into out_dir; returns the job's report."""
-    s = cfg.cluster.spark
-    base = f"{s.data_root.rstrip('/')}/{pipeline_run_id}/sessionize"
-    n = copy_tree(events, f"{base}/input/events.parquet")
-    print(f"sessionize: {n} input files -> {base}/input", flush=True)
+    """Run the SparkApplication on the events at events_uri, writing under data_uri (both s3://); returns the job's
+    report."""
+    from genrec.data import tables
+
+    for what, uri in (("the validated events", events_uri), ("this stage's data folder", data_uri)):
+        if not uri.startswith("s3://"):
+            raise InputDataError(f"cluster.spark.mode=operator: {what} ({uri}) are not in the object store, where "
+                                 f"the job's pods could read them: set run.data_root=s3://bucket/prefix")
     name = f"genrec-sessionize-{pipeline_run_id[:12]}-{int(time.time()) % 100000}".lower()
-    manifest = application_manifest(cfg, name, f"{base}/input/events.parquet", f"{base}/output",
+    manifest = application_manifest(cfg, name, tables.spark_uri(events_uri), tables.spark_uri(data_uri),
                                     os.environ.get("AWS_ENDPOINT_URL", ""))
     client = api_client or k8s_jobs.api_client()
     namespace = namespace or k8s_jobs.current_namespace()
@@ -96,8 +108,7 @@ def run_on_operator(cfg: PipelineConfig, events: Path, out_dir: Path, pipeline_r
         pod = ((obj.get("status") or {}).get("driverInfo") or {}).get("podName", "")
         return f"driver {pod}:\n{k8s_jobs.pod_log_tail(client, namespace, pod)}"
 
+    s = cfg.cluster.spark
     k8s_jobs.run_job(client, k8s_jobs.SPARK_APPLICATION, namespace, manifest, s.timeout_s, s.poll_s,
                      echo=lambda line: print(line, flush=True), failure_detail=driver_log)
-    n = copy_tree(f"{base}/output", out_dir)
-    print(f"sessionize: {n} output files <- {base}/output", flush=True)
-    return read_remote_report(out_dir)
+    return read_remote_report(data_uri)

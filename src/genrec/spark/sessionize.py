@@ -22,17 +22,15 @@ Rules (all deterministic; ties are broken by event_id):
   only (no leakage into the embedding stage), counted over sessions; optionally (sequence_pair_window)
   also each positive interaction with the user's next few, for sources without real sessions.
 
-Outputs under --out: pages/ (parquet, partitioned by split), sessions/, pairs/, report.json. --out and --events may
-be URIs (s3a://bucket/..., file:///...) when the job runs on a cluster; the report then goes to _report/ (a one-line
-text dataset), since only Spark can write there.
+Outputs under --out: pages/ (parquet, partitioned by split), sessions/, pairs/, and, from spark-submit, the report as
+_report/ (a one-line text dataset, since only Spark can write where a cluster's job writes). --out and --events may
+be URIs (s3a://bucket/..., file:///...) when the job runs on a cluster.
 """
 
 from __future__ import annotations
 
 import json
-import os
 import time
-from pathlib import Path
 
 from pyspark.sql import DataFrame, SparkSession, Window
 from pyspark.sql import functions as F
@@ -55,73 +53,86 @@ REMOTE_REPORT = "_report"
 GROUPS = {3: "ordered_items", 2: "carted_items", 1: "clicked_items", 0: "exposed_items"}
 
 
-def build_spark(cfg: SessionizeConfig, app_name: str = "genrec-sessionize") -> SparkSession:
-    """A SparkSession for the configured master, UTC throughout, no UI.
-
-    Under spark-submit (which starts the JVM before Python runs) the master and driver memory given to
-    spark-submit win; from plain Python they come from the config.
-    """
-    os.environ.setdefault("SPARK_LOCAL_IP", "127.0.0.1")
-    builder = SparkSession.builder.appName(app_name)
-    if "PYSPARK_GATEWAY_PORT" not in os.environ:
-        builder = builder.master(cfg.master).config("spark.driver.memory", cfg.driver_memory)
-    return (builder
-            .config("spark.sql.session.timeZone", "UTC")
-            .config("spark.sql.shuffle.partitions", str(cfg.shuffle_partitions))
-            .config("spark.ui.enabled", "false")
-            .config("spark.sql.parquet.outputTimestampType", "TIMESTAMP_MICROS")
-            .getOrCreate())
+# Every step below groups, windows or joins by keys that start with user_id. After one shuffle of the events by user
+# (sessionize), Spark reuses that partitioning for all of them (spark.sql.requireAllClusterKeysForCoPartition=false,
+# genrec.spark.session): the month is shuffled once, not once per step.
+def by_user():
+    """A user's events in time order (ties by event_id); a function, since a window needs a running SparkContext."""
+    return Window.partitionBy("user_id").orderBy("ts", "event_id")
 
 
 def assign_sessions(events: DataFrame, gap_minutes: float) -> DataFrame:
-    """Add session_idx and session_id: a new session after `gap_minutes` of inactivity."""
-    w = Window.partitionBy("user_id").orderBy("ts", "event_id")
-    gap_s = F.col("ts").cast("double") - F.lag(F.col("ts").cast("double")).over(w)
+    """Add session_idx (the user's sessions numbered from 0): a new session after `gap_minutes` of inactivity."""
+    gap_s = F.col("ts").cast("double") - F.lag(F.col("ts").cast("double")).over(by_user())
     new = F.when(gap_s.isNull() | (gap_s > gap_minutes * 60.0), 1).otherwise(0)
     ev = events.withColumn("new_session", new)
-    ev = ev.withColumn("session_idx", F.sum("new_session").over(w.rowsBetween(Window.unboundedPreceding, 0)) - 1)
-    return ev.withColumn("session_id", F.concat_ws("-", F.lit("u"), F.col("user_id"), F.lit("s"), F.col("session_idx")))
+    return ev.withColumn("session_idx", F.sum("new_session").over(by_user().rowsBetween(Window.unboundedPreceding, 0)) - 1)
+
+
+def session_id(user, session_idx):
+    """u-<user>-s-<session_idx>."""
+    return F.concat_ws("-", F.lit("u"), user, F.lit("s"), session_idx)
+
+
+# A page is the events of one request; without a request id (fallback_page_size), a chunk of a session. Its key is
+# numeric (request_id, fallback_session, page_chunk) so that no per-event string is built; page_id names it.
+PAGE_KEY = ["request_id", "fallback_session", "page_chunk"]
+
+
+def page_id(user="user_id"):
+    """r<request_id>, or u-<user>-s-<session>-p-<chunk> for a page cut from a session."""
+    cut = F.concat_ws("-", F.lit("u"), F.col(user), F.lit("s"), F.col("fallback_session"), F.lit("p"),
+                      F.col("page_chunk"))
+    return F.when(F.col("request_id").isNotNull(), F.concat(F.lit("r"), F.col("request_id").cast("string"))).otherwise(cut)
 
 
 def assign_pages(ev: DataFrame, fallback_page_size: int) -> DataFrame:
-    """Add page_id: the request id, or the fallback rule for events without one."""
-    w = Window.partitionBy("user_id", "session_idx").orderBy("ts", "event_id")
-    chunk = F.floor((F.row_number().over(w) - 1) / fallback_page_size)
-    fallback = F.concat_ws("-", F.lit("u"), F.col("user_id"), F.lit("s"), F.col("session_idx"), F.lit("p"), chunk)
-    return ev.withColumn("page_id", F.when(F.col("request_id").isNotNull(),
-                                           F.concat(F.lit("r"), F.col("request_id").cast("string"))).otherwise(fallback))
+    """Add the page key (PAGE_KEY): the request id, or the fallback rule for events without one (needs
+    assign_sessions)."""
+    running = by_user().rowsBetween(Window.unboundedPreceding, 0)
+    # An event's rank within its session: its rank for the user minus that of its session's first event.
+    ev = ev.withColumn("_rank", F.row_number().over(by_user()))
+    session_first = F.max(F.when(F.col("new_session") == 1, F.col("_rank"))).over(running)
+    chunk = F.floor((F.col("_rank") - session_first) / fallback_page_size)
+    no_request = F.col("request_id").isNull()
+    return (ev.withColumn("fallback_session", F.when(no_request, F.col("session_idx")))
+            .withColumn("page_chunk", F.when(no_request, chunk)).drop("_rank"))
 
 
 def build_pages(ev: DataFrame, max_history: int) -> DataFrame:
     """One row per page: its user, session, start, grouped items and history."""
     ev = ev.withColumn("intensity", intensity())
-    pages = ev.groupBy("page_id").agg(
-        F.min("user_id").alias("user_id"),
-        F.min("ts").alias("page_start"),
-        F.min_by("session_id", F.struct("ts", "event_id")).alias("session_id"),
-        F.count("*").alias("n_events"),
-    )
-    per_item = ev.groupBy("page_id", "user_id", "item_id").agg(
+    page = ["user_id", *PAGE_KEY]
+    per_item = ev.groupBy(*page, "item_id").agg(
         F.max("intensity").alias("intensity"),
         F.min(F.coalesce("position", F.lit(1 << 30))).alias("pos"),
         F.min("ts").alias("first_ts"),
         F.min(F.when(F.col("intensity") > 0, F.col("ts"))).alias("pos_ts"),
+        F.min("session_idx").alias("session_idx"),
+        F.count("*").alias("n_events"),
     )
-    grouped = per_item.groupBy("page_id").agg(*[
-        F.transform(F.array_sort(F.collect_list(F.when(F.col("intensity") == k, F.struct("pos", "first_ts", "item_id")))),
-                    lambda s: s["item_id"]).alias(name)
-        for k, name in GROUPS.items()
-    ])
-    positives = per_item.where(F.col("intensity") > 0)
+    # One list per page, sorted once by (position, first time, item); each group keeps that order.
+    items = F.array_sort(F.collect_list(F.struct("pos", "first_ts", "item_id", "intensity")))
+    pages = per_item.groupBy(*page).agg(
+        F.min("first_ts").alias("page_start"),
+        F.min("session_idx").alias("session_idx"),  # it grows with time: the session of the page's first event
+        F.sum("n_events").alias("n_events"),
+        items.alias("items"),
+    )
+    for k, name in GROUPS.items():
+        pages = pages.withColumn(name, F.transform(F.filter("items", lambda x: x["intensity"] == k),
+                                                   lambda x: x["item_id"]))
+    positives = per_item.where(F.col("intensity") > 0).withColumn("page_id", page_id())
     user_hist = positives.groupBy("user_id").agg(
         F.array_sort(F.collect_list(F.struct(F.col("pos_ts").alias("ts"), "item_id", "intensity", "page_id"))).alias("events"))
-    pages = pages.join(grouped, "page_id").join(user_hist, "user_id", "left")
+    pages = pages.join(user_hist, "user_id", "left")
     before = F.filter(F.coalesce("events", F.array()), lambda x: x["ts"] < F.col("page_start"))
     pages = pages.withColumn("hist", before)
     start = F.greatest(F.size("hist") - F.lit(max_history) + 1, F.lit(1))
     pages = pages.withColumn("hist", F.slice("hist", start, F.lit(max_history)))
     return pages.select(
-        "page_id", "user_id", "session_id", "page_start", "n_events",
+        page_id().alias("page_id"), "user_id", session_id(F.col("user_id"), F.col("session_idx")).alias("session_id"),
+        "page_start", "n_events",
         F.transform("hist", lambda x: x["item_id"]).alias("history_items"),
         F.transform("hist", lambda x: x["ts"]).alias("history_ts"),
         F.transform("hist", lambda x: x["intensity"]).alias("history_intensity"),
@@ -129,10 +140,17 @@ def build_pages(ev: DataFrame, max_history: int) -> DataFrame:
     )
 
 
-def assign_split(pages: DataFrame, mode: str, test_days: int, valid_days: int = 0) -> DataFrame:
-    """Add split: train / valid / test."""
+def last_page_day(ev: DataFrame):
+    """The day the last page starts on (a page starts with its first event)."""
+    starts = ev.groupBy("user_id", *PAGE_KEY).agg(F.min("ts").alias("page_start"))
+    return starts.agg(F.max(F.to_date("page_start")).alias("d")).collect()[0]["d"]
+
+
+def assign_split(pages: DataFrame, mode: str, test_days: int, valid_days: int = 0, last_day=None) -> DataFrame:
+    """Add split: train / valid / test. last_days counts back from `last_day` (default: the last page's day)."""
     if mode == "last_days":
-        last_day = pages.agg(F.max(F.to_date("page_start")).alias("d")).collect()[0]["d"]
+        if last_day is None:
+            last_day = pages.agg(F.max(F.to_date("page_start")).alias("d")).collect()[0]["d"]
         test_from = F.date_sub(F.lit(last_day), test_days - 1)
         valid_from = F.date_sub(F.lit(last_day), test_days + valid_days - 1)
         day = F.to_date("page_start")
@@ -145,18 +163,20 @@ def assign_split(pages: DataFrame, mode: str, test_days: int, valid_days: int = 
                             .otherwise("train"))
 
 
-def coengagement_pairs(ev: DataFrame, pages: DataFrame, max_items: int, sequence_window: int = 0) -> DataFrame:
+def coengagement_pairs(ev: DataFrame, train_pages: DataFrame, max_items: int, sequence_window: int = 0) -> DataFrame:
     """(item_a, item_b, n_sessions), a < b: items with a positive event in the same train session, counted over
-    sessions. With sequence_window > 0 also each positive interaction of a user with the next `sequence_window`
-    ones (train pages only), each such window counting as one more session: the rule for sources whose
-    sessions hold a single interaction (Amazon Beauty)."""
-    train_pages = pages.where(F.col("split") == "train").select("page_id")
-    positives = ev.where(F.col("event_type") != "expose").join(train_pages, "page_id")
-    pos = positives.groupBy("session_id", "item_id").agg(F.min("ts").alias("t"))
-    w = Window.partitionBy("session_id").orderBy("t", "item_id")
-    pos = pos.withColumn("k", F.row_number().over(w)).where(F.col("k") <= max_items).select("session_id", "item_id")
+    sessions. train_pages: (user_id, page_id) of the train pages. With sequence_window > 0 also each positive
+    interaction of a user with the next `sequence_window` ones (train pages only), each such window counting as one
+    more session: the rule for sources whose sessions hold a single interaction (Amazon Beauty)."""
+    positives = ev.where(F.col("event_type") != "expose").withColumn("page_id", page_id()) \
+        .join(train_pages, ["user_id", "page_id"])
+    pos = positives.groupBy("user_id", "session_idx", "item_id").agg(F.min("ts").alias("t"))
+    w = Window.partitionBy("user_id", "session_idx").orderBy("t", "item_id")
+    pos = pos.withColumn("k", F.row_number().over(w)).where(F.col("k") <= max_items).select("user_id", "session_idx",
+                                                                                              "item_id")
     a, b = pos.alias("a"), pos.alias("b")
-    pairs = a.join(b, (F.col("a.session_id") == F.col("b.session_id")) & (F.col("a.item_id") < F.col("b.item_id")))
+    pairs = a.join(b, (F.col("a.user_id") == F.col("b.user_id")) & (F.col("a.session_idx") == F.col("b.session_idx"))
+                   & (F.col("a.item_id") < F.col("b.item_id")))
     pairs = pairs.select(F.col("a.item_id").alias("item_a"), F.col("b.item_id").alias("item_b"))
     if sequence_window > 0:
         seq = positives.groupBy("user_id", "item_id").agg(F.min("ts").alias("t"))
@@ -185,34 +205,49 @@ def _at(out_dir: str, name: str) -> str:
 
 
 def sessionize(spark: SparkSession, events_path: str, out_dir: str, cfg: SessionizeConfig) -> dict:
-    """Run the job; returns the report (also written to out_dir/report.json, or out_dir/_report/ for a URI)."""
+    """Run the job: pages/, sessions/ and pairs/ under out_dir (a local folder or a URI); returns the report.
+
+    The events are shuffled by user once, sessions and pages assigned, and kept on disk for the three outputs; the
+    report is computed from the written tables.
+    """
+    from pyspark import StorageLevel
+
     t0 = time.time()
     events = spark.read.parquet(str(events_path))
-    ev = assign_pages(assign_sessions(events, cfg.session_gap_minutes), cfg.fallback_page_size).cache()
-    pages = assign_split(build_pages(ev, cfg.max_history), cfg.split.mode, cfg.split.test_days,
-                         cfg.split.valid_days).cache()
-    pages.repartition(cfg.output_partitions, "split").write.mode("overwrite").partitionBy("split").parquet(
-        _at(out_dir, "pages"))
+    ev = assign_pages(assign_sessions(events.repartition("user_id"), cfg.session_gap_minutes), cfg.fallback_page_size)
+    ev = ev.persist(StorageLevel.DISK_ONLY)
+    try:
+        split = cfg.split
+        last_day = last_page_day(ev) if split.mode == "last_days" else None
+        pages = assign_split(build_pages(ev, cfg.max_history), split.mode, split.test_days, split.valid_days, last_day)
+        pages.coalesce(cfg.output_partitions).write.mode("overwrite").partitionBy("split").parquet(_at(out_dir, "pages"))
+        written = spark.read.parquet(_at(out_dir, "pages"))
 
-    sessions = ev.groupBy("session_id").agg(
-        F.min("user_id").alias("user_id"), F.min("ts").alias("session_start"), F.max("ts").alias("session_end"),
-        F.count("*").alias("n_events"), F.countDistinct("page_id").alias("n_pages"))
-    sessions.write.mode("overwrite").parquet(_at(out_dir, "sessions"))
-    pairs = coengagement_pairs(ev, pages, cfg.max_items_per_session_for_pairs, cfg.sequence_pair_window)
-    pairs.write.mode("overwrite").parquet(_at(out_dir, "pairs"))
-
-    report = _report(spark, ev, pages, out_dir)
+        # Per session and page first, then per session: its pages are counted as groups (null-safe keys).
+        parts = ev.groupBy("user_id", "session_idx", *PAGE_KEY).agg(
+            F.min("ts").alias("start"), F.max("ts").alias("end"), F.count("*").alias("n"))
+        sessions = parts.groupBy("user_id", "session_idx").agg(
+            F.min("start").alias("session_start"), F.max("end").alias("session_end"),
+            F.sum("n").alias("n_events"), F.count("*").alias("n_pages"))
+        sessions.select(session_id(F.col("user_id"), F.col("session_idx")).alias("session_id"), "user_id",
+                        "session_start", "session_end", "n_events", "n_pages") \
+            .write.mode("overwrite").parquet(_at(out_dir, "sessions"))
+        train = written.where(F.col("split") == "train").select("user_id", "page_id")
+        pairs = coengagement_pairs(ev, train, cfg.max_items_per_session_for_pairs, cfg.sequence_pair_window)
+        pairs.write.mode("overwrite").parquet(_at(out_dir, "pairs"))
+        report = _report(spark, ev, written, out_dir)
+    finally:
+        ev.unpersist()
     report["duration_s"] = round(time.time() - t0, 2)
     report["spark_master"] = spark.sparkContext.master
-    text = json.dumps(report, indent=2)
-    if is_uri(out_dir):
-        spark.createDataFrame([(json.dumps(report),)], ["report"]).coalesce(1).write.mode("overwrite").text(
-            _at(out_dir, REMOTE_REPORT))
-    else:
-        (Path(out_dir) / "report.json").write_text(text)
-    ev.unpersist()
-    pages.unpersist()
     return report
+
+
+def write_report(spark: SparkSession, report: dict, out_dir: str) -> None:
+    """The report as one JSON line in out_dir/_report/ (a text dataset: only Spark can write where a cluster's job
+    writes, e.g. s3a://); the underscore keeps it out of the tables' parts."""
+    spark.createDataFrame([(json.dumps(report),)], ["report"]).coalesce(1).write.mode("overwrite").text(
+        _at(out_dir, REMOTE_REPORT))
 
 
 def _report(spark: SparkSession, ev: DataFrame, pages: DataFrame, out: str) -> dict:

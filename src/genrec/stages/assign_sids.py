@@ -16,7 +16,7 @@ import pyarrow.parquet as pq
 
 from genrec import plots, stage_outputs, tracking
 from genrec.config import PipelineConfig
-from genrec.data.io import read_parquet
+from genrec.data.io import read_table
 from genrec.data.schema import ITEMS_FILE
 from genrec.errors import InputDataError, ValidationFailed
 from genrec.sid.report import sid_quality, utilisation_figure
@@ -59,7 +59,7 @@ def run_assign_sids(cfg: PipelineConfig, embeddings_dir: str | Path, validated_d
         books = fit_rq_kmeans(x, sizes, cfg.sid.kmeans_iters, cfg.run.seed, cfg.sid.kmeans_init_sample)
         greedy, inputs = encode(x, books)
         codes, moved = resolve_collisions(greedy, inputs, books)
-        items = read_parquet(validated_dir / ITEMS_FILE, "run validate-events first").to_pandas().set_index("item_id")
+        items = read_table(validated_dir, ITEMS_FILE, "run validate-events first").to_pandas().set_index("item_id")
         categories = items["category"].reindex(item_ids).tolist()
         report = {"n_items": len(x), "dim": int(x.shape[1]), "levels": cfg.sid.levels, "codebook_size": k,
                   "collision_rate_before": collision_rate(greedy), "collision_rate_after": collision_rate(codes),

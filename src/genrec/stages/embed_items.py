@@ -16,13 +16,13 @@ import time
 from pathlib import Path
 
 import numpy as np
-import pyarrow.parquet as pq
 import torch
 from tqdm import tqdm
 
 from genrec import stage_outputs, tracking
 from genrec.config import PipelineConfig
-from genrec.data.io import read_parquet, read_split_pages
+from genrec.data import tables
+from genrec.data.io import ingest_files, read_split_pages, read_table
 from genrec.data.schema import ITEMS_FILE
 from genrec.embed.encoders import ImageEncoder, TextEncoder, VLMEncoder, fuse, is_vlm
 from genrec.embed.encoder_finetune import finetune_encoder
@@ -33,10 +33,9 @@ from genrec.errors import ConfigError, InputDataError
 
 
 def _load_pairs(pages_dir: Path, item_ids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    pairs_dir = pages_dir / "pairs"
-    if not pairs_dir.is_dir():
+    if not tables.exists(pages_dir, "pairs"):
         return np.zeros((0, 2), dtype=np.int64), np.zeros(0)
-    table = pq.read_table(pairs_dir).to_pandas()
+    table = read_table(pages_dir, "pairs", "run sessionize first").to_pandas()
     row = {int(i): r for r, i in enumerate(item_ids)}
     a = table["item_a"].map(row)
     b = table["item_b"].map(row)
@@ -152,11 +151,12 @@ def run_embed_items(cfg: PipelineConfig, validated_dir: str | Path, pages_dir: s
     out_dir = stage_outputs.begin(out_dir, "embed-items", pipeline_run_id, {"validated": validated_dir, "pages": pages_dir, "raw": raw_dir})
     with tracking.stage_run(cfg, "embed-items", pipeline_run_id) as track:
         track.params({"embed": cfg.embed.model_dump(mode="json")})
-        items = read_parquet(validated_dir / ITEMS_FILE, "run validate-events first").to_pandas()
+        items = read_table(validated_dir, ITEMS_FILE, "run validate-events first").to_pandas()
         if items.empty:
             raise InputDataError(f"{validated_dir / ITEMS_FILE}: the catalog is empty; nothing to embed")
         texts = [item_text(r.title, r.brand, r.category, r.description) for r in items.itertuples()]
-        image_paths = [raw_dir / p if isinstance(p, str) and (raw_dir / p).is_file() else None for p in items["image_path"]]
+        files = ingest_files(raw_dir)  # image_path is relative to where ingest wrote the images
+        image_paths = [files / p if isinstance(p, str) and (files / p).is_file() else None for p in items["image_path"]]
         sees_images = bool(cfg.embed.image_model) or is_vlm(cfg.embed.text_model)
         blank = [int(i) for i, t, p in zip(items["item_id"], texts, image_paths) if not t and (p is None or not sees_images)]
         if blank:

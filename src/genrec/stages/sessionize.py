@@ -1,51 +1,56 @@
 """Stage sessionize: validated events -> sessions, training pages (train/test), co-engagement pairs.
 
-The Spark work lives in genrec.spark.sessionize (spark-submit entry: spark_jobs/sessionize.py); this stage
-starts Spark for the configured master (or, with cluster.spark.mode=operator, has the Kubeflow Spark operator run
-the job: genrec.spark.on_kubernetes), and tracks it in MLflow.
+The Spark work lives in genrec.spark.sessionize (spark-submit entry: spark_jobs/sessionize.py); this stage runs it
+on the configured master (spark.master: local mode, or a spark:// cluster), or, with cluster.spark.mode=operator,
+has the Kubeflow Spark operator run it (genrec.spark.on_kubernetes), and tracks it in MLflow. The events are read
+where validate-events wrote them; pages/, sessions/ and pairs/ go to this stage's data folder, their references and
+report.json to `out_dir`.
 """
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 from genrec import plots, stage_outputs, tracking
 from genrec.config import PipelineConfig
+from genrec.data import tables
 from genrec.data.schema import EVENTS_FILE
-from genrec.errors import InputDataError
+
+# The tables this stage writes, with their hive partition columns.
+OUTPUTS = {"pages": ("split",), "sessions": (), "pairs": ()}
 
 
 def run_sessionize(cfg: PipelineConfig, validated_dir: str | Path, out_dir: str | Path, pipeline_run_id: str,
                    spark=None) -> dict:
-    """Run the sessionization job on validated_dir/events.parquet; write pages/, sessions/, pairs/ to out_dir.
+    """Run the sessionization job on validate-events' events; write pages/, sessions/, pairs/ under the data root.
 
-    Pass an existing SparkSession to reuse it (tests do); otherwise one is started and stopped here.
+    Runs on `spark` when given, else on this process's active SparkSession, else on one started (and stopped) here.
     """
-    from genrec.spark.sessionize import build_spark, sessionize
+    from genrec.spark.sessionize import sessionize
 
     out_dir = stage_outputs.begin(out_dir, "sessionize", pipeline_run_id, {"validated": validated_dir})
-    events = Path(validated_dir) / EVENTS_FILE
-    if not events.exists():
-        raise InputDataError(f"{events} not found: run validate-events first")
+    events = tables.locate(validated_dir, EVENTS_FILE, "run validate-events first")
     with tracking.stage_run(cfg, "sessionize", pipeline_run_id) as track:
-        track.params({"sessionize": cfg.sessionize.model_dump(mode="json")})
+        track.params({"sessionize": cfg.sessionize.model_dump(mode="json"), "spark": cfg.spark.model_dump(mode="json")})
+        data = tables.fresh_data_dir(cfg, "sessionize", pipeline_run_id)
         if cfg.cluster.spark.mode == "operator":
             from genrec.spark.on_kubernetes import run_on_operator
 
-            report = run_on_operator(cfg, events, Path(out_dir), pipeline_run_id)
+            report = run_on_operator(cfg, events, data, pipeline_run_id)
         else:
-            own = spark is None
-            spark = spark or build_spark(cfg.sessionize)
-            try:
-                report = sessionize(spark, str(events), str(out_dir), cfg.sessionize)
-            finally:
-                if own:
-                    spark.stop()
+            from genrec.spark.session import spark_session
+
+            with spark_session(cfg.spark, "genrec-sessionize", spark) as session:
+                report = sessionize(session, tables.spark_uri(events), tables.spark_uri(data), cfg.sessionize)
+        refs = {name: tables.record(out_dir, name, tables.join(data, name), partitioning, "sessionize")
+                for name, partitioning in OUTPUTS.items()}
+        (Path(out_dir) / "report.json").write_text(json.dumps(report, indent=2))
         track.metrics({k: v for k, v in report.items() if isinstance(v, (int, float))})
         track.tag("genrec.spark_master", report["spark_master"])
         track.json(report, "sessionize/report.json")
-        track.dataset(events, "events_validated", "input")
-        track.dataset(Path(out_dir) / "pages", "pages", "output")
+        track.table(tables.describe(events, EVENTS_FILE), "events_validated", "input")
+        track.table(refs["pages"], "pages", "output")
         for key, title, xlabel in (("page_size_hist", "Items per page", "items (capped at 50)"),
                                    ("history_len_hist", "History length per page", "items (capped at 200)")):
             hist = report[key]

@@ -22,6 +22,7 @@ import torch
 
 from genrec import stage_outputs, tracking
 from genrec.config import PipelineConfig
+from genrec.data import tables
 from genrec.data.io import read_parquet, read_split_pages
 from genrec.data.schema import ITEMS_FILE
 from genrec.errors import ConfigError, InputDataError
@@ -86,7 +87,7 @@ def _item_features(columns: list[str], raw_dir, sid_map: SidMap) -> dict | None:
         return None
     if raw_dir is None:
         raise ConfigError(f"reward.item_features={columns} needs ingest's folder (--raw) for its {ITEMS_FILE}")
-    path = f"{str(raw_dir).rstrip('/')}/{ITEMS_FILE}"  # not a Path: the folder may be s3://
+    path = tables.locate(raw_dir, ITEMS_FILE, "run ingest first")
     table = read_parquet(path, "run ingest first")
     items = table.select([c for c in ["item_id", *columns] if c in table.column_names]).to_pandas()
     return item_feature_values(items, sid_map.item_ids, columns, path)

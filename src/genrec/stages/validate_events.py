@@ -1,11 +1,12 @@
 """Stage validate-events: canonical events and items -> validated events and items, quarantine, Data Docs.
 
-Reads the ingest folder (events.parquet, items.parquet, manifest.json). Writes into `out_dir`:
-events.parquet and items.parquet (rows that passed, canonical types), quarantine/ (rows that failed
-a row-level check, with `quarantine_reason`), report.json, and the Great Expectations project gx/
-whose Data Docs site is gx/uncommitted/data_docs/local_site/index.html. Stops with ValidationFailed
-when a table-level expectation fails or more than validation.max_quarantine_fraction of a table
-would be quarantined.
+Reads ingest's folder (manifest.json and its tables, by reference or in place) and validates on Spark
+(`spark.master`; genrec.validation.runner), so memory does not grow with the log. Writes under the stage's data
+folder events.parquet/ and items.parquet/ (rows that passed, canonical types) and quarantine/ (rows that failed a
+row-level check, with `quarantine_reason`); into `out_dir` their references, manifest.json, report.json / .md /
+.html and the Great Expectations project gx/ whose Data Docs site is gx/uncommitted/data_docs/local_site/index.html.
+Stops with ValidationFailed when a table-level expectation fails or more than validation.max_quarantine_fraction of
+a table would be quarantined.
 """
 
 from __future__ import annotations
@@ -14,39 +15,35 @@ import json
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
-import pandas as pd
-import pyarrow as pa
-import pyarrow.parquet as pq
-
 from genrec import stage_outputs, tracking
 from genrec.config import PipelineConfig
-from genrec.data.io import read_parquet
+from genrec.data import tables
 from genrec.data.schema import EVENTS_FILE, EVENTS_SCHEMA, ITEMS_FILE, ITEMS_SCHEMA, MANIFEST_FILE
 from genrec.errors import InputDataError, ValidationFailed
 from genrec.validation import checks as C
+from genrec.validation.conform import conform
 from genrec.validation.gate import gate_reasons
 from genrec.validation.report import report_html, report_markdown
-from genrec.validation.runner import GxProject, TableValidation, check_table, conform, quarantine_frame, to_frame
+from genrec.validation.runner import GxProject, TableValidation, validate_rows
 
 TEXT_COLUMNS = ("title", "description", "category", "brand", "image_path")
+HINT = "run the ingest stage first"
 
 
-def _write(df: pd.DataFrame, schema: pa.Schema, path: Path) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    pq.write_table(pa.Table.from_pandas(df[[f.name for f in schema]], schema=schema, preserve_index=False), path)
+def _read(spark, raw_dir: Path, name: str, inputs: dict):
+    """(Spark DataFrame, Arrow schema, row count) of one of ingest's tables; every part's footer is read first, so
+    a damaged file fails here with its name. Its description goes into `inputs`."""
+    uri = tables.locate(raw_dir, name, HINT)
+    inputs[name] = tables.describe(uri, name)
+    return spark.read.parquet(tables.spark_uri(uri)), tables.arrow_schema(uri), inputs[name].n_rows
 
 
-def _write_quarantine(df: pd.DataFrame, path: Path) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    df = df.copy()
-    for col in df.columns:  # a quarantined row may hold anything; keep it readable
-        if df[col].dtype == object:
-            df[col] = df[col].map(lambda v: v if v is None or isinstance(v, str) else repr(v))
-    pq.write_table(pa.Table.from_pandas(df, preserve_index=False), path)
+def run_validate_events(cfg: PipelineConfig, ingest_dir: str | Path, out_dir: str | Path, pipeline_run_id: str,
+                        spark=None) -> dict:
+    """Validate events and items with Great Expectations on Spark; quarantine failing rows; stop if the gate fails.
+    Runs on `spark` when given, else on this process's active SparkSession, else on one started (and stopped) here."""
+    from genrec.spark.session import spark_session
 
-
-def run_validate_events(cfg: PipelineConfig, ingest_dir: str | Path, out_dir: str | Path, pipeline_run_id: str) -> dict:
-    """Validate events and items with Great Expectations; quarantine failing rows; stop if the gate fails."""
     ingest_dir, out_dir = Path(ingest_dir), Path(out_dir)
     out_dir = stage_outputs.begin(out_dir, "validate-events", pipeline_run_id, {"raw": ingest_dir})
     with tracking.stage_run(cfg, "validate-events", pipeline_run_id) as track:
@@ -57,46 +54,23 @@ def run_validate_events(cfg: PipelineConfig, ingest_dir: str | Path, out_dir: st
         manifest = json.loads(manifest_path.read_text())
         period = (datetime.fromisoformat(manifest["period_start"]), datetime.fromisoformat(manifest["period_end"]))
         now = datetime.now(timezone.utc) + timedelta(minutes=cfg.validation.future_tolerance_minutes)
+        data = tables.fresh_data_dir(cfg, "validate-events", pipeline_run_id)
         project = GxProject(out_dir)
-
-        items_raw = read_parquet(ingest_dir / ITEMS_FILE, "run the ingest stage first")
-        items_rep = TableValidation("items", items_raw.num_rows)
-        conformed = conform(items_raw, ITEMS_SCHEMA, f"{ITEMS_FILE}", TEXT_COLUMNS)
-        items_tab, items_rep.schema_problems = conformed.table, conformed.problems
-        clean_item_ids = pd.Series([], dtype="Int64")
-        if items_tab is not None:
-            items = to_frame(items_tab)
-            items["text_utf8"] = conformed.utf8_ok
-            items["numbers_finite"] = conformed.finite
-            items["any_text"] = items[["title", "description", "category", "brand"]].bfill(axis=1).iloc[:, 0]
-            item_checks = C.item_checks()
-            bad = check_table(project, items, "items", item_checks, items_rep, pipeline_run_id)
-            _write(items[~bad], ITEMS_SCHEMA, out_dir / ITEMS_FILE)
-            _write_quarantine(quarantine_frame(items, bad, item_checks), out_dir / "quarantine" / ITEMS_FILE)
-            clean_item_ids = items.loc[~bad, "item_id"]
-
-        events_raw = read_parquet(ingest_dir / EVENTS_FILE, "run the ingest stage first")
-        events_rep = TableValidation("events", events_raw.num_rows)
-        conformed = conform(events_raw, EVENTS_SCHEMA, f"{EVENTS_FILE}")
-        events_tab, events_rep.schema_problems = conformed.table, conformed.problems
-        if events_tab is not None:
-            v = cfg.validation
-            events = C.add_event_columns(to_frame(events_tab), clean_item_ids.dropna().to_numpy(), conformed.finite,
-                                         v.duplicate_key_columns)
-            event_checks = C.event_checks(period[0], period[1], now, v.max_events_per_request, v.max_events_per_user_day)
-            bad = check_table(project, events, "events", event_checks, events_rep, pipeline_run_id)
-            _write(events[~bad], EVENTS_SCHEMA, out_dir / EVENTS_FILE)
-            _write_quarantine(quarantine_frame(events, bad, event_checks), out_dir / "quarantine" / EVENTS_FILE)
+        inputs: dict = {}
+        with spark_session(cfg.spark, "genrec-validate-events", spark) as session:
+            reports, outputs = _validate(cfg, session, project, ingest_dir, data, period, now, inputs, pipeline_run_id)
+        refs = {name: tables.record(out_dir, name, uri, written_by="validate-events") for name, uri in outputs.items()}
         (out_dir / MANIFEST_FILE).write_text(json.dumps(manifest, indent=2))
 
-        track.dataset(ingest_dir / EVENTS_FILE, "events_raw", "input")
-        track.dataset(ingest_dir / ITEMS_FILE, "items_raw", "input")
-        if events_tab is not None and items_tab is not None:
-            track.dataset(out_dir / EVENTS_FILE, "events_validated", "output", {f.name: str(f.type) for f in EVENTS_SCHEMA})
-            track.dataset(out_dir / ITEMS_FILE, "items_validated", "output", {f.name: str(f.type) for f in ITEMS_SCHEMA})
-        reports = [items_rep, events_rep]
+        for name, label in ((EVENTS_FILE, "events_raw"), (ITEMS_FILE, "items_raw")):
+            track.table(inputs[name], label, "input")
+        for name, label in ((EVENTS_FILE, "events_validated"), (ITEMS_FILE, "items_validated")):
+            if name in refs:
+                track.table(refs[name], label, "output")
         reasons = gate_reasons(reports, cfg.validation.max_quarantine_fraction, cfg.validation.max_automated_fraction)
         report = {"passed": not reasons, "reasons": reasons, "tables": [r.as_dict() for r in reports],
+                  "quarantine": {name: refs[f"quarantine/{name}"].uri for name in (ITEMS_FILE, EVENTS_FILE)
+                                 if f"quarantine/{name}" in refs},
                   "data_docs": str(project.docs_path(stopped=bool(reasons)))}
         (out_dir / "report.json").write_text(json.dumps(report, indent=2, default=str))
         (out_dir / "report.md").write_text(report_markdown("validate-events", report))
@@ -108,6 +82,40 @@ def run_validate_events(cfg: PipelineConfig, ingest_dir: str | Path, out_dir: st
                                    + f"\nData Docs: {project.docs_index}")
     stage_outputs.complete(out_dir)
     return report
+
+
+def _validate(cfg: PipelineConfig, spark, project: GxProject, ingest_dir: Path, data: str, period, now, inputs: dict,
+              run_name: str) -> tuple[list[TableValidation], dict[str, str]]:
+    """Both tables, items first (events are checked against the validated catalog); returns the reports and the
+    URIs of what was written, by table name."""
+    from pyspark.sql import functions as F
+
+    outputs: dict[str, str] = {}
+    items_df, items_schema, n_items = _read(spark, ingest_dir, ITEMS_FILE, inputs)
+    items_rep = TableValidation("items", n_items)
+    conformed = conform(items_df, items_schema, ITEMS_SCHEMA, ITEMS_FILE, TEXT_COLUMNS)
+    items_rep.schema_problems = conformed.problems
+    clean_items = spark.createDataFrame([], "item_id bigint")
+    if conformed.df is not None:
+        written = validate_rows(project, C.add_item_columns(conformed.df), "items", C.item_checks(), items_rep, data,
+                                ITEMS_FILE, ITEMS_SCHEMA.names, run_name)
+        outputs.update({ITEMS_FILE: written["clean"], f"quarantine/{ITEMS_FILE}": written["quarantine"]})
+        clean_items = spark.read.parquet(tables.spark_uri(written["clean"])).select("item_id").where(
+            F.col("item_id").isNotNull())
+
+    events_df, events_schema, n_events = _read(spark, ingest_dir, EVENTS_FILE, inputs)
+    events_rep = TableValidation("events", n_events)
+    conformed = conform(events_df, events_schema, EVENTS_SCHEMA, EVENTS_FILE)
+    events_rep.schema_problems = conformed.problems
+    if conformed.df is not None:
+        v = cfg.validation
+        events = C.add_event_columns(conformed.df, clean_items, v.duplicate_key_columns, v.max_events_per_request,
+                                     v.max_events_per_user_day)
+        checks = C.event_checks(period[0], period[1], now, v.max_events_per_request, v.max_events_per_user_day)
+        written = validate_rows(project, events, "events", checks, events_rep, data, EVENTS_FILE, EVENTS_SCHEMA.names,
+                                run_name)
+        outputs.update({EVENTS_FILE: written["clean"], f"quarantine/{EVENTS_FILE}": written["quarantine"]})
+    return [items_rep, events_rep], outputs
 
 
 def _log(track, reports: list[TableValidation], project: GxProject, report: dict) -> None:
@@ -124,4 +132,3 @@ def _log(track, reports: list[TableValidation], project: GxProject, report: dict
     if project.docs_index.is_file():
         track.artifact(project.docs_index.parent, "data_docs")
         track.tag("genrec.data_docs", Path(report["data_docs"]).resolve().as_uri())
-

@@ -21,15 +21,17 @@ from genrec import k8s_jobs, stage_outputs
 from genrec.cluster_config import default_gpu_image, default_image
 from genrec.config import PipelineConfig
 from genrec.data.schema import PSEUDO_EXPOSURES_FILE
+from genrec.data.tables import REF_SUFFIX
 
 # The stage command of each training stage, and its input options in order.
 # The inputs of the stages a launcher runs, in CLI order, and what a TrainJob's shared volume gets of each: the whole
-# folder (None) or only the files named (of ingest's folder, which holds the whole event log, align reads one side
-# table, when there is one).
+# folder (None) or only the files named (of ingest's folder align reads one side table, when there is one). Tables
+# stay where their stage wrote them (run.data_root, which the TrainJob's pods must reach): a folder holds their
+# references (genrec.data.tables).
 STAGES: dict[str, dict[str, tuple[str, ...] | None]] = {
     "train-sft": {"pages": None, "sids": None},
     "align": {"sft": None, "reward": None, "pages": None, "sids": None, "embeddings": None,
-              "raw": (PSEUDO_EXPOSURES_FILE,)},
+              "raw": (PSEUDO_EXPOSURES_FILE + REF_SUFFIX,)},
 }
 # The container of the torch-distributed runtime's pods (Kubeflow Trainer).
 TRAINER_CONTAINER = "node"

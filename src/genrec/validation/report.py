@@ -10,6 +10,11 @@ from __future__ import annotations
 import html
 
 
+def _engine(result: dict) -> str:
+    """Who evaluated a check: Great Expectations (table-level) or Spark (row rules, counted in one pass)."""
+    return "Spark" if result.get("checked_by") == "spark" else "Great Expectations"
+
+
 def report_markdown(stage: str, report: dict) -> str:
     verdict = "PASSED" if report["passed"] else "STOPPED"
     lines = [f"# {stage}: {verdict}", ""]
@@ -19,13 +24,15 @@ def report_markdown(stage: str, report: dict) -> str:
         lines += [f"## {table['table']}: {table['rows_in']:,} rows in, {table['rows_out']:,} out, "
                   f"{table['rows_quarantined']:,} quarantined", ""]
         lines += [f"- schema: {p}" for p in table["schema_problems"]]
-        lines += ["| expectation | level | result | unexpected rows | quarantined | share |", "|---|---|---|---|---|---|"]
+        lines += ["| check | level | checked by | result | unexpected rows | quarantined | share |",
+                  "|---|---|---|---|---|---|---|"]
         for r in table["results"]:
             unexpected = "" if r["unexpected_count"] is None else f"{r['unexpected_count']:,}"
             quarantined = table["quarantine_by_check"].get(r["name"], "")
             share = f"{quarantined / table['rows_in']:.2%}" if quarantined != "" and table["rows_in"] else ""
             result = "pass" if r["success"] else ("error: " + r["error"] if r["error"] else "FAIL")
-            lines.append(f"| {r['name']}: {r['description']} | {r['level']} | {result} | {unexpected} | {quarantined} | {share} |")
+            lines.append(f"| {r['name']}: {r['description']} | {r['level']} | {_engine(r)} | {result} | {unexpected} | "
+                         f"{quarantined} | {share} |")
         lines.append("")
         if table.get("automated_users"):
             lines += [f"Likely automated traffic: {table['rows_automated']:,} rows, by user (most first):", "",
@@ -70,11 +77,13 @@ def report_html(stage: str, report: dict) -> str:
             share = f"{quarantined / table['rows_in']:.2%}" if quarantined and table["rows_in"] else ""
             unexpected = "" if r["unexpected_count"] is None else f"{r['unexpected_count']:,}"
             rows.append(f"<tr><td>{esc(r['name'])}</td><td>{esc(r['description'])}</td><td>{r['level']}</td>"
+                        f"<td>{_engine(r)}</td>"
                         f"<td class='{'pass' if r['success'] else 'fail'}'>{esc(result)}</td>"
                         f"<td class='num'>{unexpected}</td>"
                         f"<td class='num{' quarantined' if quarantined else ''}'>{'' if quarantined is None else f'{quarantined:,}'}</td>"
                         f"<td class='num'>{share}</td></tr>")
-        parts.append("<table><tr><th>expectation</th><th>rule</th><th>level</th><th>result</th><th>unexpected rows</th>"
+        parts.append("<table><tr><th>check</th><th>rule</th><th>level</th><th>checked by</th><th>result</th>"
+                     "<th>unexpected rows</th>"
                      "<th>quarantined</th><th>share</th></tr>" + "".join(rows) + "</table>")
         if table.get("automated_users"):
             parts.append(f"<p>Likely automated traffic: {table['rows_automated']:,} rows, by user (most first):</p>"

@@ -1,16 +1,20 @@
-"""Runs checks through Great Expectations (results + Data Docs) and splits rows into clean and quarantined."""
+"""Runs checks through Great Expectations (results + Data Docs) and splits rows into clean and quarantined.
+
+Row-level validation runs on Spark (`validate_rows`): the rows with one flag per check are written once, Great
+Expectations validates that Spark DataFrame, one aggregation counts each check's failing rows, and the clean and the
+quarantined rows are written from it. Memory does not grow with the table. Table-level checks of small pandas
+tables (the SID table) go through `check_table`.
+"""
 
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-import numpy as np
 import pandas as pd
-import pyarrow as pa
-import pyarrow.compute as pc
 
 from genrec import stage_outputs
+from genrec.data import tables
 from genrec.validation.checks import Check
 
 
@@ -24,6 +28,7 @@ class CheckResult:
     element_count: int | None = None
     observed: str | None = None
     error: str | None = None
+    checked_by: str = "great_expectations"  # or "spark": a row rule counted in one pass (genrec.validation.checks)
 
 
 @dataclass
@@ -46,97 +51,6 @@ class TableValidation:
         return {**asdict(self), "rows_out": self.rows_out}
 
 
-# -- Arrow-level schema: exact types, before anything is converted -------------------------------------------
-
-
-@dataclass
-class Conformed:
-    """A table cast to the canonical schema (None when it cannot be), and per-row facts found on the way."""
-
-    table: pa.Table | None
-    problems: list[str]
-    utf8_ok: np.ndarray  # False: a binary text value did not decode as UTF-8 (it is null now)
-    finite: np.ndarray  # False: a numeric value was NaN or +-inf (null now where the column holds integers)
-
-
-def _non_finite(col: pa.ChunkedArray) -> np.ndarray:
-    """True where a floating-point value is NaN or +-inf (nulls are not: a missing value is allowed)."""
-    if not pa.types.is_floating(col.type):
-        return np.zeros(len(col), dtype=bool)
-    finite = pc.is_finite(col)
-    return ~np.asarray(finite.fill_null(True).to_numpy(zero_copy_only=False), dtype=bool)
-
-
-def conform(table: pa.Table, schema: pa.Schema, name: str, text_columns: tuple[str, ...] = ()) -> Conformed:
-    """Cast a table to the canonical schema where that loses nothing.
-
-    Binary text columns are decoded (undecodable values become null, the row is flagged in utf8_ok). NaN and +-inf
-    are a row-level fault, not a reason to refuse the table: they are flagged in `finite`, and where the column holds
-    integers (ids written as floats) they become null, since an integer cannot hold them.
-    """
-    problems = []
-    missing = [f.name for f in schema if f.name not in table.column_names]
-    for col in missing:
-        problems.append(f"{name}: required column '{col}' is missing (has: {', '.join(table.column_names) or 'none'})")
-    utf8_ok = np.ones(table.num_rows, dtype=bool)
-    finite = np.ones(table.num_rows, dtype=bool)
-    for f in schema:
-        if f.name in missing:
-            continue
-        col = table.column(f.name)
-        if (pa.types.is_integer(f.type) or pa.types.is_floating(f.type)) and pa.types.is_floating(col.type):
-            bad = _non_finite(col)
-            if bad.any():
-                finite &= ~bad
-                if pa.types.is_integer(f.type):
-                    col = pc.if_else(pa.array(bad), pa.scalar(None, col.type), col)
-        if f.name in text_columns and (pa.types.is_binary(col.type) or pa.types.is_large_binary(col.type)):
-            values = []
-            for i, raw in enumerate(col.to_pylist()):
-                try:
-                    values.append(None if raw is None else raw.decode("utf-8"))
-                except UnicodeDecodeError:
-                    values.append(None)
-                    utf8_ok[i] = False
-            col = pa.chunked_array([pa.array(values, pa.string())])
-        elif pa.types.is_timestamp(f.type) and pa.types.is_timestamp(col.type):
-            # Any unit; a naive timestamp is read as UTC (documented), a zoned one converted to UTC.
-            col = col.cast(pa.timestamp("us", tz=col.type.tz or "UTC")).cast(f.type)
-        elif col.type != f.type:
-            if pa.types.is_null(col.type):
-                col = pa.nulls(len(col), f.type)
-            else:
-                # Widening, and floats holding whole numbers (pandas writes nullable ids as float): a cast
-                # that would lose information fails below with a message naming the column.
-                ok_cast = (pa.types.is_integer(col.type) and pa.types.is_integer(f.type)) or \
-                          (pa.types.is_floating(col.type) and pa.types.is_integer(f.type)) or \
-                          (pa.types.is_integer(col.type) and pa.types.is_floating(f.type)) or \
-                          (pa.types.is_floating(col.type) and pa.types.is_floating(f.type)) or \
-                          (pa.types.is_large_string(col.type) and pa.types.is_string(f.type)) or \
-                          (pa.types.is_dictionary(col.type) and pa.types.is_string(f.type))
-                if not ok_cast:
-                    hint = " (set source.ts_unit and rerun ingest)" if f.name == "ts" else ""
-                    problems.append(f"{name}: column '{f.name}' has type {col.type}, expected {f.type}{hint}")
-                    continue
-                try:
-                    col = col.cast(f.type)
-                except (pa.ArrowInvalid, pa.ArrowNotImplementedError) as exc:
-                    problems.append(f"{name}: column '{f.name}' cannot be read as {f.type}: {exc}")
-                    continue
-        table = table.set_column(table.schema.get_field_index(f.name), f.name, col)
-    if problems:
-        return Conformed(None, problems, utf8_ok, finite)
-    # Nulls in required columns are a row-level fault (quarantined later), not a reason to refuse the table.
-    nullable = pa.schema([f.with_nullable(True) for f in schema])
-    return Conformed(table.select([f.name for f in schema]).cast(nullable), problems, utf8_ok, finite)
-
-
-def to_frame(table: pa.Table) -> pd.DataFrame:
-    """pandas frame with nullable integer dtypes (a null id stays an id column, not a float column)."""
-    mapping = {pa.int64(): pd.Int64Dtype(), pa.int32(): pd.Int32Dtype()}
-    return table.to_pandas(types_mapper=mapping.get)
-
-
 # -- Great Expectations ----------------------------------------------------------------------------------------
 
 
@@ -152,17 +66,26 @@ class GxProject:
         self.context = gx.get_context(mode="file", project_root_dir=str(root))
         self.context.variables.progress_bars = ProgressBarsConfig(globally=False, metric_calculations=False)
         self.context.variables.save()
-        self.source = self.context.data_sources.add_or_update_pandas("genrec")
+        self._sources = {}
 
-    def validate(self, df: pd.DataFrame, table: str, checks: list[Check], run_name: str | None = None) -> list[CheckResult]:
-        """Run the checks as one suite; the Data Docs list the run under `run_name` (the pipeline run)."""
+    def _source(self, kind: str):
+        if kind not in self._sources:
+            add = (self.context.data_sources.add_or_update_pandas if kind == "pandas"
+                   else self.context.data_sources.add_or_update_spark)
+            self._sources[kind] = add("genrec" if kind == "pandas" else "genrec_spark")
+        return self._sources[kind]
+
+    def validate(self, df, table: str, checks: list[Check], run_name: str | None = None) -> list[CheckResult]:
+        """Run the checks as one suite on a pandas or a Spark DataFrame; the Data Docs list the run under `run_name`
+        (the pipeline run)."""
         from great_expectations.core.run_identifier import RunIdentifier
 
         gx = self._gx
+        source = self._source("pandas" if isinstance(df, pd.DataFrame) else "spark")
         try:
-            asset = self.source.get_asset(table)
+            asset = source.get_asset(table)
         except LookupError:
-            asset = self.source.add_dataframe_asset(name=table)
+            asset = source.add_dataframe_asset(name=table)
         try:
             batch_def = asset.get_batch_definition("whole")
         except (KeyError, LookupError):
@@ -183,7 +106,7 @@ class GxProject:
                 res = r.result or {}
                 observed = res.get("observed_value")
                 err = r.exception_info.get("exception_message") if r.exception_info and r.exception_info.get("raised_exception") else None
-                out.append(CheckResult(check.name, check.description, "row" if check.bad_rows else "table", bool(r.success),
+                out.append(CheckResult(check.name, check.description, "table", bool(r.success),
                                        res.get("unexpected_count"), res.get("element_count"),
                                        None if observed is None else str(observed)[:200], err))
         return out
@@ -199,52 +122,84 @@ class GxProject:
 
 
 def check_table(project: GxProject, df: pd.DataFrame, table: str, checks: list[Check], report: TableValidation,
-                run_name: str | None = None) -> np.ndarray:
-    """Validate df with GE and return the quarantine mask (True: the row fails a row-level check)."""
+                run_name: str | None = None) -> None:
+    """Validate a small pandas table against table-level checks (the SID table): results into `report`."""
+    if any(c.bad_rows for c in checks):
+        raise ValueError(f"{table}: check_table runs table-level checks; row-level ones need validate_rows (Spark)")
     report.results = project.validate(df, table, checks, run_name)
-    defective = np.zeros(len(df), dtype=bool)
-    automated = np.zeros(len(df), dtype=bool)
-    failed = {r.name for r in report.results if not r.success}
-    for check in checks:
-        if check.bad_rows is None:
-            continue
-        report.quarantine_by_check[check.name] = 0  # every row-level check reports a count: stable metric names
-        if check.name not in failed:
-            continue
-        mask = np.asarray(check.bad_rows(df), dtype=bool)
-        report.quarantine_by_check[check.name] = int(mask.sum())
-        if check.automated:
-            automated |= mask
-        else:
-            defective |= mask
-    bad = defective | automated
-    report.rows_quarantined, report.rows_defective, report.rows_automated = int(bad.sum()), int(defective.sum()), int(automated.sum())
-    if automated.any() and "user_id" in df.columns:
-        report.automated_users = automated_users(df[automated])
-    return bad
 
 
-def automated_users(rows: pd.DataFrame, top: int = 50) -> list[dict]:
-    """Who is behind the traffic quarantined as automated: per user, events, requests and days, most events first."""
-    per_user = rows.groupby("user_id", dropna=False).agg(events=("user_id", "size"),
-                                                         requests=("request_id", "nunique"),
-                                                         days=("ts", lambda t: t.dt.floor("D").nunique()))
-    per_user = per_user.sort_values("events", ascending=False).head(top).reset_index()
-    return [{"user_id": None if pd.isna(r.user_id) else int(r.user_id), "events": int(r.events),
-             "requests": int(r.requests), "days": int(r.days)} for r in per_user.itertuples()]
+def validate_rows(project: GxProject, df, table: str, checks: list[Check], report: TableValidation, data: str,
+                  name: str, columns: list[str], run_name: str | None = None,
+                  partition_by: tuple[str, ...] = ()) -> dict[str, str]:
+    """Validate a Spark DataFrame (with the derived columns its checks read) and split it: rows that fail a row-level
+    check, with every column and a `quarantine_reason` naming each check they fail, go to <data>/quarantine/<name>;
+    the others, with `columns`, to <data>/<name> (hive-partitioned by `partition_by`). Table-level checks run through
+    Great Expectations. Results and
+    counts go into `report`; returns the two tables' URIs.
 
-
-def quarantine_frame(df: pd.DataFrame, bad: np.ndarray, checks: list[Check]) -> pd.DataFrame:
-    """The quarantined rows with a `quarantine_reason` column naming every check each row failed.
-
-    Masks are evaluated on the whole table: some rules (duplicates, one user per request) depend on other rows.
+    Three passes over the table, each holding a partition at a time: the quarantine is written (the failing rows;
+    every count is then an aggregation of that small table), GE reads the columns of the table-level checks, the
+    clean rows are written.
     """
-    reasons = np.full(len(df), "", dtype=object)
-    for check in checks:
-        if check.bad_rows is None or not bad.any():
-            continue
-        mask = np.asarray(check.bad_rows(df), dtype=bool) & bad
-        reasons[mask] = [f"{r},{check.name}" if r else check.name for r in reasons[mask]]
-    rows = df[bad].copy()
-    rows["quarantine_reason"] = reasons[bad]
-    return rows
+    from pyspark.sql import functions as F
+
+    spark = df.sparkSession
+    row_checks = [c for c in checks if c.bad_rows is not None]
+    table_checks = [c for c in checks if c.expectation is not None]
+
+    rules = {c.name: F.coalesce(c.bad_rows(), F.lit(False)) for c in row_checks}  # built once: each is JVM calls
+
+    def fails(check):
+        return rules[check.name]
+
+    bad = _any([fails(c) for c in row_checks])
+    clean_uri, quarantine_uri = tables.join(data, name), tables.join(data, "quarantine", name)
+    reason = F.concat_ws(",", *[F.when(fails(c), F.lit(c.name)) for c in row_checks])
+    df.where(bad).withColumn("quarantine_reason", reason).write.mode("overwrite").parquet(tables.spark_uri(quarantine_uri))
+
+    quarantined = spark.read.parquet(tables.spark_uri(quarantine_uri))
+    defective = _any([fails(c) for c in row_checks if not c.automated])
+    automated = _any([fails(c) for c in row_checks if c.automated])
+    counts = quarantined.agg(F.count(F.lit(1)).alias("_bad"), F.sum(defective.cast("long")).alias("_defective"),
+                             F.sum(automated.cast("long")).alias("_automated"),
+                             *[F.sum(fails(c).cast("long")).alias(c.name) for c in row_checks]).collect()[0]
+    report.quarantine_by_check = {c.name: int(counts[c.name] or 0) for c in row_checks}
+    report.rows_quarantined = int(counts["_bad"])
+    report.rows_defective, report.rows_automated = int(counts["_defective"] or 0), int(counts["_automated"] or 0)
+    if report.rows_automated and "user_id" in df.columns:
+        report.automated_users = automated_users(quarantined.where(automated))
+
+    needed = sorted({c.expectation.column for c in table_checks if getattr(c.expectation, "column", None)})
+    ge = project.validate(df.select(*(needed or df.columns[:1])), table, table_checks, run_name) if table_checks else []
+    spark_results = [CheckResult(c.name, c.description, "row", report.quarantine_by_check[c.name] == 0,
+                                 report.quarantine_by_check[c.name], report.rows_in, checked_by="spark")
+                     for c in row_checks]
+    report.results = ge + spark_results
+
+    df.where(~bad).select(*columns).write.mode("overwrite").partitionBy(*partition_by).parquet(
+        tables.spark_uri(clean_uri))
+    spark.catalog.clearCache()  # the small aggregates the derived columns kept (checks.mark_first and the like)
+    return {"clean": clean_uri, "quarantine": quarantine_uri}
+
+
+def _any(flags: list):
+    from pyspark.sql import functions as F
+
+    out = F.lit(False)
+    for flag in flags:
+        out = out | flag
+    return out
+
+
+def automated_users(rows, top: int = 50) -> list[dict]:
+    """Who is behind the traffic quarantined as automated: per user, events, requests and days, most events first
+    (rows: a Spark DataFrame of events)."""
+    from pyspark.sql import functions as F
+
+    per_user = (rows.groupBy("user_id")
+                .agg(F.count(F.lit(1)).alias("events"), F.countDistinct("request_id").alias("requests"),
+                     F.countDistinct(F.date_trunc("day", "ts")).alias("days"))
+                .orderBy(F.col("events").desc(), F.col("user_id").asc_nulls_last()).limit(top).collect())
+    return [{"user_id": None if r["user_id"] is None else int(r["user_id"]), "events": int(r["events"]),
+             "requests": int(r["requests"]), "days": int(r["days"])} for r in per_user]
