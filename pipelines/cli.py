@@ -14,6 +14,7 @@ import typer
 from components import DEFAULT_GPU_IMAGE, DEFAULT_IMAGE, Images
 from genrec import tracking
 from genrec.cli import ConfigOpt, OverridesArg, friendly, resolve_config
+from genrec.data import tables
 from genrec.cli import app as stage_app
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, rich_markup_mode=None, pretty_exceptions_enable=False,
@@ -56,6 +57,7 @@ def run(config: Optional[Path] = ConfigOpt,
     typer.echo("")
     typer.echo(f"pipeline {'succeeded' if result.succeeded else 'FAILED'} in {elapsed:.0f} s")
     typer.echo(f"outputs:    {result.pipeline_root}")
+    typer.echo(f"tables:     {tables.join(tables.data_root(cfg), run_id)}")
     table = result.metrics_table()
     if table:
         typer.echo("")

@@ -84,21 +84,26 @@ def build_pipeline(cfg: PipelineConfig, images: Images, on_kubernetes: bool = Tr
         finish = c["finish_run"](**common).set_display_name("finish-run")
         with dsl.ExitHandler(finish, name="genrec-stages"):
             raw = c["ingest"](**common).set_display_name("ingest")
-            validated = c["validate_events"](raw=raw.outputs["raw"], **common).set_display_name("validate-events")
-            sessionized = c["sessionize"](validated=validated.outputs["validated"], **common).set_display_name("sessionize")
-            pages = c["validate_pages"](sessionized=sessionized.outputs["sessionized"], **common).set_display_name("validate-pages")
-            embedded = c["embed_items"](raw=raw.outputs["raw"], validated=validated.outputs["validated"],
-                                        pages=pages.outputs["pages"], **common).set_display_name("embed-items")
-            sids = c["assign_sids"](embeddings=embedded.outputs["embeddings"], validated=validated.outputs["validated"],
+            # The data stages hand each other their tables' references as a string (genrec.data.tables.handoff):
+            # no task downloads a table; each reads what it needs where its producer wrote it (run.data_root).
+            raw_tables = raw.outputs["Output"]
+            validated = c["validate_events"](raw=raw_tables, **common).set_display_name("validate-events")
+            validated_tables = validated.outputs["Output"]
+            sessionized = c["sessionize"](validated=validated_tables, **common).set_display_name("sessionize")
+            pages = c["validate_pages"](sessionized=sessionized.outputs["Output"], **common).set_display_name("validate-pages")
+            page_tables = pages.outputs["Output"]
+            embedded = c["embed_items"](raw=raw_tables, validated=validated_tables, pages=page_tables,
+                                        **common).set_display_name("embed-items")
+            sids = c["assign_sids"](embeddings=embedded.outputs["embeddings"], validated=validated_tables,
                                     **common).set_display_name("assign-sids")
-            trained = c["train_sft"](pages=pages.outputs["pages"], sids=sids.outputs["sids"], **common).set_display_name("train-sft")
-            rewarded = c["train_reward"](pages=pages.outputs["pages"], sids=sids.outputs["sids"], raw=raw.outputs["raw"],
+            trained = c["train_sft"](pages=page_tables, sids=sids.outputs["sids"], **common).set_display_name("train-sft")
+            rewarded = c["train_reward"](pages=page_tables, sids=sids.outputs["sids"], raw=raw_tables,
                                          **common).set_display_name("train-reward")
-            aligned = c["align"](sft=trained.outputs["model"], reward=rewarded.outputs["reward"], pages=pages.outputs["pages"],
+            aligned = c["align"](sft=trained.outputs["model"], reward=rewarded.outputs["reward"], pages=page_tables,
                                  sids=sids.outputs["sids"], embeddings=embedded.outputs["embeddings"],
-                                 raw=raw.outputs["raw"], **common).set_display_name("align")
+                                 raw=raw_tables, **common).set_display_name("align")
             evaluated = c["evaluate"](model=aligned.outputs["model"], sft=trained.outputs["model"],
-                                      reward=rewarded.outputs["reward"], raw=raw.outputs["raw"], pages=pages.outputs["pages"],
+                                      reward=rewarded.outputs["reward"], raw=raw_tables, pages=page_tables,
                                       sids=sids.outputs["sids"], **common).set_display_name("evaluate")
             gated = c["gate_and_register"](evaluation=evaluated.outputs["evaluation"], model=aligned.outputs["model"],
                                            sids=sids.outputs["sids"], **common).set_display_name("gate-and-register")

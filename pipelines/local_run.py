@@ -21,6 +21,7 @@ from typing import TextIO
 
 from components import Images
 from genrec.config import PipelineConfig
+from genrec.data import tables
 from genrec.data.io import is_object_store
 from genrec.errors import ConfigError
 from genrec.tracking_server import is_server, tracking_uri
@@ -119,7 +120,8 @@ def run_local(cfg: PipelineConfig, pipeline_run_id: str, runner: str = "subproce
     """Run the whole pipeline locally; task outputs land under <work_dir>/kfp/<pipeline_run_id>/.
 
     runner "docker" runs each task in `images` (built by `make image`) with host networking, so the tasks reach an
-    MLflow server on this machine; it mounts only the pipeline root, so tracking must go to a server. Callers run
+    MLflow server on this machine; it mounts the pipeline root and this run's folder of run.data_root (at the same
+    paths, so the tables' references hold inside the containers), so tracking must go to a server. Callers run
     `check_runner` first (the CLI does, before it creates the MLflow parent run).
     """
     from kfp import local
@@ -129,7 +131,7 @@ def run_local(cfg: PipelineConfig, pipeline_run_id: str, runner: str = "subproce
     root = Path(cfg.run.work_dir).resolve() / "kfp" / pipeline_run_id
     root.mkdir(parents=True, exist_ok=True)
     if runner == "docker":
-        kfp_runner, patch = _docker_runner(root)
+        kfp_runner, patch = _docker_runner(root, tables.join(tables.data_root(cfg), pipeline_run_id))
     else:
         kfp_runner, patch = local.SubprocessRunner(use_venv=False), contextlib.nullcontext()
     local.init(runner=kfp_runner, pipeline_root=str(root), raise_on_error=True)
@@ -161,24 +163,31 @@ def check_runner(cfg: PipelineConfig, runner: str) -> None:
                           f"({cfg.source.path}): run this source with the subprocess runner, put its files in the image, or read them from an object store (s3://)")
 
 
-def _docker_runner(root: Path):
-    """kfp.local's DockerRunner for this machine: host network, the image's own user, no image pulls.
+def _docker_runner(root: Path, data: str):
+    """kfp.local's DockerRunner for this machine: host network, the image's own user, no image pulls, and the run's
+    data folder (a local run.data_root) mounted at its own path.
 
     The containers run as the image's UID 10001, as pods do: under the caller's UID (no passwd entry in the image)
-    Spark's Hadoop login fails. The run folder is made writable for it, so its files belong to UID 10001.
+    Spark's Hadoop login fails. The run and data folders are made writable for it, so their files belong to UID 10001.
     """
     from kfp import local
 
     root.chmod(0o777)
-    return local.DockerRunner(network_mode="host"), _exit_status_fix()
+    mounts = {}
+    if not is_object_store(data):
+        Path(data).mkdir(parents=True, exist_ok=True)
+        Path(data).chmod(0o777)
+        mounts[data] = {"bind": data, "mode": "rw"}
+    return local.DockerRunner(network_mode="host"), _exit_status_fix(mounts)
 
 
 @contextlib.contextmanager
-def _exit_status_fix():
+def _exit_status_fix(mounts: dict):
     """kfp 2.17's DockerRunner starts containers with auto_remove=True and reads the exit code after the container is
     gone, which it takes for 0: a failed task counts as SUCCESS and the pipeline runs on (kubeflow/pipelines#13332,
     unfixed in 2.17). For the run only, use a container runner that keeps the container until its status is read,
-    and that fails with a clear message instead of pulling an image that is not here."""
+    mounts `mounts` besides the pipeline root, and fails with a clear message instead of pulling an image that is
+    not here."""
     import docker
     from kfp.local import docker_task_handler
 
@@ -190,7 +199,7 @@ def _exit_status_fix():
             raise RuntimeError(f"image {image} is not on this machine: build it (make image) or pass --image") from None
         environment = {**{k: os.environ[k] for k in CONTAINER_ENV if k in os.environ}, **run_args.pop("environment", {})}
         container = client.containers.run(image=image, command=command, detach=True, stdout=True, stderr=True,
-                                          volumes=volumes, environment=environment, **run_args)
+                                          volumes={**volumes, **mounts}, environment=environment, **run_args)
         try:
             for line in container.logs(stream=True):
                 print(line.decode(), end="")
