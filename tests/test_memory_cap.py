@@ -1,4 +1,4 @@
-"""A data stage under a memory cap that holding its table would break: ingest of a 10M-event parquet source, run as
+"""A data stage under a memory cap that holding its table would break: ingest of a 12M-event parquet source, run as
 its task runs it (`genrec ingest`), with its whole process tree watched and killed above the cap. The cap is below
 the table's own size in memory, so whole-table code (what ingest was) cannot pass; streaming code does."""
 
@@ -14,8 +14,8 @@ from genrec.data import tables
 from genrec.data.schema import EVENTS_SCHEMA, ITEMS_SCHEMA
 from genrec.memory import PeakMemory
 
-N_EVENTS = 10_000_000
-CAP_MIB = 700
+N_EVENTS = 12_000_000
+CAP_MIB = 560
 
 
 def _write_source(root) -> int:

@@ -109,10 +109,15 @@ def scan_parquet(path: str | Path, missing_hint: str, batch_rows: int = 262_144)
         raise InputDataError(f"{path}: not a readable {kind}: {exc}") from None
 
     def batches():
-        try:
-            yield from dataset.to_batches(batch_size=batch_rows, batch_readahead=1, fragment_readahead=1)
-        except (pa.ArrowInvalid, OSError) as exc:
-            raise InputDataError(f"{path}: not a readable {kind}: {exc}") from None
+        # File by file rather than dataset.to_batches: the dataset scanner reads ahead of a slow consumer (a
+        # writer) by hundreds of MB whatever its readahead settings; one ParquetFile holds one row group.
+        for part in dataset.files:
+            try:
+                with store.open_input_file(part) as f:
+                    yield from pq.ParquetFile(f).iter_batches(batch_size=batch_rows)
+            except (pa.ArrowInvalid, OSError) as exc:
+                where = path if part == key else f"{path} ({part.rsplit('/', 1)[-1]})"
+                raise InputDataError(f"{where}: not a readable {kind}: {exc}") from None
 
     return schema, batches()
 

@@ -76,6 +76,7 @@ def run_assign_sids(cfg: PipelineConfig, embeddings_dir: str | Path, validated_d
         rep = TableValidation("sid_table", len(x))
         check_table(project, table.to_pandas(), "sid_table", C.sid_checks(len(items), sizes), rep, pipeline_run_id)
         reasons = gate_reasons([rep], 0.0)
+        project.publish_docs(stopped=bool(reasons))
         report["sid_table_valid"] = not reasons
         (out_dir / "report.json").write_text(json.dumps(report, indent=2))
         (out_dir / "report.md").write_text("# assign-sids\n\n| figure | value |\n|---|---|\n" + "".join(

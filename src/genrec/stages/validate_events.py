@@ -71,7 +71,7 @@ def run_validate_events(cfg: PipelineConfig, ingest_dir: str | Path, out_dir: st
         report = {"passed": not reasons, "reasons": reasons, "tables": [r.as_dict() for r in reports],
                   "quarantine": {name: refs[f"quarantine/{name}"].uri for name in (ITEMS_FILE, EVENTS_FILE)
                                  if f"quarantine/{name}" in refs},
-                  "data_docs": str(project.docs_path(stopped=bool(reasons)))}
+                  "data_docs": str(project.publish_docs(stopped=bool(reasons)))}
         (out_dir / "report.json").write_text(json.dumps(report, indent=2, default=str))
         (out_dir / "report.md").write_text(report_markdown("validate-events", report))
         (out_dir / "report.html").write_text(report_html("validate-events", report))

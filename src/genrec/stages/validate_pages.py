@@ -58,7 +58,7 @@ def run_validate_pages(cfg: PipelineConfig, sessionized_dir: str | Path, out_dir
         splits = {key.split("=", 1)[1]: n for key, n in sorted(refs["pages"].rows_by_partition.items())}
         report = {"passed": not reasons, "reasons": reasons, "tables": [rep.as_dict()], "pages_per_split": splits,
                   "quarantine": {"pages": refs["quarantine/pages"].uri},
-                  "data_docs": str(project.docs_path(stopped=bool(reasons)))}
+                  "data_docs": str(project.publish_docs(stopped=bool(reasons)))}
         (out_dir / "report.json").write_text(json.dumps(report, indent=2, default=str))
         (out_dir / "report.md").write_text(report_markdown("validate-pages", report))
         (out_dir / "report.html").write_text(report_html("validate-pages", report))

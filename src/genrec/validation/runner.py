@@ -93,9 +93,9 @@ class GxProject:
         suite = gx.ExpectationSuite(name=table, expectations=[c.expectation for c in checks])
         suite = self.context.suites.add_or_update(suite)
         vd = self.context.validation_definitions.add_or_update(gx.ValidationDefinition(name=f"{table}_validation", data=batch_def, suite=suite))
+        # No Data Docs action: the site is built once per stage (publish_docs), not once per table.
         cp = self.context.checkpoints.add_or_update(gx.Checkpoint(
-            name=f"{table}_checkpoint", validation_definitions=[vd],
-            actions=[gx.checkpoint.UpdateDataDocsAction(name="update_data_docs")],
+            name=f"{table}_checkpoint", validation_definitions=[vd], actions=[],
             result_format={"result_format": "SUMMARY"}))
         result = cp.run(batch_parameters={"dataframe": df}, run_id=RunIdentifier(run_name=run_name))
         by_name = {c.name: c for c in checks}
@@ -115,9 +115,11 @@ class GxProject:
     def docs_index(self) -> Path:
         return Path(self.context.root_directory) / "uncommitted" / "data_docs" / "local_site" / "index.html"
 
-    def docs_path(self, stopped: bool) -> Path:
-        """Where a reader finds the Data Docs: in the stage's output folder once it completes, or, when the stage
-        stops, in the work folder it stopped in (stage_outputs)."""
+    def publish_docs(self, stopped: bool) -> Path:
+        """Build the Data Docs site from every validation of this project; returns where a reader finds it: in the
+        stage's output folder once it completes, or, when the stage stops, in the work folder it stopped in
+        (stage_outputs)."""
+        self.context.build_data_docs()
         return self.docs_index if stopped else stage_outputs.final_path(self.docs_index)
 
 
@@ -135,8 +137,7 @@ def validate_rows(project: GxProject, df, table: str, checks: list[Check], repor
     """Validate a Spark DataFrame (with the derived columns its checks read) and split it: rows that fail a row-level
     check, with every column and a `quarantine_reason` naming each check they fail, go to <data>/quarantine/<name>;
     the others, with `columns`, to <data>/<name> (hive-partitioned by `partition_by`). Table-level checks run through
-    Great Expectations. Results and
-    counts go into `report`; returns the two tables' URIs.
+    Great Expectations. Results and counts go into `report`; returns the two tables' URIs.
 
     Three passes over the table, each holding a partition at a time: the quarantine is written (the failing rows;
     every count is then an aggregation of that small table), GE reads the columns of the table-level checks, the
