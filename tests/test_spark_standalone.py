@@ -92,16 +92,34 @@ def _data_stages(raw: Path, work: Path, master: str, run_id: str) -> Path:
     return work
 
 
+def _data_stages_in_process(raw: Path, work: Path, spark, run_id: str) -> Path:
+    """The same three stages in local mode, called in this process on the suite's Spark session: the reference the
+    cluster's output is compared with (the stage processes themselves are the cluster half's business)."""
+    from genrec.config import load_config
+    from genrec.stages.sessionize import run_sessionize
+    from genrec.stages.validate_events import run_validate_events
+    from genrec.stages.validate_pages import run_validate_pages
+
+    cfg = load_config(None, [f"run.work_dir={work}", "run.experiment=tests", *SIM])
+    run_validate_events(cfg, raw, work / "validated", run_id, spark=spark)
+    run_sessionize(cfg, work / "validated", work / "sessionized", run_id, spark=spark)
+    run_validate_pages(cfg, work / "sessionized", work / "pages", run_id, spark=spark)
+    return work
+
+
 def _sorted(table: pa.Table, *keys: str) -> pa.Table:
     return table.sort_by([(k, "ascending") for k in keys]).select(sorted(table.column_names))
 
 
-def test_data_stages_on_a_standalone_cluster_equal_local_mode(cluster, tmp_path, mlflow_server):
+def test_data_stages_on_a_standalone_cluster_equal_local_mode(cluster, tmp_path, mlflow_server, spark):
     url, master_log = cluster
     raw = tmp_path / "raw"
-    _stage("ingest", "--out", str(raw), "--pipeline-run-id", "shared", work=tmp_path)
+    from genrec.config import load_config
+    from genrec.stages.ingest import run_ingest
+
+    run_ingest(load_config(None, [f"run.work_dir={tmp_path}", "run.experiment=tests", *SIM]), raw, "shared")
     on_cluster = _data_stages(raw, tmp_path / "cluster", url, "on-cluster")
-    local = _data_stages(raw, tmp_path / "local", "local[2]", "local")
+    local = _data_stages_in_process(raw, tmp_path / "local", spark, "local")
 
     report = json.loads((on_cluster / "sessionized" / "report.json").read_text())
     assert report["spark_master"] == url
