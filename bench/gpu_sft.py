@@ -40,7 +40,8 @@ from genrec.data.io import read_split_pages
 from genrec.eval.baselines import popularity_ranking
 from genrec.eval.metrics import hallucination_rate, ranking_metrics
 from genrec.model.vocab import SidMap
-from genrec.stages.evaluate import generate, test_requests
+from genrec.eval.requests import sample_requests
+from genrec.stages.evaluate import generate
 from genrec.stages.train_sft import loop_config, prepare_training, train_model
 from genrec.train.deepspeed_loop import init_distributed
 
@@ -115,8 +116,8 @@ def quality(args) -> dict:
 
     model = GenRecModel.load(model_dir).to("cuda" if torch.cuda.is_available() else "cpu")
     e = cfg.eval
-    histories, truths, counts, _ = test_requests(read_split_pages(args.pages, "test"), e.truth_types,
-                                                 cfg.model.max_history, e.max_requests, cfg.run.seed)
+    histories, truths, counts, _ = sample_requests(args.pages, "test", e.truth_types, cfg.model.max_history,
+                                                   e.max_requests, cfg.run.seed)
     t = time.perf_counter()
     ranked, _ = generate(model, sid_map, histories, e.beam_width, True, e.batch_size)
     free, _ = generate(model, sid_map, histories, e.beam_width, False, e.batch_size)

@@ -25,7 +25,7 @@ from genrec.eval.baselines import sasrec_rank, train_sasrec, user_sequences
 from genrec.eval.bert4rec import bert4rec_rank, train_bert4rec
 from genrec.eval.metrics import ranking_metrics
 from genrec.model.vocab import SidMap
-from genrec.stages.evaluate import test_requests
+from genrec.eval.requests import sample_requests
 
 
 def main() -> None:
@@ -44,8 +44,8 @@ def main() -> None:
     train, rank = (train_sasrec, sasrec_rank) if args.model == "sasrec" else (train_bert4rec, bert4rec_rank)
     sid_map = SidMap.load(args.sids)
     e = cfg.eval
-    histories, truths, counts, _ = test_requests(read_split_pages(args.pages, "test"), e.truth_types,
-                                                 cfg.model.max_history, e.max_requests, cfg.run.seed)
+    histories, truths, counts, _ = sample_requests(args.pages, "test", e.truth_types, cfg.model.max_history,
+                                                   e.max_requests, cfg.run.seed)
     row_of = {int(i): r + 1 for r, i in enumerate(sid_map.item_ids)}  # as the evaluate stage: 1-based rows
     rows_of_histories = [[row_of[i] for i in h] for h in histories]
     sequences = user_sequences(read_split_pages(args.pages, "train"), row_of)

@@ -27,13 +27,13 @@ import numpy as np
 import torch
 
 from genrec.config import load_config
-from genrec.data.io import read_split_pages
 from genrec.eval.metrics import hallucination_rate, ranking_metrics
 from genrec.model.beam_search import left_pad_prompts
 from genrec.model.genrec_model import GenRecModel, catalog_buckets, item_bucket
 from genrec.model.item_softmax import item_softmax_logprobs, rerank_with_item_softmax
 from genrec.model.vocab import SidMap
-from genrec.stages.evaluate import generate, test_requests
+from genrec.eval.requests import sample_requests
+from genrec.stages.evaluate import generate
 
 
 def load_scored_model(path: Path, template: Path | None) -> GenRecModel:
@@ -83,8 +83,8 @@ def main() -> None:
     stages = Path(cfg.run.work_dir) / "stages"
     sid_map = SidMap.load(stages / "sids")
     e = cfg.eval
-    histories, truths, counts, _ = test_requests(read_split_pages(stages / "pages", "valid"), e.truth_types,
-                                                 cfg.model.max_history, e.max_requests, cfg.run.seed)
+    histories, truths, counts, _ = sample_requests(stages / "pages", "valid", e.truth_types, cfg.model.max_history,
+                                                   e.max_requests, cfg.run.seed)
     print(f"validation requests: {counts}", flush=True)
     torch.set_grad_enabled(False)
     for name in args.model:

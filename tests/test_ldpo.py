@@ -152,9 +152,25 @@ def test_a_page_ranks_its_pseudo_exposures_last_and_samples_negatives_only_witho
     assert ref_train.report["reference"] is True
 
 
-def test_a_prompt_subset_is_seeded_and_keeps_order():
-    from genrec.align.training import prompt_subset
+def test_prompt_pages_are_the_usable_pages_a_seeded_sample_in_time_order():
+    import pandas as pd
 
-    a = prompt_subset(list(range(100)), 7, seed=3)
-    assert len(a) == 7 and a == sorted(set(a)) and a == prompt_subset(list(range(100)), 7, seed=3)
-    assert prompt_subset(list(range(5)), 0, seed=3) == list(range(5)) == prompt_subset(list(range(5)), 9, seed=3)
+    from genrec.align.training import prompt_pages
+
+    ts = pd.Timestamp("2026-10-01", tz="UTC")
+    pages = pd.DataFrame({
+        "page_id": [f"p{i}" for i in range(60)], "user_id": [i % 6 for i in range(60)],
+        "page_start": [ts + pd.Timedelta(minutes=(37 * i) % 60) for i in range(60)],
+        "history_items": [[] if i % 10 == 0 else [1, 2] for i in range(60)],
+        "ordered_items": [[] for _ in range(60)], "carted_items": [[] for _ in range(60)],
+        "clicked_items": [[3] if i % 3 == 0 else [] for i in range(60)], "exposed_items": [[4] for _ in range(60)]})
+    usable = lambda groups: {f"p{i}" for i in range(60) if i % 10 and (i % 3 == 0 or "expose" in groups)}  # noqa: E731
+    batches = lambda: (pages.iloc[lo:lo + 7] for lo in range(0, 60, 7))  # noqa: E731
+    every, read = prompt_pages(batches(), ["order", "cart", "click"], 0, seed=3)
+    assert read == 60 and set(every["page_id"]) == usable(["click"])  # GRPO-SR: an engaged item
+    assert set(prompt_pages(batches(), ["order", "cart", "click", "expose"], 0, 3)[0]["page_id"]) == usable(["expose"])
+    a, _ = prompt_pages(batches(), ["click"], 7, seed=3)
+    b, _ = prompt_pages([pages.iloc[::-1]], ["click"], 7, seed=3)  # another layout, the same sample
+    assert len(a) == 7 and a["page_id"].tolist() == b["page_id"].tolist() and set(a["page_id"]) < usable(["click"])
+    assert a["page_start"].is_monotonic_increasing
+    assert set(prompt_pages(batches(), ["click"], 7, seed=4)[0]["page_id"]) != set(a["page_id"])

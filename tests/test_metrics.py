@@ -76,6 +76,9 @@ def test_popularity_counts_positive_interactions_only():
                           "clicked_items": [[2, 3], [2, 1], [1, 4]], "exposed_items": [[9, 9, 9], [9], [9]]})
     # per page an item counts once (3 in page 1 is ordered and clicked); ties go to the smaller id; 9 is only exposed
     assert popularity_ranking(pages, 5).tolist() == [1, 2, 3, 4]
+    # the same counts when the pages stream past a batch at a time, in any order
+    ids, counts = popularity_ranking((pages.iloc[[i]] for i in (2, 0, 1)), 5, with_counts=True)
+    assert ids.tolist() == [1, 2, 3, 4] and counts.tolist() == [2, 2, 2, 1]
 
 
 def test_sasrec_sequences_are_the_last_training_page_history_plus_its_positives():
@@ -87,6 +90,8 @@ def test_sasrec_sequences_are_the_last_training_page_history_plus_its_positives(
                           "clicked_items": [[10], [11], [], [12]], "exposed_items": [[5], [6], [7], [8]]})
     # user 1: page c has no positive, so b is the last one; rows are 1-based positions in the catalog
     assert user_sequences(pages, {10: 1, 11: 2, 12: 3}) == [[1, 2], [1, 3]]
+    # streamed a page at a time, latest first: the latest page with a positive still wins
+    assert user_sequences((pages.iloc[[i]] for i in (3, 2, 1, 0)), {10: 1, 11: 2, 12: 3}) == [[1, 2], [1, 3]]
 
 
 def test_untrained_sasrec_scores_the_catalog_near_uniformly_and_learns_a_successor_rule():

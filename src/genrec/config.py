@@ -364,7 +364,10 @@ class EvalConfig(_Section):
     truth_types: list[ItemGroup] = Field(["order", "cart", "click"], min_length=1,
                                          description="Which of a test page's item groups count as true items.")
     batch_size: int = Field(64, gt=0, description="Requests per beam-search batch.")
-    max_requests: int = Field(0, ge=0, description="Evaluate at most this many test requests, a seeded subset (0: all).")
+    max_requests: int = Field(
+        100_000, ge=0, description="Score at most this many requests per split (test and validation): a seeded sample "
+        "drawn while the pages stream past, so memory does not grow with the days (0: every request; memory then grows "
+        "with them).")
     baselines: list[Literal["popularity", "sasrec", "bert4rec"]] = Field(
         ["popularity", "sasrec"], description="Baselines trained and evaluated on the same split and requests.")
     select_metric: str = Field("ndcg@10", pattern=r"^(hr|ndcg|recall)@[1-9][0-9]*$",
@@ -482,7 +485,8 @@ class AlignConfig(_Section):
     prompts_per_step: int = Field(8, gt=0, description="Prompts per process per micro-batch (each gets G rollouts).")
     grad_accum: int = Field(1, gt=0, description="Micro-batches per optimizer step.")
     max_steps: int = Field(200, gt=0, description="Optimizer steps.")
-    max_prompts: int = Field(0, ge=0, description="Use at most this many training pages as prompts, a seeded subset (0: all).")
+    max_prompts: int = Field(100_000, ge=0, description="Use at most this many training pages as prompts, a seeded "
+                             "sample drawn as the pages stream past (memory holds the sample; 0: every usable page).")
     lr: float = Field(3e-5, gt=0, description="Peak AdamW learning rate (on the simulator, 3e-4 collapsed the policy onto "
                                               "a few items within 150 steps).")
     weight_decay: float = Field(0.0, ge=0, description="AdamW weight decay.")

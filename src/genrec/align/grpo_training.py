@@ -16,7 +16,7 @@ import torch
 from genrec.align.grpo_loss import engaged_items_nll, grpo_sr_loss, rollout_batch, token_logprobs
 from genrec.align.rewards import ItemEmbeddings, group_advantages, hybrid_rewards
 from genrec.align.rollouts import sample_rollouts
-from genrec.align.training import AlignTraining, prompt_subset
+from genrec.align.training import AlignTraining
 from genrec.config import PipelineConfig
 from genrec.errors import InputDataError
 from genrec.model.beam_search import PrefixMasks
@@ -54,7 +54,6 @@ def grpo_sr_training(cfg: PipelineConfig, policy: GenRecModel, pages: pd.DataFra
     embeddings = ItemEmbeddings(np.load(emb_ids), np.load(emb_vec))
 
     samples, counts = build_samples(pages, "page", ENGAGED, cfg.model.max_history, cfg.sft.max_target_items)
-    samples = prompt_subset(samples, a.max_prompts, cfg.run.seed)
     if not samples:
         raise InputDataError(f"{pages_dir / 'pages'}: no training page has both a history and an engaged item "
                              f"({counts.pages} pages): GRPO-SR has no prompt")

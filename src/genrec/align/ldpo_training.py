@@ -19,7 +19,7 @@ import torch
 from genrec.align.ldpo import (NEGATIVE_LEVEL, PSEUDO_LEVEL, isolated_items_batch, item_states, item_token_logprobs,
                                ldpo_loss, lower_pairs, ntp_loss, preference_pages, pseudo_exposures, rank_head_loss,
                                sample_negatives)
-from genrec.align.training import AlignTraining, prompt_subset
+from genrec.align.training import AlignTraining
 from genrec.config import PipelineConfig
 from genrec.data import tables
 from genrec.data.io import read_parquet
@@ -50,7 +50,6 @@ def ldpo_training(cfg: PipelineConfig, policy: GenRecModel, pages: pd.DataFrame,
         if len(bad):
             quarantined[PSEUDO_EXPOSURES_FILE] = bad
     prefs, counts = preference_pages(pages, cfg.model.max_history, lc.max_items, pseudo)
-    prefs = prompt_subset(prefs, a.max_prompts, cfg.run.seed)
     if not prefs:
         raise InputDataError(f"{pages_dir / 'pages'}: no training page has both a history and a logged item "
                              f"({counts.pages} pages): LDPO has nothing to rank")

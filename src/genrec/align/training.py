@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Callable
 
 import numpy as np
 import pandas as pd
+
+from genrec.data.page_sample import sample_pages
+from genrec.model.samples import GROUP_COLUMNS
 
 
 @dataclass
@@ -21,9 +25,20 @@ class AlignTraining:
     quarantined: dict[str, pd.DataFrame] = field(default_factory=dict)  # input file -> its refused rows (+ reason)
 
 
-def prompt_subset(prompts: list, max_prompts: int, seed: int) -> list:
-    """At most `max_prompts` of the prompts (align.max_prompts; 0: all), a seeded subset in their order."""
-    if not max_prompts or len(prompts) <= max_prompts:
-        return prompts
-    keep = np.sort(np.random.default_rng(seed).choice(len(prompts), max_prompts, replace=False))
-    return [prompts[i] for i in keep]
+def prompt_pages(batches: Iterable[pd.DataFrame], item_groups: Iterable[str], max_prompts: int,
+                 seed: int) -> tuple[pd.DataFrame, int]:
+    """(the training pages that can be prompts, pages read): pages with a history and an item of `item_groups`
+    (GROUP_COLUMNS' names), at most `max_prompts` of them (align.max_prompts; 0: all), a seeded sample drawn while
+    the pages stream past (genrec.data.page_sample), in time order: memory holds the sample, not the split."""
+    columns, read = [GROUP_COLUMNS[g] for g in item_groups], 0
+
+    def usable():
+        nonlocal read
+        for pages in batches:
+            read += len(pages)
+            has_item = np.zeros(len(pages), dtype=bool)
+            for column in columns:
+                has_item |= (pages[column].map(len) > 0).to_numpy()
+            yield pages[(pages["history_items"].map(len) > 0).to_numpy() & has_item]
+
+    return sample_pages(usable(), max_prompts, seed), read

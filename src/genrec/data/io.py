@@ -138,9 +138,9 @@ def ingest_files(raw_dir: str | Path) -> Path:
     return Path(data_dir) if data_dir else Path(raw_dir)
 
 
-def read_pages(pages: str | Path, missing_hint: str = "run sessionize first", split: str | None = None) -> pa.Table:
-    """The pages table at `pages` (a folder partitioned by split, local or s3://) as one Arrow table with a string
-    `split`; with `split`, only that split's files are read."""
+def _pages_dataset(pages: str | Path, missing_hint: str):
+    """(file system, Arrow dataset) of a pages folder partitioned by split (split=train/...; a folder made by hand
+    may hold `split` as a column); a missing or unreadable one raises InputDataError naming it."""
     from pyarrow import fs
 
     store, key = location(pages)
@@ -148,13 +148,43 @@ def read_pages(pages: str | Path, missing_hint: str = "run sessionize first", sp
         raise InputDataError(f"{pages} not found: {missing_hint}")
     try:
         dataset = ds.dataset(key, filesystem=store, format="parquet", partitioning="hive")
-        if "split" not in dataset.schema.names:
-            raise InputDataError(f"{pages}: no split=... partitions found")
+    except (pa.ArrowInvalid, OSError) as exc:
+        raise InputDataError(f"{pages}: not a readable parquet dataset: {exc}") from None
+    if "split" not in dataset.schema.names:
+        raise InputDataError(f"{pages}: no split=... partitions found")
+    return store, dataset
+
+
+def read_pages(pages: str | Path, missing_hint: str = "run sessionize first", split: str | None = None) -> pa.Table:
+    """The pages table at `pages` (a folder partitioned by split, local or s3://) as one Arrow table with a string
+    `split`; with `split`, only that split's files are read."""
+    _, dataset = _pages_dataset(pages, missing_hint)
+    try:
         table = dataset.to_table(filter=None if split is None else ds.field("split") == split)
     except (pa.ArrowInvalid, OSError) as exc:
         raise InputDataError(f"{pages}: not a readable parquet dataset: {exc}") from None
     idx = table.schema.get_field_index("split")
     return table.set_column(idx, "split", table.column("split").cast(pa.string()))
+
+
+def iter_split_pages(pages_dir: str | Path, split: str, batch_rows: int = 65_536):
+    """One split of validate-pages' output folder as pandas frames of at most `batch_rows` pages, part file by part
+    file and row group by row group: memory holds a batch, not the split. The order is the files' order, not time
+    order; a damaged part raises InputDataError naming it."""
+    from genrec.data import tables
+
+    uri = tables.locate(pages_dir, "pages", "run validate-pages first")
+    store, dataset = _pages_dataset(uri, "run validate-pages first")
+    parts = sorted(f.path for f in dataset.get_fragments(filter=ds.field("split") == split))
+    for part in parts:
+        try:
+            with store.open_input_file(part) as f:
+                for batch in pq.ParquetFile(f).iter_batches(batch_size=batch_rows):
+                    if "split" in batch.schema.names:  # a column, not a partition: keep the split's rows
+                        batch = batch.filter(pc.equal(batch.column("split").cast(pa.string()), split))
+                    yield batch.to_pandas()
+        except (pa.ArrowInvalid, OSError) as exc:
+            raise InputDataError(f"{uri} ({part.rsplit('/', 1)[-1]}): not a readable parquet file: {exc}") from None
 
 
 def read_split_pages(pages_dir: str | Path, split: str):

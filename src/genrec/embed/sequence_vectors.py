@@ -11,6 +11,8 @@ items never shape the IDs.
 
 from __future__ import annotations
 
+from collections.abc import Iterable
+
 import numpy as np
 import pandas as pd
 
@@ -19,8 +21,8 @@ from genrec.errors import InputDataError
 from genrec.eval.baselines import train_sasrec, user_sequences
 
 
-def sasrec_item_vectors(train_pages: pd.DataFrame, item_ids: np.ndarray, cfg: SasrecConfig, epochs: int,
-                        max_len: int, seed: int) -> np.ndarray:
+def sasrec_item_vectors(train_pages: pd.DataFrame | Iterable[pd.DataFrame], item_ids: np.ndarray, cfg: SasrecConfig,
+                        epochs: int, max_len: int, seed: int) -> np.ndarray:
     """(n_items, cfg.hidden): the item embeddings of a SASRec trained for `epochs` on the users' training
     sequences (row i = item_ids[i]). Items that never occur keep their small random initial vectors."""
     row_of = {int(i): r + 1 for r, i in enumerate(item_ids)}  # 1-based rows; 0 pads

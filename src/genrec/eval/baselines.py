@@ -13,6 +13,8 @@
 
 from __future__ import annotations
 
+from collections import Counter
+from collections.abc import Iterable
 from typing import Callable
 
 import numpy as np
@@ -27,13 +29,22 @@ from genrec.model.samples import page_items
 POSITIVE = ["order", "cart", "click"]
 
 
-def popularity_ranking(train_pages: pd.DataFrame, top: int, with_counts: bool = False):
+def _batches(pages: pd.DataFrame | Iterable[pd.DataFrame]) -> Iterable[pd.DataFrame]:
+    """A DataFrame as one batch; batches of pages (genrec.data.io.iter_split_pages) as they come."""
+    return [pages] if isinstance(pages, pd.DataFrame) else pages
+
+
+def popularity_ranking(train_pages: pd.DataFrame | Iterable[pd.DataFrame], top: int, with_counts: bool = False):
     """The `top` items with the most positive interactions in the training pages (ties: smaller id first); with
-    their counts (the popularity score) when `with_counts`."""
-    items = [i for page in train_pages.itertuples(index=False) for i in page_items(page._asdict(), POSITIVE)]
-    if not items:
+    their counts (the popularity score) when `with_counts`. The pages may stream past in batches: memory holds a
+    count per item, not the pages."""
+    total: Counter = Counter()
+    for pages in _batches(train_pages):
+        total.update(int(i) for page in pages.itertuples(index=False) for i in page_items(page._asdict(), POSITIVE))
+    if not total:
         raise ValueError("no positive interaction in the training pages: popularity is undefined")
-    ids, counts = np.unique(np.asarray(items, dtype=np.int64), return_counts=True)
+    ids = np.fromiter(total.keys(), dtype=np.int64, count=len(total))
+    counts = np.fromiter(total.values(), dtype=np.int64, count=len(total))
     order = np.lexsort((ids, -counts))[:top]
     return (ids[order], counts[order]) if with_counts else ids[order]
 
@@ -83,17 +94,20 @@ def left_pad(rows: list[list[int]], length: int) -> np.ndarray:
     return out
 
 
-def user_sequences(train_pages: pd.DataFrame, row_of: dict[int, int]) -> list[list[int]]:
-    """One sequence of 1-based item rows per user: the last training page's history + that page's positives."""
-    last: dict[int, dict] = {}
-    for page in train_pages.sort_values(["page_start", "page_id"], kind="stable").itertuples(index=False):
-        page = page._asdict()
-        if page_items(page, POSITIVE):
-            last[int(page["user_id"])] = page
+def user_sequences(train_pages: pd.DataFrame | Iterable[pd.DataFrame], row_of: dict[int, int]) -> list[list[int]]:
+    """One sequence of 1-based item rows per user: the last training page's history + that page's positives. The
+    pages may stream past in batches, in any order: memory holds one sequence per user, not the pages."""
+    last: dict[int, tuple] = {}  # user -> ((page_start, page_id), items) of the latest page with a positive
+    for pages in _batches(train_pages):
+        for page in pages.itertuples(index=False):
+            page = page._asdict()
+            positives = page_items(page, POSITIVE)
+            user, when = int(page["user_id"]), (page["page_start"], page["page_id"])
+            if positives and (user not in last or when >= last[user][0]):
+                last[user] = (when, [int(i) for i in page["history_items"]] + positives)
     seqs = []
     for user in sorted(last):
-        page = last[user]
-        seq = [row_of[int(i)] for i in list(page["history_items"]) + page_items(page, POSITIVE) if int(i) in row_of]
+        seq = [row_of[i] for i in last[user][1] if i in row_of]
         if len(seq) >= 2:
             seqs.append(seq)
     return seqs

@@ -5,12 +5,14 @@ user's long history; pages without history are counted and skipped.
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass
 
 import numpy as np
 import pandas as pd
 import torch
 
+from genrec.data.page_sample import sample_pages
 from genrec.model.samples import GROUP_COLUMNS
 from genrec.model.vocab import SidMap
 from genrec.reward.sim_model import history_rows
@@ -33,16 +35,27 @@ class Exposures:
         return len(self.label)
 
 
-def build_exposures(pages: pd.DataFrame, sid_map: SidMap, max_history: int, max_examples: int, seed: int) -> Exposures:
-    """Labelled exposures of `pages`; at most about `max_examples`, by a seeded subset of whole pages (0: all)."""
-    has_history = pages["history_items"].map(len) > 0
-    skipped = int((~has_history).sum())
-    pages = pages[has_history]
-    sizes = sum(pages[GROUP_COLUMNS[t]].map(len) for t in GROUP_COLUMNS).to_numpy()
-    if max_examples and sizes.sum() > max_examples:
-        order = np.random.default_rng(seed).permutation(len(pages))
-        keep = np.sort(order[:max(1, int(np.searchsorted(np.cumsum(sizes[order]), max_examples)))])
-        pages, sizes = pages.iloc[keep], sizes[keep]
+def page_exposures(pages: pd.DataFrame) -> np.ndarray:
+    """How many exposures (logged items, every group) each page holds."""
+    return sum(pages[GROUP_COLUMNS[t]].map(len) for t in GROUP_COLUMNS).to_numpy()
+
+
+def build_exposures(pages: pd.DataFrame | Iterable[pd.DataFrame], sid_map: SidMap, max_history: int, max_examples: int,
+                    seed: int) -> Exposures:
+    """Labelled exposures of `pages` (a DataFrame, or batches of pages streamed past: genrec.data.io.
+    iter_split_pages); at most about `max_examples` (0: all), from a seeded sample of whole pages
+    (genrec.data.page_sample): memory holds the sample, not the pages."""
+    source, skipped = [pages] if isinstance(pages, pd.DataFrame) else pages, 0
+
+    def with_history():
+        nonlocal skipped
+        for batch in source:
+            has_history = batch["history_items"].map(len) > 0
+            skipped += int((~has_history).sum())
+            yield batch[has_history]
+
+    pages = sample_pages(with_history(), max_examples, seed, size=page_exposures)
+    sizes = page_exposures(pages) if len(pages) else np.zeros(0, dtype=np.int64)
     items, labels = [], []
     for page in pages.itertuples(index=False):
         page = page._asdict()

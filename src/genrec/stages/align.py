@@ -7,8 +7,9 @@
   optimisation over each page's items by level, jointly with next-token prediction; the reward model and the
   item vectors are not read.
 
-Reads train-sft's folder (model/), validate-pages' folder (the training pages are the prompts) and assign-sids'
-folder; for GRPO-SR train-reward's (reward_model/) and embed-items' folders; for LDPO ingest's folder when it holds
+Reads train-sft's folder (model/), validate-pages' folder (the training pages are the prompts: at most
+align.max_prompts of them, a seeded sample drawn as the split streams past) and assign-sids' folder; for
+GRPO-SR train-reward's (reward_model/) and embed-items' folders; for LDPO ingest's folder when it holds
 pseudo_exposures.parquet. Writes into `out_dir`: model/ (the aligned model, same format as train-sft's),
 checkpoints/ (resumable; a rerun resumes), quarantine/ (refused rows of a side table), ds_config.json and
 report.json. Both routes run through the same DeepSpeed loop as SFT (ZeRO, bf16 on GPU, checkpoints).
@@ -22,10 +23,13 @@ from pathlib import Path
 import torch
 
 from genrec import stage_outputs, tracking
-from genrec.align.grpo_training import grpo_sr_training
+from genrec.align.grpo_training import ENGAGED, grpo_sr_training
+from genrec.align.ldpo import PREFERENCE_LEVELS
 from genrec.align.ldpo_training import ldpo_training
+from genrec.align.training import prompt_pages
 from genrec.config import PipelineConfig
-from genrec.data.io import read_split_pages
+from genrec.data.io import iter_split_pages
+from genrec.errors import InputDataError
 from genrec.model.genrec_model import GenRecModel
 from genrec.model.vocab import SidMap
 from genrec.train.deepspeed_loop import LoopConfig, ds_config, gathered_state, init_distributed, run_loop
@@ -60,7 +64,12 @@ def run_align(cfg: PipelineConfig, sft_dir: str | Path, reward_dir: str | Path, 
     policy = GenRecModel.load(sft_dir)
     sid_map.require_fingerprint(policy.sid_fingerprint, f"the model in {sft_dir}")
     policy.to(device)
-    pages = read_split_pages(pages_dir, "train")
+    # the prompts: a seeded sample of the usable training pages (align.max_prompts), drawn as the split streams past
+    groups = ENGAGED if grpo else [g for level in PREFERENCE_LEVELS for g in level]
+    pages, read = prompt_pages(iter_split_pages(pages_dir, "train"), groups, a.max_prompts, cfg.run.seed)
+    if pages.empty:
+        raise InputDataError(f"{pages_dir / 'pages'}: none of the {read} training pages has both a history and an item "
+                             f"of {groups}: {a.method} has no prompt")
     if grpo:
         train = grpo_sr_training(cfg, policy, pages, sid_map, sft_dir, reward_dir, embeddings_dir, pages_dir, device)
     else:

@@ -22,7 +22,7 @@ from tqdm import tqdm
 from genrec import stage_outputs, tracking
 from genrec.config import PipelineConfig
 from genrec.data import tables
-from genrec.data.io import ingest_files, read_split_pages, read_table
+from genrec.data.io import ingest_files, iter_split_pages, read_table
 from genrec.data.schema import ITEMS_FILE
 from genrec.embed.encoders import ImageEncoder, TextEncoder, VLMEncoder, fuse, is_vlm
 from genrec.embed.encoder_finetune import finetune_encoder
@@ -135,7 +135,7 @@ def _fuse_sequence_vectors(cfg: PipelineConfig, pages_dir: Path, item_ids: np.nd
     """Content vectors fused with SASRec item vectors learned on the training pages (collaborative.npy keeps
     the latter)."""
     started = time.time()
-    train = read_split_pages(pages_dir, "train")
+    train = iter_split_pages(pages_dir, "train")  # streamed: memory holds a sequence per user, not the pages
     vectors = sasrec_item_vectors(train, item_ids, cfg.eval.sasrec, cfg.embed.collaborative_epochs,
                                   cfg.model.max_history, cfg.run.seed)
     np.save(out_dir / "collaborative.npy", vectors)

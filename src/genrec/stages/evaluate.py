@@ -7,15 +7,16 @@ Writes into `out_dir`: metrics.json, metrics_valid.json, metrics.csv, metrics.md
 topk.parquet and report.json.
 
 Requests: the test pages with a history and at least one true item (eval.truth_types); the others are
-counted, not scored. GenRec ranks by trie-constrained beam search (every output is an item); the same
-requests decoded without the trie give the hallucination rate (over all beams and over the top beam) and
-free-decoding HR (`free_hr@K`: a SID that is no item is a miss), for the GenRec row the gate judges (gate.method;
-the SFT row, shown for comparison, is decoded with the trie only). Baselines rank the full catalog.
-The validation requests (metrics_valid.json, for the gate and the baselines' epochs) are scored for the
-baselines and for the GenRec row the gate judges (gate.method). intervals.json holds a 95% bootstrap
-interval (over requests) of every method's HR@K and NDCG@K; paired.json each GenRec row minus each
-baseline on the same requests, with a paired bootstrap interval. topk.parquet holds every method's ranked list
-per split and request (page_id, user_id, true_items, ranked_items, scores; GenRec's free decoding as method
+counted, not scored. At most eval.max_requests of them, a seeded sample drawn while the split streams past
+(genrec.eval.requests): the test and validation days are never held whole. GenRec ranks by trie-constrained
+beam search (every output is an item); the same requests decoded without the trie give the hallucination rate (over
+all beams and over the top beam) and free-decoding HR (`free_hr@K`: a SID that is no item is a miss), for the
+GenRec row the gate judges (gate.method; the SFT row, shown for comparison, is decoded with the trie only).
+Baselines rank the full catalog. The validation requests (metrics_valid.json, for the gate and the baselines'
+epochs) are scored for the baselines and for the GenRec row the gate judges (gate.method). intervals.json holds a
+95% bootstrap interval (over requests) of every method's HR@K and NDCG@K; paired.json each GenRec row minus each
+baseline on the same requests, with a paired bootstrap interval. topk.parquet holds every method's ranked list per
+split and request (page_id, user_id, true_items, ranked_items, scores; GenRec's free decoding as method
 `<name>_free`), so anyone can recompute the metrics from it.
 """
 
@@ -32,37 +33,15 @@ from tqdm import tqdm
 
 from genrec import stage_outputs, tracking
 from genrec.config import PipelineConfig
-from genrec.data.io import read_split_pages
+from genrec.data.io import iter_split_pages
 from genrec.errors import ConfigError, InputDataError
 from genrec.eval.baselines import popularity_ranking, sasrec_rank, train_sasrec, user_sequences
 from genrec.eval.bert4rec import bert4rec_rank, train_bert4rec
 from genrec.eval.metrics import bootstrap_interval, hallucination_rate, per_request_metrics, ranking_metrics
+from genrec.eval.requests import sample_requests
 from genrec.model.beam_search import PrefixMasks, beam_search
 from genrec.model.genrec_model import GenRecModel
-from genrec.model.samples import page_items
 from genrec.model.vocab import SidMap
-
-
-def test_requests(pages: pd.DataFrame, truth_types: list[str], max_history: int, max_requests: int, seed: int):
-    """(histories, truths, counts, scored pages) for the scorable test pages."""
-    histories, truths, kept, counts = [], [], [], {"test_pages": len(pages), "no_history": 0, "no_truth": 0}
-    for n, page in enumerate(pages.itertuples(index=False)):
-        page = page._asdict()
-        history = [int(i) for i in page["history_items"]][-max_history:]
-        truth = set(page_items(page, truth_types))
-        if not history:
-            counts["no_history"] += 1
-        elif not truth:
-            counts["no_truth"] += 1
-        else:
-            histories.append(history)
-            truths.append(truth)
-            kept.append(n)
-    if max_requests and len(histories) > max_requests:
-        keep = np.sort(np.random.default_rng(seed).choice(len(histories), max_requests, replace=False))
-        histories, truths, kept = [histories[i] for i in keep], [truths[i] for i in keep], [kept[i] for i in keep]
-    counts["requests"] = len(histories)
-    return histories, truths, counts, pages.iloc[kept].reset_index(drop=True)
 
 
 def generate(model: GenRecModel, sid_map: SidMap, histories: list[list[int]], beam: int, constrained: bool,
@@ -150,15 +129,14 @@ def run_evaluate(cfg: PipelineConfig, model_dir: str | Path, pages_dir: str | Pa
         models = {"genrec": _load_model(model_dir, sid_map)}
         if sft_dir:
             models["genrec_sft"] = _load_model(Path(sft_dir), sid_map)
-        splits = {split: test_requests(read_split_pages(pages_dir, split), e.truth_types, cfg.model.max_history,
-                                       e.max_requests, cfg.run.seed) for split in ("valid", "test")}
+        splits = {split: sample_requests(pages_dir, split, e.truth_types, cfg.model.max_history, e.max_requests,
+                                         cfg.run.seed) for split in ("valid", "test")}
         if not splits["test"][0]:
             raise InputDataError(f"{pages_dir / 'pages'}: no test page has both a history and a true item of "
                                  f"{e.truth_types} ({splits['test'][2]})")
         if not splits["valid"][0]:  # sessionize.split.valid_days=0: the gate and the baselines use what they can
             del splits["valid"]
-        train = read_split_pages(pages_dir, "train") if e.baselines else None
-        baselines, selection = _train_baselines(cfg, train, sid_map, splits.get("valid"))
+        baselines, selection = _train_baselines(cfg, pages_dir, sid_map, splits.get("valid"))
         results, frames = {}, []
         for split, (histories, truths, counts, scored) in splits.items():
             # Validation serves the gate: of the GenRec models only the one it judges is decoded there (beam search
@@ -240,16 +218,18 @@ def _score(cfg: PipelineConfig, models: dict[str, GenRecModel], baselines: dict,
     return rows, rankings, scores
 
 
-def _train_baselines(cfg: PipelineConfig, train: pd.DataFrame | None, sid_map: SidMap, valid) -> tuple[dict, dict]:
-    """({name: histories -> (items, scores)}, {name: how its epoch was chosen}) for the configured baselines.
-    SASRec and BERT4Rec keep the epoch that is best on the validation requests (eval.select_metric)."""
+def _train_baselines(cfg: PipelineConfig, pages_dir: Path, sid_map: SidMap, valid) -> tuple[dict, dict]:
+    """({name: histories -> (items, scores)}, {name: how its epoch was chosen}) for the configured baselines, from
+    the training pages streamed past (each baseline reads them once). SASRec and BERT4Rec keep the epoch that is
+    best on the validation requests (eval.select_metric)."""
     e = cfg.eval
     rankers, selection = {}, {}
     if "popularity" in e.baselines:
-        ids, counts = popularity_ranking(train, e.beam_width, with_counts=True)
+        ids, counts = popularity_ranking(iter_split_pages(pages_dir, "train"), e.beam_width, with_counts=True)
         rankers["popularity"] = lambda h: (np.tile(ids, (len(h), 1)), np.tile(counts.astype(np.float64), (len(h), 1)))
     for name in ("sasrec", "bert4rec"):
         if name in e.baselines:
+            train = iter_split_pages(pages_dir, "train")
             rankers[name], selection[name] = _item_sequence_ranker(cfg, name, train, sid_map, valid)
     return rankers, selection
 
@@ -277,7 +257,7 @@ def _add_reward_metrics(cfg: PipelineConfig, rows: dict, rankings: dict, scored:
             rows[name].update({f"true_{k}": v for k, v in reward_at_k(values, cfg.eval.ks).items()})
 
 
-def _item_sequence_ranker(cfg: PipelineConfig, name: str, train: pd.DataFrame, sid_map: SidMap, valid):
+def _item_sequence_ranker(cfg: PipelineConfig, name: str, train, sid_map: SidMap, valid):
     """Train SASRec or BERT4Rec on the users' training sequences, keeping the epoch best on the validation
     requests (all epochs when there are none); (histories -> (N, beam_width) item ids over the full catalog and
     their scores, the selection record)."""

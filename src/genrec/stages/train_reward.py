@@ -23,7 +23,7 @@ import torch
 from genrec import stage_outputs, tracking
 from genrec.config import PipelineConfig
 from genrec.data import tables
-from genrec.data.io import read_parquet, read_split_pages
+from genrec.data.io import iter_split_pages, read_parquet
 from genrec.data.schema import ITEMS_FILE
 from genrec.errors import ConfigError, InputDataError
 from genrec.model.vocab import SidMap
@@ -40,8 +40,9 @@ def run_train_reward(cfg: PipelineConfig, pages_dir: str | Path, sids_dir: str |
     r = cfg.reward
     sid_map = SidMap.load(sids_dir)
     features = _item_features(r.item_features, raw_dir, sid_map)  # before the exposures: a missing --raw fails fast
-    train = build_exposures(read_split_pages(pages_dir, "train"), sid_map, r.max_history, r.max_examples, cfg.run.seed)
-    test = build_exposures(read_split_pages(pages_dir, "test"), sid_map, r.max_history, r.max_eval_examples,
+    # the pages stream past: memory holds the sampled exposures (reward.max_examples), not the split
+    train = build_exposures(iter_split_pages(pages_dir, "train"), sid_map, r.max_history, r.max_examples, cfg.run.seed)
+    test = build_exposures(iter_split_pages(pages_dir, "test"), sid_map, r.max_history, r.max_eval_examples,
                            cfg.run.seed + 1)
     for name, data in (("train", train), ("test", test)):
         if len(data) == 0 or len(np.unique(data.label)) < 2:
