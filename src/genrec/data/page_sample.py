@@ -18,6 +18,11 @@ import pandas as pd
 _HASH, _SIZE = "_sample_hash", "_sample_size"
 
 
+def as_batches(pages: pd.DataFrame | Iterable[pd.DataFrame]) -> Iterable[pd.DataFrame]:
+    """A DataFrame as one batch; batches of pages (genrec.data.io.iter_split_pages) as they come."""
+    return [pages] if isinstance(pages, pd.DataFrame) else pages
+
+
 def page_hash(page_ids: Iterable, seed: int) -> np.ndarray:
     """A seeded 64-bit hash of each page id (BLAKE2b keyed by the seed): stable across processes and machines,
     unlike Python's hash()."""

@@ -24,14 +24,10 @@ from torch import nn
 from tqdm import tqdm
 
 from genrec.config import SasrecConfig
+from genrec.data.page_sample import as_batches
 from genrec.model.samples import page_items
 
 POSITIVE = ["order", "cart", "click"]
-
-
-def _batches(pages: pd.DataFrame | Iterable[pd.DataFrame]) -> Iterable[pd.DataFrame]:
-    """A DataFrame as one batch; batches of pages (genrec.data.io.iter_split_pages) as they come."""
-    return [pages] if isinstance(pages, pd.DataFrame) else pages
 
 
 def popularity_ranking(train_pages: pd.DataFrame | Iterable[pd.DataFrame], top: int, with_counts: bool = False):
@@ -39,7 +35,7 @@ def popularity_ranking(train_pages: pd.DataFrame | Iterable[pd.DataFrame], top: 
     their counts (the popularity score) when `with_counts`. The pages may stream past in batches: memory holds a
     count per item, not the pages."""
     total: Counter = Counter()
-    for pages in _batches(train_pages):
+    for pages in as_batches(train_pages):
         total.update(int(i) for page in pages.itertuples(index=False) for i in page_items(page._asdict(), POSITIVE))
     if not total:
         raise ValueError("no positive interaction in the training pages: popularity is undefined")
@@ -98,7 +94,7 @@ def user_sequences(train_pages: pd.DataFrame | Iterable[pd.DataFrame], row_of: d
     """One sequence of 1-based item rows per user: the last training page's history + that page's positives. The
     pages may stream past in batches, in any order: memory holds one sequence per user, not the pages."""
     last: dict[int, tuple] = {}  # user -> ((page_start, page_id), items) of the latest page with a positive
-    for pages in _batches(train_pages):
+    for pages in as_batches(train_pages):
         for page in pages.itertuples(index=False):
             page = page._asdict()
             positives = page_items(page, POSITIVE)

@@ -12,7 +12,7 @@ import numpy as np
 import pandas as pd
 import torch
 
-from genrec.data.page_sample import sample_pages
+from genrec.data.page_sample import as_batches, sample_pages
 from genrec.model.samples import GROUP_COLUMNS
 from genrec.model.vocab import SidMap
 from genrec.reward.sim_model import history_rows
@@ -45,7 +45,7 @@ def build_exposures(pages: pd.DataFrame | Iterable[pd.DataFrame], sid_map: SidMa
     """Labelled exposures of `pages` (a DataFrame, or batches of pages streamed past: genrec.data.io.
     iter_split_pages); at most about `max_examples` (0: all), from a seeded sample of whole pages
     (genrec.data.page_sample): memory holds the sample, not the pages."""
-    source, skipped = [pages] if isinstance(pages, pd.DataFrame) else pages, 0
+    source, skipped = as_batches(pages), 0
 
     def with_history():
         nonlocal skipped
