@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import os
+import re
+import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -21,7 +24,11 @@ os.environ.setdefault("GX_ANALYTICS_ENABLED", "false")
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "docker"))
-from e2e import mlflow_server as mlflow_server_at  # noqa: E402  (docker/e2e.py: the same server make e2e-docker starts)
+import e2e  # noqa: E402  (docker/e2e.py: the same steps as make e2e-docker)
+from e2e import mlflow_server as mlflow_server_at  # noqa: E402  (the same server make e2e-docker starts)
+from team_stack import EXPERIMENT, MODEL, TeamRun, TeamStack, client_env, local_stack  # noqa: E402
+
+from components import DEFAULT_IMAGE  # noqa: E402
 
 SHARED_DATA = REPO.parent / "shared" / "data"
 
@@ -165,3 +172,113 @@ def s3(tmp_path, monkeypatch):
     client.create_bucket(Bucket="genrec-data")
     yield client
     os.killpg(pid, signal.SIGTERM)
+
+
+# ---- the images and the team's tracking server (test_docker, test_tracking_server) --------------------------------
+
+SCRIPTS = REPO.parent / "shared" / "scripts"
+IMAGE = DEFAULT_IMAGE  # what make image tags
+MLFLOW_IMAGE = DEFAULT_IMAGE.replace("/genrec:", "/genrec-mlflow:")  # what make mlflow-image tags
+LOCAL_BASE = "local/genrec-base:bookworm-py3.11-jre17"
+
+
+def _docker_answers() -> bool:
+    return shutil.which("docker") is not None and subprocess.run(["docker", "info"], capture_output=True).returncode == 0
+
+
+@pytest.fixture(scope="session")
+def docker_daemon():
+    if _docker_answers():
+        yield
+        return
+    if not (SCRIPTS / "dockerd-up").exists():
+        pytest.skip("no Docker daemon answers and ../shared/scripts/dockerd-up is not here to start one")
+    up = subprocess.run([str(SCRIPTS / "dockerd-up")], capture_output=True, text=True, timeout=600)
+    if up.returncode != 0 or not _docker_answers():
+        pytest.skip(f"no Docker daemon can run here: {(up.stdout + up.stderr).strip()[-500:]}")
+    yield
+    subprocess.run([str(SCRIPTS / "dockerd-down")], capture_output=True, timeout=120)
+
+
+@pytest.fixture(scope="session")
+def base_image(docker_daemon) -> str:
+    """The base the images build on: GENREC_BASE_IMAGE, a local one where ../shared/scripts can make it, else ''
+    (the Dockerfiles' public base)."""
+    base = os.environ.get("GENREC_BASE_IMAGE", "")
+    if not base and (SCRIPTS / "local-base-image").exists():
+        base = LOCAL_BASE
+        env = {**os.environ, "EXTRA": "openjdk-17-jre-headless procps"}
+        made = subprocess.run([str(SCRIPTS / "local-base-image"), base], env=env, capture_output=True, text=True,
+                              timeout=1200)
+        assert made.returncode == 0, made.stdout[-2000:] + made.stderr[-2000:]
+    return base
+
+
+@pytest.fixture(scope="session")
+def image(base_image):
+    """The CPU image, built (or brought up to date from the layer cache) by `make image`; its git commit."""
+    root = subprocess.run(["docker", "info", "-f", "{{.DockerRootDir}}"], capture_output=True, text=True).stdout.strip()
+    free_gb = shutil.disk_usage(root).free / 1e9
+    # a cold build holds the base, the dependency stage (~4.5 GB), the runtime (~3 GB) and a ~1 GB build context
+    assert free_gb > 12, (f"{root} has {free_gb:.1f} GB free; building the image needs about 12: remove old images "
+                          "(docker image prune) and try again")
+    args = ["make", "image", "OFFLINE=1", f"IMAGE={IMAGE}"] + ([f"BASE_IMAGE={base_image}"] if base_image else [])
+    built = subprocess.run(args, cwd=REPO, capture_output=True, text=True, timeout=2400)
+    assert built.returncode == 0, built.stdout[-4000:] + built.stderr[-4000:]
+    assert re.search(r"torch 2\.13\.0\+cpu \(cpu.*11 genrec stages import; genrec --help runs", built.stdout), built.stdout[-2000:]
+    label = subprocess.run(["docker", "image", "inspect", "-f", "{{range .Config.Env}}{{println .}}{{end}}", IMAGE],
+                           capture_output=True, text=True, check=True).stdout
+    return re.search(r"^GENREC_GIT_COMMIT=(\S+)$", label, re.M).group(1)
+
+
+@pytest.fixture(scope="session")
+def mlflow_image(base_image, image) -> str:
+    """The MLflow server image (make mlflow-image), after the runtime image: it reuses the wheelhouse."""
+    args = ["make", "mlflow-image", "OFFLINE=1", f"MLFLOW_IMAGE={MLFLOW_IMAGE}"] + (
+        [f"BASE_IMAGE={base_image}"] if base_image else [])
+    built = subprocess.run(args, cwd=REPO, capture_output=True, text=True, timeout=1800)
+    assert built.returncode == 0, built.stdout[-4000:] + built.stderr[-4000:]
+    assert re.search(r"^mlflow 3\.\d+\.\d+$", built.stdout, re.M), built.stdout[-2000:]
+    return MLFLOW_IMAGE
+
+
+@pytest.fixture(scope="session")
+def team_stack(request, tmp_path_factory):
+    """The team's stack (team_stack.py) with fresh random passwords: the server from its image where a Docker daemon
+    can run, else from this Python environment. The secrets stay out of this process's environment."""
+    try:
+        server_image = request.getfixturevalue("mlflow_image")
+    except pytest.skip.Exception as no_docker:
+        print(f"\nthe team's server runs from this Python environment: {no_docker}")
+        server_image = ""
+    try:
+        local_stack.pg_bin("initdb")
+    except local_stack.StackError as exc:
+        pytest.fail(f"{exc} (.ci/run installs it)")
+    secrets_env = local_stack.throwaway_secrets()
+    root = tmp_path_factory.mktemp("stack")
+    pg_dir = Path(tempfile.mkdtemp(prefix="genrec-pg-"))  # as root, PostgreSQL's user must reach it: not under pytest's 0700 tmp
+    pg_dir.chmod(0o755)
+    with local_stack.environment(secrets_env):
+        st = local_stack.up(root, port=local_stack.free_port(), pg_dir=pg_dir / "pg", image=server_image)
+    try:
+        yield TeamStack(st, secrets_env, server_image)
+    finally:
+        with local_stack.environment(secrets_env):
+            local_stack.down(root, st)
+        shutil.rmtree(pg_dir, ignore_errors=True)
+
+
+@pytest.fixture(scope="session")
+def team_run(request, team_stack, tmp_path_factory) -> TeamRun:
+    """The tiny pipeline run once against the team's stack, as the pipeline user: in its containers where the server
+    runs from its image (the task image built by `make image`), else as subprocesses. The LDPO route (GRPO-SR runs
+    in test_pipeline's local run: both alignment routes run end to end)."""
+    work = tmp_path_factory.mktemp("team-run")
+    commit = request.getfixturevalue("image") if team_stack.server_image else ""
+    runner = ["--runner", "docker", "--image", IMAGE] if commit else []
+    proc, seconds = e2e.genrec_run("configs/tiny.yaml", work, team_stack.uri, *runner, f"run.experiment={EXPERIMENT}",
+                                   f"registry.model_name={MODEL}", "align.method=ldpo", "align.lr=1e-3",
+                                   env=client_env(team_stack))
+    print(f"\nthe team's tiny run: {'in containers' if commit else 'as subprocesses'}, {seconds:.0f} s")
+    return TeamRun(proc, work, seconds, commit)

@@ -1,7 +1,8 @@
 """The tracking server as a team runs it (mlflow/local_stack.py): PostgreSQL, an S3-compatible store (moto's server),
 `mlflow server` with basic auth and proxied artifacts, all on 127.0.0.1. The tiny pipeline runs against it as the
-pipeline user; what it wrote is checked in PostgreSQL and in the bucket directly, not only through MLflow; no password
-shows anywhere a user or a test can look; each way the server can fail gives one clear line in seconds.
+pipeline user (the session's `team_run`, in containers where Docker can run: see team_stack.py); what it wrote is
+checked in PostgreSQL and in the bucket directly, not only through MLflow; no password shows anywhere a user or a
+test can look; each way the server can fail gives one clear line in seconds.
 
 Needs PostgreSQL's server programs (Debian: postgresql; .ci/run installs it where missing).
 """
@@ -11,72 +12,33 @@ from __future__ import annotations
 import json
 import os
 import secrets
-import shutil
 import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
 
 import pytest
 
-REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO / "mlflow"))
-import local_stack  # noqa: E402  (mlflow/local_stack.py: the script a team runs)
+from team_stack import EXPERIMENT, MODEL, REPO, TASKS, client_env, genrec, local_stack, logged_in
 
 pytestmark = pytest.mark.slow
-MODEL = "genrec-tiny"
-EXPERIMENT = "tiny-on-server"
 
 
 @pytest.fixture(scope="module")
-def stack(tmp_path_factory):
-    """The whole stack, with fresh random passwords in the environment of this module only."""
-    try:
-        local_stack.pg_bin("initdb")
-    except local_stack.StackError as exc:
-        pytest.fail(f"{exc} (.ci/run installs it)")
-    secrets_env = local_stack.throwaway_secrets()
-    root = tmp_path_factory.mktemp("stack")
-    pg_dir = Path(tempfile.mkdtemp(prefix="genrec-pg-"))  # as root, PostgreSQL's user must reach it: not under pytest's 0700 tmp
-    pg_dir.chmod(0o755)
-    with local_stack.environment(secrets_env):
-        st = local_stack.up(root, port=local_stack.free_port(), pg_dir=pg_dir / "pg")
-        try:
-            yield st, secrets_env
-        finally:
-            local_stack.down(root, st)
-            shutil.rmtree(pg_dir, ignore_errors=True)
+def stack(team_stack):
+    return team_stack
 
 
-def client_env(stack, **changes) -> dict[str, str]:
-    """A client's environment: the server's URI and the pipeline user's login; none of the server's own secrets."""
-    st, env = stack
-    out = {k: v for k, v in os.environ.items() if k not in env and not k.startswith("MLFLOW_")}
-    out.update(MLFLOW_TRACKING_URI=st.uri, MLFLOW_TRACKING_USERNAME=env["MLFLOW_TRACKING_USERNAME"],
-               MLFLOW_TRACKING_PASSWORD=env["MLFLOW_TRACKING_PASSWORD"])
-    out.update(changes)
-    return {k: v for k, v in out.items() if v is not None}
-
-
-def logged_in(env: dict[str, str]):
-    """This process's MLflow client as the user in env (pass the URI to the client: another test may have called
-    mlflow.set_tracking_uri, which wins over the environment)."""
-    keys = ("MLFLOW_TRACKING_URI", "MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_PASSWORD")
-    return local_stack.environment({k: env[k] for k in keys})
-
-
-def genrec(env, *args, timeout=900) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "pipelines.cli", *args], cwd=REPO, env=env, capture_output=True,
-                          text=True, timeout=timeout)
+@pytest.fixture(scope="module")
+def tiny_run(team_run):
+    return team_run.proc, team_run.work
 
 
 def sql(stack, query: str, database: str = "mlflow") -> list[tuple]:
     import psycopg2
 
-    st, env = stack
-    with psycopg2.connect(host="127.0.0.1", port=st.pg_port, user=local_stack.DB_USER, password=env["PGPASSWORD"],
-                          dbname=database) as conn, conn.cursor() as cur:
+    with psycopg2.connect(host="127.0.0.1", port=stack.stack.pg_port, user=local_stack.DB_USER,
+                          password=stack.secrets["PGPASSWORD"], dbname=database) as conn, conn.cursor() as cur:
         cur.execute(query)
         return cur.fetchall()
 
@@ -84,8 +46,9 @@ def sql(stack, query: str, database: str = "mlflow") -> list[tuple]:
 def bucket_keys(stack) -> list[str]:
     import boto3
 
-    st, _ = stack
-    s3 = boto3.client("s3", endpoint_url=st.s3_endpoint, region_name="us-east-1")
+    s3 = boto3.client("s3", endpoint_url=stack.stack.s3_endpoint, region_name="us-east-1",
+                      aws_access_key_id=stack.secrets["AWS_ACCESS_KEY_ID"],
+                      aws_secret_access_key=stack.secrets["AWS_SECRET_ACCESS_KEY"])
     keys, token = [], None
     while True:
         page = s3.list_objects_v2(Bucket=local_stack.BUCKET, **({"ContinuationToken": token} if token else {}))
@@ -95,14 +58,6 @@ def bucket_keys(stack) -> list[str]:
         token = page["NextContinuationToken"]
 
 
-@pytest.fixture(scope="module")
-def tiny_run(stack, tmp_path_factory):
-    work = tmp_path_factory.mktemp("tiny")
-    proc = genrec(client_env(stack), "run", "--config", "configs/tiny.yaml", f"run.work_dir={work}",
-                  f"run.experiment={EXPERIMENT}")
-    return proc, work
-
-
 def test_tiny_pipeline_lands_in_postgres_and_the_bucket(stack, tiny_run):
     proc, work = tiny_run
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
@@ -110,9 +65,7 @@ def test_tiny_pipeline_lands_in_postgres_and_the_bucket(stack, tiny_run):
     runs = sql(stack, "SELECT r.run_uuid, r.status, t.value FROM runs r JOIN experiments e USING (experiment_id) "
                       f"JOIN tags t ON t.run_uuid = r.run_uuid AND t.key = 'genrec.stage' WHERE e.name = '{EXPERIMENT}'")
     stages = {stage: status for _, status, stage in runs}
-    assert stages == {s: "FINISHED" for s in ("pipeline", "ingest", "validate-events", "sessionize", "validate-pages",
-                                              "embed-items", "assign-sids", "train-sft", "train-reward", "align",
-                                              "evaluate", "gate-and-register")}
+    assert stages == {s: "FINISHED" for s in ("pipeline", *TASKS)}
     (n_metrics,) = sql(stack, "SELECT count(*) FROM metrics m JOIN runs r USING (run_uuid) JOIN experiments e "
                               f"USING (experiment_id) WHERE e.name = '{EXPERIMENT}'")[0]
     assert n_metrics > 50
@@ -136,12 +89,11 @@ def test_tiny_pipeline_lands_in_postgres_and_the_bucket(stack, tiny_run):
 
 def test_champion_loads_in_a_fresh_process_with_the_pipeline_login(stack, tiny_run):
     _, work = tiny_run
-    sys.path.insert(0, str(REPO / "docker"))
     from e2e import validated_test_pages
 
     pages = validated_test_pages(work / "kfp")
     code = ("import sys, json; sys.path.insert(0, 'docker'); from e2e import load_champion; "
-            f"out = load_champion({stack[0].uri!r}, {MODEL!r}, __import__('pathlib').Path({str(pages)!r}), 2); "
+            f"out = load_champion({stack.uri!r}, {MODEL!r}, __import__('pathlib').Path({str(pages)!r}), 2); "
             "print(json.dumps([list(map(int, r)) for r in out['items']]))")
     proc = subprocess.run([sys.executable, "-c", code], cwd=REPO, env=client_env(stack), capture_output=True, text=True,
                           timeout=300)
@@ -159,7 +111,7 @@ def test_no_secret_anywhere(stack, tiny_run, tmp_path):
     import mlflow
 
     proc, work = tiny_run
-    _, env = stack
+    env = stack.secrets
     values = [v for k, v in env.items() if k != "MLFLOW_TRACKING_USERNAME" and k != "AWS_ACCESS_KEY_ID"]
     places: dict[str, str] = {"genrec run's stdout": proc.stdout, "genrec run's stderr": proc.stderr}
     for path in work.rglob("*"):  # the pipeline root: task outputs, kfp-local.log (executor inputs = run parameters)
@@ -168,12 +120,12 @@ def test_no_secret_anywhere(stack, tiny_run, tmp_path):
     log = next(work.glob("kfp/*/kfp-local.log")).read_text()
     assert '"config_json"' in log  # the KFP run parameters are in what was searched
     with logged_in(client_env(stack)):
-        client = mlflow.MlflowClient(tracking_uri=stack[0].uri)
+        client = mlflow.MlflowClient(tracking_uri=stack.uri)
         exp = client.get_experiment_by_name(EXPERIMENT)
         for run in client.search_runs([exp.experiment_id]):
             places[f"params/tags of {run.info.run_name}"] = json.dumps([run.data.params, run.data.tags])
             local = mlflow.artifacts.download_artifacts(run_id=run.info.run_id, dst_path=str(tmp_path / run.info.run_id),
-                                                        tracking_uri=stack[0].uri)
+                                                        tracking_uri=stack.uri)
             for path in Path(local).rglob("*"):
                 if path.is_file():
                     places[f"artifact {path.relative_to(tmp_path)}"] = path.read_bytes().decode("utf-8", "replace")
@@ -182,8 +134,7 @@ def test_no_secret_anywhere(stack, tiny_run, tmp_path):
     assert compiled.returncode == 0, compiled.stderr
     places["compiled YAML"] = yaml_path.read_text()
     assert "MLFLOW_TRACKING_PASSWORD" in places["compiled YAML"]  # the Secret's key is named ...
-    st, _ = stack
-    dump = subprocess.run([local_stack.pg_bin("pg_dump"), "-h", "127.0.0.1", "-p", str(st.pg_port), "-U", "mlflow",
+    dump = subprocess.run([local_stack.pg_bin("pg_dump"), "-h", "127.0.0.1", "-p", str(stack.stack.pg_port), "-U", "mlflow",
                            "mlflow"], env=dict(os.environ, PGPASSWORD=env["PGPASSWORD"]), capture_output=True, text=True)
     assert dump.returncode == 0, dump.stderr
     places["the tracking database (pg_dump)"] = dump.stdout
@@ -210,7 +161,7 @@ def test_parent_run_is_ended_by_the_pipelines_exit_task(stack, tiny_run, tmp_pat
                           text=True, timeout=600)
     assert proc.returncode == 0 and "FAILED TASK ingest" in proc.stdout, proc.stdout[-2000:] + proc.stderr[-2000:]
     with logged_in(client_env(stack)):
-        client = mlflow.MlflowClient(tracking_uri=stack[0].uri)
+        client = mlflow.MlflowClient(tracking_uri=stack.uri)
         runs = client.search_runs([client.get_experiment_by_name("exit-task").experiment_id])
     assert {r.data.tags["genrec.stage"]: r.info.status for r in runs} == {"pipeline": "FAILED", "ingest": "FAILED"}
 
@@ -251,9 +202,9 @@ def test_wrong_password(stack, tmp_path):
 
 
 def test_user_without_permission_on_the_experiment(stack, tiny_run, tmp_path):
-    st, _ = stack
     password = secrets.token_urlsafe(16)
-    local_stack.create_user(st, "outsider", password)  # default permission READ: may look, not write
+    with stack.server_env():
+        local_stack.create_user(stack.stack, "outsider", password)  # default permission READ: may look, not write
     proc, s = _ingest(stack, tmp_path, MLFLOW_TRACKING_USERNAME="outsider", MLFLOW_TRACKING_PASSWORD=password)
     _fails_fast(proc, s, "user 'outsider' has no permission to write to experiment", "EDIT")
     assert not (tmp_path / "out" / "events.parquet").exists()
@@ -261,10 +212,11 @@ def test_user_without_permission_on_the_experiment(stack, tiny_run, tmp_path):
 
 def test_object_store_unreachable(stack, tiny_run, tmp_path):
     """A second server over the same databases whose object store does not answer."""
-    st, _ = stack
+    st = stack.stack
     broken = local_stack.Stack(str(tmp_path), f"http://127.0.0.1:{local_stack.free_port()}", st.pg_port,
                                f"http://127.0.0.1:{local_stack.free_port()}", st.pg_dir)
-    pid = local_stack.start_server(tmp_path, broken, workers=1)
+    with stack.server_env():
+        pid = local_stack.start_server(tmp_path, broken, workers=1)
     try:
         proc, s = _ingest(stack, tmp_path, MLFLOW_TRACKING_URI=broken.uri)
         _fails_fast(proc, s, f"the MLflow server at {broken.uri} cannot reach its artifact store")
