@@ -32,7 +32,8 @@ from genrec.data.io import iter_split_pages
 from genrec.errors import InputDataError
 from genrec.model.genrec_model import GenRecModel
 from genrec.model.vocab import SidMap
-from genrec.train.deepspeed_loop import LoopConfig, ds_config, gathered_state, init_distributed, run_loop
+from genrec.train.deepspeed_loop import (LoopConfig, ds_config, gathered_state, init_distributed, run_loop,
+                                         split_by_rank)
 
 
 def loop_config(cfg: PipelineConfig) -> LoopConfig:
@@ -85,7 +86,8 @@ def run_align(cfg: PipelineConfig, sft_dir: str | Path, reward_dir: str | Path, 
     with track_ctx as track:
         track.params({"align": a.model_dump(mode="json")})
         track.json(ds_config(loop, world), "align/ds_config.json")
-        result = run_loop(policy, train.loss_fn, train.make_batch, train.epoch_batches, loop, ckpt_dir,
+        result = run_loop(policy, train.loss_fn, train.make_batch,
+                          split_by_rank(train.epoch_batches, rank, world, loop.grad_accum), loop, ckpt_dir,
                           lambda step, row: track.metrics({f"align/{k}": v for k, v in row.items()}, step=step),
                           train.count_tokens, desc=f"align ({a.method})")
         last = result.history[-1] if result.history else {}

@@ -26,7 +26,7 @@ from genrec.model.genrec_model import GenRecModel, build_model, catalog_buckets
 from genrec.model.samples import batch_order, build_samples, collate, encode_sample, shuffle_target_items
 from genrec.model.vocab import SidMap
 from genrec.train.deepspeed_loop import (LoopConfig, LoopResult, ds_config, gathered_state, init_distributed,
-                                         run_loop)
+                                         run_loop, split_by_rank)
 
 
 def loop_config(cfg: PipelineConfig) -> LoopConfig:
@@ -107,6 +107,7 @@ def train_model(cfg: PipelineConfig, data: TrainingSet, loop: LoopConfig, ckpt_d
                 batch_order(data.lengths, cfg.sft.micro_batch_size, cfg.run.seed, epoch, cfg.sft.length_grouped)]
 
     candidates = data.item_candidates
+    rank, world, _ = init_distributed()
 
     def loss_fn(model, batch):
         nonlocal candidates
@@ -115,8 +116,9 @@ def train_model(cfg: PipelineConfig, data: TrainingSet, loop: LoopConfig, ckpt_d
         return model.loss(batch, cfg.sft.generator_loss_weight, cfg.sft.label_smoothing,
                           cfg.sft.item_softmax_weight, candidates)
 
-    return run_loop(data.model, loss_fn, lambda batch: data.make_batch(batch[1], batch[0]), epoch_batches, loop,
-                    ckpt_dir, on_log, lambda b: int(b["attention_mask"].sum()), desc="train-sft")
+    return run_loop(data.model, loss_fn, lambda batch: data.make_batch(batch[1], batch[0]),
+                    split_by_rank(epoch_batches, rank, world, loop.grad_accum), loop, ckpt_dir, on_log,
+                    lambda b: int(b["attention_mask"].sum()), desc="train-sft")
 
 
 def run_train_sft(cfg: PipelineConfig, pages_dir: str | Path, sids_dir: str | Path, out_dir: str | Path,

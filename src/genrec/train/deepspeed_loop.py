@@ -2,7 +2,8 @@
 deterministic batches, periodic resumable checkpoints, per-step logging.
 
 One process on CPU by default (gloo); under `torchrun` / `deepspeed` every process runs this same code
-and takes its share of each optimizer step's micro-batches. Data order depends only on (seed, epoch),
+and reads its own micro-batches (RankBatches: a share of one list, or its own stream). Data order depends only on
+(seed, epoch),
 and each checkpoint holds every process's torch RNG state (dropout masks), so a run resumed from a checkpoint
 replays exactly the steps the killed run would have taken.
 
@@ -20,7 +21,7 @@ import time
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Iterator
 
 import numpy as np
 import torch
@@ -54,6 +55,34 @@ class LoopResult:
     final_loss: float
     tokens_per_s: float
     history: list[dict] = field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class RankBatches:
+    """This process's micro-batches: `per_epoch` of them in every epoch (the same on every rank, so that the ranks
+    take the same optimizer steps), and `read(epoch, skip)`, the micro-batches of `epoch` after its first `skip`, in
+    order. A resumed run reads from the micro-batch it stopped at, so `read` must give the same micro-batches for the
+    same (epoch, skip) in every run."""
+
+    per_epoch: int
+    read: Callable[[int, int], Iterator]
+
+
+def split_by_rank(epoch_batches: Callable[[int], list], rank: int, world: int, grad_accum: int) -> RankBatches:
+    """RankBatches from one list of micro-batches for all processes (`epoch_batches(epoch)`, the same on every rank):
+    of each optimizer step's grad_accum x world micro-batches, rank r takes the r-th, (r + world)-th, ... The last
+    micro-batches of an epoch that do not fill an optimizer step are left out."""
+    per_step = grad_accum * world
+    n = len(epoch_batches(0))
+    if n < per_step:
+        raise ValueError(f"too few samples for one optimizer step: {n} micro-batches, need grad_accum x processes = "
+                         f"{per_step}")
+    usable = n // per_step * per_step
+
+    def read(epoch: int, skip: int) -> Iterator:
+        return iter(epoch_batches(epoch)[rank:usable:world][skip:])
+
+    return RankBatches(usable // world, read)
 
 
 class _LossModule(torch.nn.Module):
@@ -180,20 +209,19 @@ def _prune(ckpt_dir: Path, keep: int) -> None:
         shutil.rmtree(old, ignore_errors=True)
 
 
-def run_loop(model: torch.nn.Module, loss_fn: Callable, make_batch: Callable[[np.ndarray], dict],
-             epoch_batches: Callable[[int], list[np.ndarray]], cfg: LoopConfig, ckpt_dir: Path,
-             on_log: Callable[[int, dict], None], count_tokens: Callable[[dict], int], desc: str = "train") -> LoopResult:
-    """Train `model` with DeepSpeed. `epoch_batches(epoch)` gives the micro-batches (sample indices) of an epoch
-    in order; `make_batch(indices)` builds tensors; `loss_fn(model, batch)` returns the loss.
+def run_loop(model: torch.nn.Module, loss_fn: Callable, make_batch: Callable[[object], dict], batches: RankBatches,
+             cfg: LoopConfig, ckpt_dir: Path, on_log: Callable[[int, dict], None], count_tokens: Callable[[dict], int],
+             desc: str = "train") -> LoopResult:
+    """Train `model` with DeepSpeed. `batches` gives this process's micro-batches (split_by_rank, or a stream);
+    `make_batch(micro_batch)` builds tensors; `loss_fn(model, batch)` returns the loss.
     Resumes from `ckpt_dir` when it holds a checkpoint. Returns when max_steps or all epochs are done."""
     import deepspeed
 
     rank, world, device = init_distributed()
-    per_step = cfg.grad_accum * world
-    steps_per_epoch = len(epoch_batches(0)) // per_step
+    steps_per_epoch = batches.per_epoch // cfg.grad_accum
     if steps_per_epoch == 0:
-        raise ValueError(f"too few samples for one optimizer step: {len(epoch_batches(0))} micro-batches of "
-                         f"{cfg.micro_batch_size}, need grad_accum x processes = {per_step}")
+        raise ValueError(f"too few samples for one optimizer step: {batches.per_epoch} micro-batches of "
+                         f"{cfg.micro_batch_size} per process, need grad_accum = {cfg.grad_accum}")
     total = cfg.max_steps or cfg.epochs * steps_per_epoch
     torch.manual_seed(cfg.seed)
     wrapped = _LossModule(model, loss_fn)
@@ -213,17 +241,17 @@ def run_loop(model: torch.nn.Module, loss_fn: Callable, make_batch: Callable[[np
     step, window_loss, window_tokens, t0, last_loss = start, [], 0, time.time(), float("nan")
     window_stats: list[dict] = []
     bar = tqdm(total=total, initial=start, desc=desc, unit="step", disable=rank != 0)
-    batches_of: tuple[int, list] = (-1, [])
+    stream, stream_epoch = iter(()), -1
     while step < total:
         epoch, in_epoch = divmod(step, steps_per_epoch)
-        if batches_of[0] != epoch:  # the order of an epoch is computed once, not per step
-            batches_of = (epoch, epoch_batches(epoch))
-        batches = batches_of[1]
-        for k in range(per_step):
-            indices = batches[in_epoch * per_step + k]
-            if k % world != rank:
-                continue
-            batch = {n: t.to(device) for n, t in make_batch(indices).items()}
+        if stream_epoch != epoch:  # an epoch's order is computed once; a resumed run starts inside it
+            stream, stream_epoch = batches.read(epoch, in_epoch * cfg.grad_accum), epoch
+        for _ in range(cfg.grad_accum):
+            micro = next(stream, None)
+            if micro is None:
+                raise RuntimeError(f"the micro-batches of epoch {epoch} ran out at step {step}: the source promised "
+                                   f"{batches.per_epoch} per epoch")
+            batch = {n: t.to(device) for n, t in make_batch(micro).items()}
             window_tokens += count_tokens(batch)
             with torch.autocast(device.type, dtype=dtype, enabled=dtype is not None):
                 out = engine(batch)
