@@ -136,6 +136,12 @@ def test_shuffled_targets_with_point_wise_samples_are_refused():
     assert load_config(None, ["sft.target_order=shuffled"]).sft.target_order == "shuffled"
 
 
+def test_a_sample_subset_of_a_stream_is_refused():
+    with pytest.raises(ConfigError, match="sft.max_samples=100 draws a subset.*bound the run with sft.max_steps"):
+        load_config(None, ["sft.data=stream", "sft.max_samples=100"])
+    assert load_config(REPO / "configs" / "demo.yaml", ["sft.data=stream", "sft.max_samples=0"]).sft.data == "stream"
+
+
 def test_an_item_softmax_without_item_rows_is_refused():
     with pytest.raises(ConfigError, match="sft.item_softmax_weight=0.5 scores items by their per-item rows"):
         load_config(None, ["sft.item_softmax_weight=0.5"])

@@ -32,6 +32,31 @@ def test_a_killed_run_resumes_to_the_same_model(sft_data, trained, tmp_path, mlf
     assert json.loads((trained / "report.json").read_text())["final_loss"] < np.log(4 + 12) - 1.0
 
 
+def test_a_killed_streaming_run_resumes_to_the_same_model(sft_data, tmp_path, mlflow_server):
+    """sft.data=stream with two data-loader workers: the killed run's successor replays each worker's stream to the
+    checkpoint's micro-batch, across epoch ends, and ends bit-identical to an uninterrupted run."""
+    steps = ["model.dropout=0.1", "sft.max_steps=80", "sft.checkpoint_every=25", "sft.log_every=25",
+             "sft.target_types=[click]", "sft.lr=3e-3", "sft.data=stream", "sft.loader_workers=2",
+             "sft.shuffle_buffer=64", "sft.length_window=4", "sft.target_order=shuffled"]
+    whole = subprocess.run(_cmd(sft_data, tmp_path / "whole", mlflow_server, *steps), env=_env(tmp_path),
+                           capture_output=True, text=True, timeout=600)
+    assert whole.returncode == 0, whole.stderr[-3000:]
+    report = json.loads((tmp_path / "whole" / "report.json").read_text())
+    # 360 samples, one row group split by rows into 2 shards; an epoch: the smallest shard's micro-batches of 8 from each
+    assert (report["data"], report["n_samples"], report["stream_shards"]) == ("stream", 360, 2)
+    assert report["samples_per_epoch"] == 2 * 8 * (report["stream_smallest_shard"] // 8) < 80 * 8  # epochs end
+    kill_at_first_checkpoint(_cmd(sft_data, tmp_path / "killed", mlflow_server, *steps),
+                             tmp_path / "killed.partial" / "checkpoints", _env(tmp_path))
+    resumed = subprocess.run(_cmd(sft_data, tmp_path / "killed", mlflow_server, *steps), env=_env(tmp_path),
+                             capture_output=True, text=True, timeout=600)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    again = json.loads((tmp_path / "killed" / "report.json").read_text())
+    assert 0 < again["resumed_from_step"] < 80 and again["steps"] == 80
+    a, b = (load_file(str(d / "model" / "model.safetensors")) for d in (tmp_path / "whole", tmp_path / "killed"))
+    assert a.keys() == b.keys() and all(np.array_equal(a[k], b[k]) for k in a)  # bit-identical
+    assert report["final_loss"] < np.log(4 + 12) - 1.0  # it learned: far below uniform over specials + codes
+
+
 def test_the_stage_shuffles_page_targets_only_when_asked(sft_data):
     from genrec.config import load_config
     from genrec.stages.train_sft import prepare_training
@@ -140,17 +165,22 @@ def test_evaluate_scores_the_model_and_refuses_other_sids(sft_data, trained, tmp
         run_evaluate(cfg, trained, sft_data / "pages", other, tmp_path / "eval2", "eval-test-2")
 
 
-def test_two_processes_with_torchrun_and_zero3(sft_data, tmp_path, mlflow_server):
+def test_two_processes_with_torchrun_zero3_and_streamed_pages(sft_data, tmp_path, mlflow_server):
     launcher = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
                 "-m", "genrec.cli"]
-    # with the item softmax: 4,096 x 32 rows, above ZeRO-3's persistence threshold (1e5), so the table is partitioned
+    # with the item softmax: 4,096 x 32 rows, above ZeRO-3's persistence threshold (1e5), so the table is partitioned;
+    # the pages streamed (the in-memory path runs on two processes in test_training_launch)
     run = subprocess.run(_cmd(sft_data, tmp_path / "ddp", mlflow_server, "sft.max_steps=30", "sft.zero_stage=3",
-                              "model.item_embedding_buckets=4096", "sft.item_softmax_weight=0.5",
-                              launcher=launcher), env=_env(tmp_path), capture_output=True, text=True, timeout=600)
+                              "model.item_embedding_buckets=4096", "sft.item_softmax_weight=0.5", "sft.data=stream",
+                              "sft.loader_workers=1", "sft.target_types=[click]", launcher=launcher),
+                         env=_env(tmp_path), capture_output=True, text=True, timeout=600)
     assert run.returncode == 0, run.stderr[-3000:]
     report = json.loads((tmp_path / "ddp" / "report.json").read_text())
     assert report["world_size"] == 2 and report["steps"] == 30 and np.isfinite(report["final_loss"])
+    # each process counted its own shard; the all-reduced counts are the split's (a process alone would see half)
+    assert (report["stream_shards"], report["n_samples"]) == (2, 360)
     ds = json.loads((tmp_path / "ddp" / "ds_config.json").read_text())
     assert ds["train_batch_size"] == 16 and ds["zero_optimization"]["stage"] == 3
     weights = load_file(str(tmp_path / "ddp" / "model" / "model.safetensors"))
     assert all(v.size > 0 for v in weights.values())  # gathered from the ZeRO-3 partitions, not empty shards
+

@@ -326,6 +326,18 @@ class SftConfig(_Section):
     zero_stage: int = Field(0, ge=0, le=3, description="DeepSpeed ZeRO stage (0-3).")
     precision: Literal["auto", "fp32", "bf16"] = Field("auto", description="auto: bf16 on GPU, fp32 on CPU.")
     length_grouped: bool = Field(True, description="Batch samples of similar length together (less padding).")
+    data: Literal["memory", "stream"] = Field(
+        "memory", description="How the training pages are read. memory: every sample is built up front and an epoch is "
+                              "ordered over the whole set (memory grows with the pages). stream: the split's parquet "
+                              "row groups are sharded by process and data-loader worker and shuffled in a bounded "
+                              "buffer, so memory does not grow with the pages; a resumed run replays the stream to "
+                              "its step (docs/data-path.md).")
+    loader_workers: int = Field(2, ge=0, description="data: stream. Data-loader worker processes per training process "
+                                                     "that read and encode pages (0: in the training process).")
+    shuffle_buffer: int = Field(10_000, gt=0, description="data: stream. Samples in each stream's shuffle buffer: "
+                                                          "larger mixes more, and holds more in memory.")
+    length_window: int = Field(50, gt=0, description="data: stream. Micro-batches cut together from samples sorted by "
+                                                     "length (with length_grouped; less padding).")
     checkpoint_every: int = Field(200, gt=0, description="Save a resumable DeepSpeed checkpoint every N optimizer steps.")
     keep_checkpoints: int = Field(2, gt=0, description="Checkpoints kept (the newest).")
     log_every: int = Field(10, gt=0, description="Log loss, learning rate, tokens/s and prompt length every N steps.")
@@ -590,6 +602,14 @@ class PipelineConfig(_Section):
         if self.sft.target_order == "shuffled" and self.sft.mode != "page":
             raise ValueError(f"sft.target_order: shuffled orders the items of a page-wise target; got sft.mode: "
                              f"{self.sft.mode} (one item per sample)")
+        return self
+
+    @model_validator(mode="after")
+    def _stream_has_no_sample_subset(self):
+        # A stream never holds the whole set, so it cannot draw a subset of it: a run is bounded by its steps.
+        if self.sft.data == "stream" and self.sft.max_samples:
+            raise ValueError(f"sft.max_samples={self.sft.max_samples} draws a subset of samples held in memory; with "
+                             "sft.data: stream bound the run with sft.max_steps instead")
         return self
 
     @model_validator(mode="after")

@@ -194,3 +194,40 @@ def read_split_pages(pages_dir: str | Path, split: str):
     hint = "run validate-pages first"
     table = read_pages(tables.locate(pages_dir, "pages", hint), hint, split).to_pandas()
     return table.sort_values(["page_start", "page_id"], kind="stable").reset_index(drop=True)
+
+
+def split_row_groups(pages_dir: str | Path, split: str) -> tuple[str, list]:
+    """(the pages' URI, the parquet row groups of one split's part files as page_stream.RowGroup), from the files'
+    footers: no page is read. The unit train-sft's stream shards by rank and data-loader worker."""
+    from genrec.data import tables
+    from genrec.data.page_stream import RowGroup
+
+    uri = tables.locate(pages_dir, "pages", "run validate-pages first")
+    store, dataset = _pages_dataset(uri, "run validate-pages first")
+    groups = []
+    for part in sorted(f.path for f in dataset.get_fragments(filter=ds.field("split") == split)):
+        try:
+            with store.open_input_file(part) as f:
+                meta = pq.ParquetFile(f).metadata
+        except (pa.ArrowInvalid, OSError) as exc:
+            raise InputDataError(f"{uri} ({part.rsplit('/', 1)[-1]}): not a readable parquet file: {exc}") from None
+        groups += [RowGroup(part, i, meta.row_group(i).num_rows) for i in range(meta.num_row_groups)]
+    return uri, groups
+
+
+def read_row_group(uri: str, group, split: str, columns: list[str] | None = None):
+    """One row group (split_row_groups) of the pages at `uri` as pandas: its rows of `split` (a folder made by hand
+    may hold split as a column), only `columns` when given."""
+    store, _ = location(uri)
+    try:
+        with store.open_input_file(group.path) as f:
+            file = pq.ParquetFile(f)
+            has_split = "split" in file.schema_arrow.names
+            wanted = None if columns is None else list(columns) + (["split"] if has_split else [])
+            table = file.read_row_group(group.index, columns=wanted)
+    except (pa.ArrowInvalid, OSError) as exc:
+        raise InputDataError(f"{uri} ({group.path.rsplit('/', 1)[-1]}): not a readable parquet file: {exc}") from None
+    if has_split:
+        table = table.filter(pc.equal(table.column("split").cast(pa.string()), split))
+        table = table.drop_columns(["split"]) if columns is not None else table
+    return table.to_pandas()

@@ -25,8 +25,9 @@ from genrec.errors import InputDataError
 from genrec.model.genrec_model import GenRecModel, build_model, catalog_buckets
 from genrec.model.samples import batch_order, build_samples, collate, encode_sample, shuffle_target_items
 from genrec.model.vocab import SidMap
-from genrec.train.deepspeed_loop import (LoopConfig, LoopResult, ds_config, gathered_state, init_distributed,
-                                         run_loop, split_by_rank)
+from genrec.train.deepspeed_loop import (LoopConfig, LoopResult, RankBatches, ds_config, gathered_state,
+                                         init_distributed, run_loop, split_by_rank)
+from genrec.train.sft_stream import StreamSpec, sft_stream
 
 
 def loop_config(cfg: PipelineConfig) -> LoopConfig:
@@ -39,8 +40,8 @@ def loop_config(cfg: PipelineConfig) -> LoopConfig:
 
 @dataclass
 class TrainingSet:
-    """What a training run needs besides its loop settings: the fresh model, the encoded samples and the
-    sample counts (the start of report.json)."""
+    """What a training run needs besides its loop settings: the fresh model, its samples (every one encoded, or
+    this process's stream of micro-batches) and the sample counts (the start of report.json)."""
 
     model: GenRecModel
     encoded: list
@@ -48,6 +49,7 @@ class TrainingSet:
     report: dict
     item_candidates: torch.Tensor | None = None  # the catalog's per-item rows, for sft.item_softmax_weight
     shuffle_seed: int | None = None  # sft.target_order=shuffled: the run's seed; None keeps the encoded order
+    stream: RankBatches | None = None  # sft.data=stream: this process's micro-batches, already tensors
 
     def make_batch(self, indices: np.ndarray, epoch: int = 0) -> dict:
         """Tensors of the samples `indices`; with shuffle_seed, each target's items in an order that depends only
@@ -60,9 +62,46 @@ class TrainingSet:
         return collate(encoded, self.model.vocab.pad)
 
 
+def _fresh_model(cfg: PipelineConfig, sid_map: SidMap) -> GenRecModel:
+    torch.manual_seed(cfg.run.seed)  # the initialisation is part of the run: a resumed or repeated run must match
+    return build_model(cfg.model.size, cfg.model.pretrained_path, sid_map.sizes, cfg.model.token_merger,
+                       sid_map.fingerprint(), cfg.model.attn_implementation, copy_head=cfg.model.copy_head,
+                       dropout=cfg.model.dropout, hidden_dropout=cfg.model.hidden_dropout,
+                       item_embedding_buckets=cfg.model.item_embedding_buckets)
+
+
 def prepare_training(cfg: PipelineConfig, pages_dir: Path, sids_dir: Path, world: int = 1) -> TrainingSet:
-    """Build the samples of the training pages and a freshly initialised (seeded) model."""
+    """A freshly initialised (seeded) model and its training samples: every one built and encoded here
+    (sft.data=memory), or this process's stream of micro-batches (sft.data=stream; genrec.train.sft_stream)."""
     sid_map = SidMap.load(sids_dir)
+    stream = None
+    if cfg.sft.data == "stream":
+        rank, world, device = init_distributed()
+        window = cfg.sft.length_window if cfg.sft.length_grouped else 1
+        spec = StreamSpec(cfg.sft.micro_batch_size, cfg.sft.loader_workers, cfg.sft.shuffle_buffer, window, cfg.run.seed)
+        model = _fresh_model(cfg, sid_map)
+        stream, counts = sft_stream(cfg, pages_dir, sid_map, model.vocab, spec, rank, world, device)
+        encoded, mean_history = [], counts.pop("mean_history_items")
+    else:
+        samples, counts = _memory_samples(cfg, pages_dir)
+        model = _fresh_model(cfg, sid_map)
+        encoded = [encode_sample(s, sid_map, model.vocab, cfg.model.token_merger) for s in samples]
+        mean_history = float(np.mean([len(s.history) for s in samples]))
+    report = {"mode": cfg.sft.mode, "target_order": cfg.sft.target_order, "token_merger": cfg.model.token_merger,
+              "copy_head": cfg.model.copy_head, "data": cfg.sft.data, **counts,
+              "prompt_len_merged": mean_history + 2, "prompt_len_unmerged": mean_history * model.vocab.levels + 2,
+              "n_parameters": sum(p.numel() for p in model.parameters()), "world_size": world}
+    candidates = None
+    if cfg.sft.item_softmax_weight > 0:
+        candidates = catalog_buckets(sid_map.codes, model.vocab, cfg.model.item_embedding_buckets)
+        report["item_softmax_candidates"] = len(candidates)
+    shuffle_seed = cfg.run.seed if cfg.sft.target_order == "shuffled" else None  # the config allows it on pages only
+    return TrainingSet(model, encoded, np.array([len(e[0]) for e in encoded], dtype=int), report, candidates,
+                       shuffle_seed, stream)
+
+
+def _memory_samples(cfg: PipelineConfig, pages_dir: Path) -> tuple[list, dict]:
+    """Every training sample (at most sft.max_samples, a seeded subset) and the counts of report.json."""
     pages = read_split_pages(pages_dir, "train")
     samples, counts = build_samples(pages, cfg.sft.mode, cfg.sft.target_types, cfg.model.max_history,
                                     cfg.sft.max_target_items)
@@ -73,41 +112,28 @@ def prepare_training(cfg: PipelineConfig, pages_dir: Path, sids_dir: Path, world
         raise InputDataError(f"{pages_dir / 'pages'}: no training sample (pages: {counts.pages}, without history: "
                              f"{counts.skipped_empty_history}, without a target item of {cfg.sft.target_types}: "
                              f"{counts.skipped_empty_target})")
-    torch.manual_seed(cfg.run.seed)  # the initialisation is part of the run: a resumed or repeated run must match
-    model = build_model(cfg.model.size, cfg.model.pretrained_path, sid_map.sizes, cfg.model.token_merger,
-                        sid_map.fingerprint(), cfg.model.attn_implementation, copy_head=cfg.model.copy_head,
-                        dropout=cfg.model.dropout, hidden_dropout=cfg.model.hidden_dropout,
-                        item_embedding_buckets=cfg.model.item_embedding_buckets)
-    vocab = model.vocab
-    encoded = [encode_sample(s, sid_map, vocab, cfg.model.token_merger) for s in samples]
-    hist_len = np.array([len(s.history) for s in samples])
-    report = {"mode": cfg.sft.mode, "target_order": cfg.sft.target_order, "token_merger": cfg.model.token_merger,
-              "copy_head": cfg.model.copy_head, "n_pages": counts.pages,
-              "n_samples": len(samples), "skipped_empty_history": counts.skipped_empty_history,
-              "skipped_empty_target": counts.skipped_empty_target, "truncated_targets": counts.truncated_targets,
-              "prompt_len_merged": float(np.mean(hist_len + 2)),
-              "prompt_len_unmerged": float(np.mean(hist_len * vocab.levels + 2)),
-              "mean_target_items": float(np.mean([len(s.target) for s in samples])),
-              "n_parameters": sum(p.numel() for p in model.parameters()), "world_size": world}
-    candidates = None
-    if cfg.sft.item_softmax_weight > 0:
-        candidates = catalog_buckets(sid_map.codes, vocab, cfg.model.item_embedding_buckets)
-        report["item_softmax_candidates"] = len(candidates)
-    shuffle_seed = cfg.run.seed if cfg.sft.target_order == "shuffled" else None  # the config allows it on pages only
-    return TrainingSet(model, encoded, np.array([len(e[0]) for e in encoded]), report, candidates, shuffle_seed)
+    return samples, {"n_pages": counts.pages, "n_samples": len(samples),
+                     "skipped_empty_history": counts.skipped_empty_history,
+                     "skipped_empty_target": counts.skipped_empty_target,
+                     "truncated_targets": counts.truncated_targets,
+                     "mean_target_items": float(np.mean([len(s.target) for s in samples]))}
 
 
 def train_model(cfg: PipelineConfig, data: TrainingSet, loop: LoopConfig, ckpt_dir: Path,
                 on_log: Callable[[int, dict], None]) -> LoopResult:
     """Page-wise (or point-wise) NTP on the training set with the DeepSpeed loop: the stage's training step,
     also called by bench/gpu_sft.py."""
-
-    def epoch_batches(epoch: int):  # (epoch, indices): make_batch orders shuffled targets by epoch
-        return [(epoch, b) for b in
-                batch_order(data.lengths, cfg.sft.micro_batch_size, cfg.run.seed, epoch, cfg.sft.length_grouped)]
-
-    candidates = data.item_candidates
     rank, world, _ = init_distributed()
+    if data.stream is not None:
+        batches, make_batch = data.stream, lambda tensors: tensors  # built by the stream's workers
+    else:
+        def epoch_batches(epoch: int):  # (epoch, indices): make_batch orders shuffled targets by epoch
+            return [(epoch, b) for b in
+                    batch_order(data.lengths, cfg.sft.micro_batch_size, cfg.run.seed, epoch, cfg.sft.length_grouped)]
+
+        batches = split_by_rank(epoch_batches, rank, world, loop.grad_accum)
+        make_batch = lambda batch: data.make_batch(batch[1], batch[0])  # noqa: E731
+    candidates = data.item_candidates
 
     def loss_fn(model, batch):
         nonlocal candidates
@@ -116,8 +142,7 @@ def train_model(cfg: PipelineConfig, data: TrainingSet, loop: LoopConfig, ckpt_d
         return model.loss(batch, cfg.sft.generator_loss_weight, cfg.sft.label_smoothing,
                           cfg.sft.item_softmax_weight, candidates)
 
-    return run_loop(data.model, loss_fn, lambda batch: data.make_batch(batch[1], batch[0]),
-                    split_by_rank(epoch_batches, rank, world, loop.grad_accum), loop, ckpt_dir, on_log,
+    return run_loop(data.model, loss_fn, make_batch, batches, loop, ckpt_dir, on_log,
                     lambda b: int(b["attention_mask"].sum()), desc="train-sft")
 
 
