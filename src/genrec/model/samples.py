@@ -132,6 +132,16 @@ def shuffle_target_items(encoded: tuple[np.ndarray, np.ndarray, np.ndarray], lev
     return join_prompt_target(ids[:start], is_item[:start], target, levels)
 
 
+def epoch_batch(encoded: list, keys: list[int], epoch: int, shuffle_seed: int | None, vocab: SidVocab) -> dict:
+    """A micro-batch's tensors for `epoch`: with shuffle_seed (sft.target_order=shuffled), each sample's target items
+    in an order drawn from (seed, epoch, the sample's key), so a resumed run sees the same orders; else as encoded.
+    The key is anything stable that names the sample (its index in memory, a hash of its page in a stream)."""
+    if shuffle_seed is not None:
+        encoded = [shuffle_target_items(e, vocab.levels, np.random.default_rng([shuffle_seed, epoch, int(k)]))
+                   for e, k in zip(encoded, keys)]
+    return collate(encoded, vocab.pad)
+
+
 def collate(encoded: list[tuple[np.ndarray, np.ndarray, np.ndarray]], pad: int):
     """Right-pad a list of encoded samples into a batch of tensors."""
     import torch

@@ -23,7 +23,7 @@ from genrec.config import PipelineConfig
 from genrec.data.io import read_split_pages
 from genrec.errors import InputDataError
 from genrec.model.genrec_model import GenRecModel, build_model, catalog_buckets
-from genrec.model.samples import batch_order, build_samples, collate, encode_sample, shuffle_target_items
+from genrec.model.samples import batch_order, build_samples, encode_sample, epoch_batch
 from genrec.model.vocab import SidMap
 from genrec.train.deepspeed_loop import (LoopConfig, LoopResult, RankBatches, ds_config, gathered_state,
                                          init_distributed, run_loop, split_by_rank)
@@ -52,14 +52,8 @@ class TrainingSet:
     stream: RankBatches | None = None  # sft.data=stream: this process's micro-batches, already tensors
 
     def make_batch(self, indices: np.ndarray, epoch: int = 0) -> dict:
-        """Tensors of the samples `indices`; with shuffle_seed, each target's items in an order that depends only
-        on (seed, epoch, sample), so a resumed run sees the same orders."""
-        encoded = [self.encoded[i] for i in indices]
-        if self.shuffle_seed is not None:
-            levels = self.model.vocab.levels
-            encoded = [shuffle_target_items(e, levels, np.random.default_rng([self.shuffle_seed, epoch, int(i)]))
-                       for e, i in zip(encoded, indices)]
-        return collate(encoded, self.model.vocab.pad)
+        """Tensors of the samples `indices` for `epoch` (samples.epoch_batch: targets shuffled by epoch when asked)."""
+        return epoch_batch([self.encoded[i] for i in indices], indices, epoch, self.shuffle_seed, self.model.vocab)
 
 
 def _fresh_model(cfg: PipelineConfig, sid_map: SidMap) -> GenRecModel:

@@ -24,7 +24,7 @@ from genrec.data.page_sample import page_hash
 from genrec.data.page_stream import (RowGroup, StreamPlan, assign_shards, count_shard, plan_stream, shard_batches,
                                      worker_role)
 from genrec.errors import ConfigError, InputDataError
-from genrec.model.samples import GROUP_COLUMNS, build_samples, collate, encode_sample, shuffle_target_items
+from genrec.model.samples import GROUP_COLUMNS, build_samples, encode_sample, epoch_batch
 from genrec.train.deepspeed_loop import RankBatches
 
 
@@ -142,7 +142,7 @@ def sft_stream(cfg, pages_dir, sid_map, vocab, spec: StreamSpec, rank: int, worl
                            spec.micro_batch)
     except ValueError as exc:
         raise ConfigError(f"{exc}: lower sft.micro_batch_size or sft.loader_workers") from None
-    shuffle = s.target_order == "shuffled"
+    shuffle_seed = spec.seed if s.target_order == "shuffled" else None
 
     def to_samples(pages: pd.DataFrame) -> list:
         samples, _ = samples_of(pages)
@@ -150,9 +150,7 @@ def sft_stream(cfg, pages_dir, sid_map, vocab, spec: StreamSpec, rank: int, worl
         return [(int(k), encode_sample(x, sid_map, vocab, cfg.model.token_merger)) for k, x in zip(keys, samples)]
 
     def make(batch: list, epoch: int) -> dict:
-        encoded = [shuffle_target_items(e, vocab.levels, np.random.default_rng([spec.seed, epoch, k])) if shuffle else e
-                   for k, e in batch]
-        return collate(encoded, vocab.pad)
+        return epoch_batch([e for _, e in batch], [k for k, _ in batch], epoch, shuffle_seed, vocab)
 
     batches = stream_batches(plan, spec, rank, lambda g: read_row_group(uri, g, "train", columns), to_samples,
                              lambda sample: len(sample[1][0]), make)
