@@ -167,15 +167,20 @@ def read_pages(pages: str | Path, missing_hint: str = "run sessionize first", sp
     return table.set_column(idx, "split", table.column("split").cast(pa.string()))
 
 
-def iter_split_pages(pages_dir: str | Path, split: str, batch_rows: int = 65_536):
-    """One split of validate-pages' output folder as pandas frames of at most `batch_rows` pages, part file by part
-    file and row group by row group: memory holds a batch, not the split. The order is the files' order, not time
-    order; a damaged part raises InputDataError naming it."""
+def _split_parts(pages_dir: str | Path, split: str):
+    """(the pages' URI, its file system, the sorted part files of one split) of validate-pages' output folder."""
     from genrec.data import tables
 
     uri = tables.locate(pages_dir, "pages", "run validate-pages first")
     store, dataset = _pages_dataset(uri, "run validate-pages first")
-    parts = sorted(f.path for f in dataset.get_fragments(filter=ds.field("split") == split))
+    return uri, store, sorted(f.path for f in dataset.get_fragments(filter=ds.field("split") == split))
+
+
+def iter_split_pages(pages_dir: str | Path, split: str, batch_rows: int = 65_536):
+    """One split of validate-pages' output folder as pandas frames of at most `batch_rows` pages, part file by part
+    file and row group by row group: memory holds a batch, not the split. The order is the files' order, not time
+    order; a damaged part raises InputDataError naming it."""
+    uri, store, parts = _split_parts(pages_dir, split)
     for part in parts:
         try:
             with store.open_input_file(part) as f:
@@ -199,13 +204,11 @@ def read_split_pages(pages_dir: str | Path, split: str):
 def split_row_groups(pages_dir: str | Path, split: str) -> tuple[str, list]:
     """(the pages' URI, the parquet row groups of one split's part files as page_stream.RowGroup), from the files'
     footers: no page is read. The unit train-sft's stream shards by rank and data-loader worker."""
-    from genrec.data import tables
     from genrec.data.page_stream import RowGroup
 
-    uri = tables.locate(pages_dir, "pages", "run validate-pages first")
-    store, dataset = _pages_dataset(uri, "run validate-pages first")
+    uri, store, parts = _split_parts(pages_dir, split)
     groups = []
-    for part in sorted(f.path for f in dataset.get_fragments(filter=ds.field("split") == split)):
+    for part in parts:
         try:
             with store.open_input_file(part) as f:
                 meta = pq.ParquetFile(f).metadata
