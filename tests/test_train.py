@@ -15,19 +15,27 @@ from safetensors.numpy import load_file
 from conftest import STEPS, kill_at_first_checkpoint, sft_cmd as _cmd, sub_env as _env
 
 
-def test_a_killed_run_resumes_to_the_same_model(sft_data, trained, tmp_path, mlflow_server):
-    steps = STEPS
-    kill_at_first_checkpoint(_cmd(sft_data, tmp_path / "killed", mlflow_server, *steps), tmp_path / "killed.partial" / "checkpoints",
-                             _env(tmp_path))
-    assert not (tmp_path / "killed").exists()  # the killed run's files stay in its work folder
-    assert not (tmp_path / "killed.partial" / "model").exists()
-    resumed = subprocess.run(_cmd(sft_data, tmp_path / "killed", mlflow_server, *steps), env=_env(tmp_path),
-                             capture_output=True, text=True, timeout=600)
+def _kill_then_resume(sft_data, out, mlflow_server, steps: list[str], env: dict) -> dict:
+    """SIGKILL a train-sft run at its first checkpoint, run it again into the same folder; the resumed report."""
+    kill_at_first_checkpoint(_cmd(sft_data, out, mlflow_server, *steps), out.with_name(out.name + ".partial") /
+                             "checkpoints", env)
+    assert not out.exists()  # the killed run's files stay in its work folder
+    assert not (out.with_name(out.name + ".partial") / "model").exists()
+    resumed = subprocess.run(_cmd(sft_data, out, mlflow_server, *steps), env=env, capture_output=True, text=True,
+                             timeout=600)
     assert resumed.returncode == 0, resumed.stderr[-3000:]
-    report = json.loads((tmp_path / "killed" / "report.json").read_text())
+    return json.loads((out / "report.json").read_text())
+
+
+def _bit_identical(a_dir, b_dir) -> bool:
+    a, b = (load_file(str(d / "model" / "model.safetensors")) for d in (a_dir, b_dir))
+    return a.keys() == b.keys() and all(np.array_equal(a[k], b[k]) for k in a)
+
+
+def test_a_killed_run_resumes_to_the_same_model(sft_data, trained, tmp_path, mlflow_server):
+    report = _kill_then_resume(sft_data, tmp_path / "killed", mlflow_server, STEPS, _env(tmp_path))
     assert 0 < report["resumed_from_step"] < 300 and report["steps"] == 300
-    a, b = (load_file(str(d / "model" / "model.safetensors")) for d in (trained, tmp_path / "killed"))
-    assert a.keys() == b.keys() and all(np.array_equal(a[k], b[k]) for k in a)  # bit-identical
+    assert _bit_identical(trained, tmp_path / "killed")
     # and training learned something: the loss is far below uniform over the 4 specials + 12 codes
     assert json.loads((trained / "report.json").read_text())["final_loss"] < np.log(4 + 12) - 1.0
 
@@ -45,15 +53,9 @@ def test_a_killed_streaming_run_resumes_to_the_same_model(sft_data, tmp_path, ml
     # 360 samples, one row group split by rows into 2 shards; an epoch: the smallest shard's micro-batches of 8 from each
     assert (report["data"], report["n_samples"], report["stream_shards"]) == ("stream", 360, 2)
     assert report["samples_per_epoch"] == 2 * 8 * (report["stream_smallest_shard"] // 8) < 80 * 8  # epochs end
-    kill_at_first_checkpoint(_cmd(sft_data, tmp_path / "killed", mlflow_server, *steps),
-                             tmp_path / "killed.partial" / "checkpoints", _env(tmp_path))
-    resumed = subprocess.run(_cmd(sft_data, tmp_path / "killed", mlflow_server, *steps), env=_env(tmp_path),
-                             capture_output=True, text=True, timeout=600)
-    assert resumed.returncode == 0, resumed.stderr[-3000:]
-    again = json.loads((tmp_path / "killed" / "report.json").read_text())
+    again = _kill_then_resume(sft_data, tmp_path / "killed", mlflow_server, steps, _env(tmp_path))
     assert 0 < again["resumed_from_step"] < 80 and again["steps"] == 80
-    a, b = (load_file(str(d / "model" / "model.safetensors")) for d in (tmp_path / "whole", tmp_path / "killed"))
-    assert a.keys() == b.keys() and all(np.array_equal(a[k], b[k]) for k in a)  # bit-identical
+    assert _bit_identical(tmp_path / "whole", tmp_path / "killed")
     assert report["final_loss"] < np.log(4 + 12) - 1.0  # it learned: far below uniform over specials + codes
 
 
