@@ -21,14 +21,13 @@ import argparse
 import json
 from pathlib import Path
 
-from genrec_cli import genrec  # bench/ is on sys.path when a script here runs
+from genrec_cli import data_stages, genrec, metrics_table  # bench/ is on sys.path when a script here runs
 
 VARIANTS = {
     "genrec": [],
     "genrec_wo_tm": ["model.token_merger=false"],
     "pointwise": ["sft.mode=point", "sft.target_types=[order,cart,click]"],
 }
-DATA_STAGES = ["ingest", "validate-events", "sessionize", "validate-pages", "embed-items", "assign-sids"]
 
 
 def main() -> None:
@@ -45,13 +44,7 @@ def main() -> None:
     common = ["-c", args.config, f"run.work_dir={work}", f"sft.max_steps={args.steps}", "sft.max_samples=0",
               *args.overrides]
     stages = work / "stages"
-    timings = {}
-    for stage in DATA_STAGES:
-        done = {"ingest": "ingest", "validate-events": "validated", "sessionize": "sessionized",
-                "validate-pages": "pages", "embed-items": "embeddings", "assign-sids": "sids"}[stage]
-        if not (stages / done).is_dir():
-            print(f"[{stage}]", flush=True)
-            timings[stage] = genrec(stage, *common)
+    timings = data_stages(stages, *common)
     rows, train_reports = {}, {}
     for name, extra in VARIANTS.items():
         print(f"[train-sft {name}]", flush=True)
@@ -68,9 +61,7 @@ def main() -> None:
     keys = [k for k in rows["genrec"] if not k.startswith("recall")]
     lines = [f"config `{args.config}` {' '.join(args.overrides)}; {args.steps} optimizer steps per GenRec variant; "
              "HaR from free (unconstrained) decoding, the other figures from trie-constrained beam search.", "",
-             "| method | " + " | ".join(keys) + " |", "|" + "---|" * (len(keys) + 1)]
-    for name, r in rows.items():
-        lines.append(f"| {name} | " + " | ".join(f"{r.get(k, float('nan')):.4f}" for k in keys) + " |")
+             *metrics_table("method", rows, keys)]
     lines += ["", "| variant | samples | prompt positions (mean) | final loss | tokens/s |", "|---|---|---|---|---|"]
     for name, r in train_reports.items():
         prompt = r["prompt_len_merged"] if r["token_merger"] else r["prompt_len_unmerged"]

@@ -15,11 +15,9 @@ import argparse
 import json
 from pathlib import Path
 
-from genrec_cli import genrec  # bench/ is on sys.path when a script here runs
+from genrec_cli import data_stages, genrec, metrics_table  # bench/ is on sys.path when a script here runs
 
 VARIANTS = {"memory": ["sft.data=memory"], "stream": ["sft.data=stream"]}
-DATA_STAGES = {"ingest": "ingest", "validate-events": "validated", "sessionize": "sessionized",
-               "validate-pages": "pages", "embed-items": "embeddings", "assign-sids": "sids"}
 
 
 def main() -> None:
@@ -35,11 +33,7 @@ def main() -> None:
     common = ["-c", args.config, f"run.work_dir={work}", f"sft.max_steps={args.steps}", "sft.max_samples=0",
               "eval.baselines=[]", *args.overrides]
     stages = work / "stages"
-    timings: dict[str, float] = {}
-    for stage, done in DATA_STAGES.items():
-        if not (stages / done).is_dir():
-            print(f"[{stage}]", flush=True)
-            timings[stage] = genrec(stage, *common)
+    timings = data_stages(stages, *common)
     rows, reports = {}, {}
     for name, extra in VARIANTS.items():
         out = stages / f"sft-{name}"
@@ -53,8 +47,7 @@ def main() -> None:
     keys = [k for k in rows["memory"] if not k.startswith("recall")]
     lines = [f"config `{args.config}` {' '.join(args.overrides)}; {args.steps} optimizer steps each; every training "
              "sample available to both; validation requests.", "",
-             "| sft.data | " + " | ".join(keys) + " |", "|" + "---|" * (len(keys) + 1)]
-    lines += [f"| {name} | " + " | ".join(f"{r.get(k, float('nan')):.4f}" for k in keys) + " |" for name, r in rows.items()]
+             *metrics_table("sft.data", rows, keys)]
     lines += ["", "| sft.data | samples | samples per epoch | final loss | tokens/s |", "|---|---|---|---|---|"]
     for name, r in reports.items():
         lines.append(f"| {name} | {r['n_samples']} | {r.get('samples_per_epoch', r['n_samples'])} | "
